@@ -1,0 +1,98 @@
+//! Backend references: resolution to Service ports, and the Envoy cluster
+//! each one maps to.
+
+use crate::conditions::reason;
+use crate::index::{Index, RefTarget};
+use crate::model::{BackendRef, RouteKind};
+
+/// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ClusterRef {
+    pub(crate) namespace: String,
+    pub(crate) service: String,
+    pub(crate) port: i32,
+    pub(crate) http2: bool,
+}
+
+impl ClusterRef {
+    /// The cluster's Envoy name; depends only on what it represents.
+    pub(crate) fn name(&self) -> String {
+        let proto = if self.http2 { "/h2" } else { "" };
+        format!(
+            "svc/{}/{}/{}{proto}",
+            self.namespace, self.service, self.port
+        )
+    }
+}
+
+/// Why a backendRef could not be resolved: (reason, message).
+pub(crate) type Unresolved = (&'static str, String);
+
+/// Resolves one backendRef of a route of `kind` in `route_ns`.
+pub(crate) fn resolve(
+    index: &Index<'_>,
+    kind: RouteKind,
+    route_ns: &str,
+    b: &BackendRef,
+) -> Result<ClusterRef, Unresolved> {
+    if !b.group.is_empty() || b.kind != "Service" {
+        return Err((
+            reason::INVALID_KIND,
+            format!(
+                "backendRef {}/{} {} is not a core Service",
+                b.group, b.kind, b.name
+            ),
+        ));
+    }
+    let target = RefTarget {
+        group: "",
+        kind: "Service",
+        namespace: &b.namespace,
+        name: &b.name,
+    };
+    if !index.reference_permitted(kind.kind(), route_ns, target) {
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "Service {}/{} is in another namespace and no ReferenceGrant allows it",
+                b.namespace, b.name
+            ),
+        ));
+    }
+    let Some(svc) = index.service(&b.namespace, &b.name) else {
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {}/{} does not exist", b.namespace, b.name),
+        ));
+    };
+    let Some(port) = b.port else {
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!(
+                "backendRef to Service {}/{} has no port",
+                b.namespace, b.name
+            ),
+        ));
+    };
+    let Some(sp) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.port == port))
+    else {
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {}/{} has no port {port}", b.namespace, b.name),
+        ));
+    };
+    let h2_app = matches!(
+        sp.app_protocol.as_deref(),
+        Some("kubernetes.io/h2c" | "h2c" | "grpc")
+    );
+    Ok(ClusterRef {
+        namespace: b.namespace.clone(),
+        service: b.name.clone(),
+        port,
+        http2: kind == RouteKind::Grpc || h2_app,
+    })
+}

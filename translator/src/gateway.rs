@@ -1,0 +1,536 @@
+//! Gateways and their listeners: protocol support, conflicts, certificate
+//! references, allowed routes; and their status.
+
+use crate::conditions::{Conditions, reason};
+use crate::hostname;
+use crate::index::{GATEWAY_GROUP, Index, RefTarget};
+use crate::input::ObjectKey;
+use crate::model::RouteKind;
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
+    GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::BTreeMap;
+
+/// Listener protocols Gatewright serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http,
+    /// HTTPS, TLS terminated by Envoy.
+    Https,
+    /// TLS passed through to the backend, routed by SNI.
+    TlsPassthrough,
+}
+
+impl Protocol {
+    /// HTTP and the TLS-based protocols cannot share a port.
+    fn family(self) -> u8 {
+        match self {
+            Self::Http => 0,
+            Self::Https | Self::TlsPassthrough => 1,
+        }
+    }
+
+    fn kinds(self) -> &'static [RouteKind] {
+        match self {
+            Self::Http | Self::Https => &[RouteKind::Http, RouteKind::Grpc],
+            Self::TlsPassthrough => &[RouteKind::Tls],
+        }
+    }
+}
+
+/// Which namespaces a listener accepts routes from.
+#[derive(Clone, Debug)]
+pub(crate) enum FromNamespaces {
+    Same,
+    All,
+    Selector {
+        labels: BTreeMap<String, String>,
+        expressions: Vec<GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions>,
+    },
+}
+
+/// A certificate ready to be served: the Envoy secret name and the PEM data.
+#[derive(Clone, Debug)]
+pub(crate) struct Certificate {
+    pub(crate) name: String,
+    pub(crate) chain: Vec<u8>,
+    pub(crate) key: Vec<u8>,
+}
+
+/// One resolved Gateway listener.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) name: String,
+    pub(crate) port: i32,
+    pub(crate) hostname: Option<String>,
+    /// None when the protocol is not supported.
+    pub(crate) protocol: Option<Protocol>,
+    pub(crate) from: FromNamespaces,
+    /// Kinds routes may have to attach (allowed ∩ supported).
+    pub(crate) kinds: Vec<RouteKind>,
+    pub(crate) certificates: Vec<Certificate>,
+    accepted: Result<(), (&'static str, String)>,
+    conflict: Option<&'static str>,
+    resolved: Result<(), (&'static str, String)>,
+    /// Routes attached per the AllowedRoutes + parentRefs rule.
+    pub(crate) attached_routes: i32,
+}
+
+impl Listener {
+    /// Whether this listener goes into Envoy's configuration.
+    pub(crate) fn programmable(&self) -> bool {
+        self.accepted.is_ok() && self.conflict.is_none() && self.resolved.is_ok()
+    }
+
+    /// Whether routes may attach (attachment ignores the listener's state).
+    pub(crate) fn allows_namespace(
+        &self,
+        index: &Index<'_>,
+        gateway_ns: &str,
+        route_ns: &str,
+    ) -> bool {
+        match &self.from {
+            FromNamespaces::Same => gateway_ns == route_ns,
+            FromNamespaces::All => true,
+            FromNamespaces::Selector {
+                labels,
+                expressions,
+            } => {
+                let ns_labels = index.namespace_labels(route_ns);
+                labels.iter().all(|(k, v)| ns_labels.get(k) == Some(v))
+                    && expressions.iter().all(|e| {
+                        let values = e.values.as_deref().unwrap_or(&[]);
+                        let have = ns_labels.get(&e.key);
+                        match e.operator.as_str() {
+                            "In" => have.is_some_and(|v| values.contains(v)),
+                            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                            "Exists" => have.is_some(),
+                            "DoesNotExist" => have.is_none(),
+                            _ => false,
+                        }
+                    })
+            }
+        }
+    }
+
+    pub(crate) fn accepts_host(&self, host: &str) -> bool {
+        hostname::listener_accepts(self.hostname.as_deref(), host)
+    }
+}
+
+/// One Gateway of ours, resolved.
+#[derive(Debug)]
+pub(crate) struct GatewayInfo<'a> {
+    pub(crate) key: ObjectKey,
+    pub(crate) gateway: &'a Gateway,
+    pub(crate) listeners: Vec<Listener>,
+}
+
+fn listener_kinds(
+    l: &GatewayListeners,
+    protocol: Option<Protocol>,
+) -> (Vec<RouteKind>, Result<(), (&'static str, String)>) {
+    let supported = protocol.map_or(&[][..], Protocol::kinds);
+    let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
+        return (supported.to_vec(), Ok(()));
+    };
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for k in kinds {
+        let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        match supported
+            .iter()
+            .find(|s| group == GATEWAY_GROUP && s.kind() == k.kind)
+        {
+            Some(s) => {
+                if !out.contains(s) {
+                    out.push(*s);
+                }
+            }
+            None => bad.push(format!("{group}/{}", k.kind)),
+        }
+    }
+    let res = if bad.is_empty() {
+        Ok(())
+    } else {
+        Err((
+            reason::INVALID_ROUTE_KINDS,
+            format!(
+                "route kinds not supported by this listener: {}",
+                bad.join(", ")
+            ),
+        ))
+    };
+    (out, res)
+}
+
+/// Reads tls.crt and tls.key of a kubernetes.io/tls Secret and checks they
+/// hold PEM an Envoy can load (at least one certificate, one private key).
+fn read_certificate(secret: &Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let get = |k: &str| -> Option<Vec<u8>> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(k))
+                    .map(|s| s.as_bytes().to_vec())
+            })
+    };
+    let chain = get("tls.crt").ok_or("the Secret has no tls.crt")?;
+    let key = get("tls.key").ok_or("the Secret has no tls.key")?;
+    let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt holds no PEM certificate".into());
+    }
+    if let Some(bad) = certs.iter().position(|c| !is_der_sequence(c.as_ref())) {
+        return Err(format!(
+            "certificate {bad} in tls.crt is not DER-encoded X.509"
+        ));
+    }
+    let parsed = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| format!("tls.key holds no usable PEM private key: {e}"))?;
+    if !is_der_sequence(parsed.secret_der()) {
+        return Err("tls.key is not a DER-encoded private key".into());
+    }
+    Ok((chain, key))
+}
+
+/// Whether `der` is exactly one DER SEQUENCE (what certificates and keys
+/// are), so random bytes in a PEM wrapper are caught before Envoy sees them.
+fn is_der_sequence(der: &[u8]) -> bool {
+    let [0x30, len0, rest @ ..] = der else {
+        return false;
+    };
+    let (len, body) = if len0 & 0x80 == 0 {
+        (usize::from(*len0), rest)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return false;
+        }
+        (
+            rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b)),
+            &rest[n..],
+        )
+    };
+    body.len() == len
+}
+
+/// Envoy secret name of a Secret holding a certificate.
+pub(crate) fn secret_name(ns: &str, name: &str) -> String {
+    format!("secret/{ns}/{name}")
+}
+
+fn resolve_certificates(
+    index: &Index<'_>,
+    gw_ns: &str,
+    l: &GatewayListeners,
+) -> Result<Vec<Certificate>, (&'static str, String)> {
+    let refs = l
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.as_ref())
+        .map_or(&[][..], Vec::as_slice);
+    if refs.is_empty() {
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs at least one certificateRef".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        if !group.is_empty() || kind != "Secret" {
+            return Err((
+                reason::INVALID_CERTIFICATE_REF,
+                format!(
+                    "certificateRef {group}/{kind} {ns}/{} is not a core Secret",
+                    r.name
+                ),
+            ));
+        }
+        let target = RefTarget {
+            group: "",
+            kind: "Secret",
+            namespace: ns,
+            name: &r.name,
+        };
+        if !index.reference_permitted("Gateway", gw_ns, target) {
+            return Err((
+                reason::REF_NOT_PERMITTED,
+                format!(
+                    "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                    r.name
+                ),
+            ));
+        }
+        let Some(secret) = index.secret(ns, &r.name) else {
+            return Err((
+                reason::INVALID_CERTIFICATE_REF,
+                format!("Secret {ns}/{} does not exist", r.name),
+            ));
+        };
+        let (chain, key) = read_certificate(secret).map_err(|e| {
+            (
+                reason::INVALID_CERTIFICATE_REF,
+                format!("Secret {ns}/{}: {e}", r.name),
+            )
+        })?;
+        out.push(Certificate {
+            name: secret_name(ns, &r.name),
+            chain,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// Resolves one Gateway's listeners, conflicts included.
+pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInfo<'a> {
+    let ns = gateway.metadata.namespace.as_deref().unwrap_or("");
+    let key = ObjectKey::new(ns, gateway.metadata.name.as_deref().unwrap_or(""));
+    let mut listeners: Vec<Listener> = gateway
+        .spec
+        .listeners
+        .iter()
+        .map(|l| {
+            let mode = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.mode.clone())
+                .unwrap_or(GatewayListenersTlsMode::Terminate);
+            let (protocol, accepted) = match (l.protocol.as_str(), mode) {
+                ("HTTP", _) => (Some(Protocol::Http), Ok(())),
+                ("HTTPS", GatewayListenersTlsMode::Terminate) => (Some(Protocol::Https), Ok(())),
+                ("HTTPS", GatewayListenersTlsMode::Passthrough) => (
+                    None,
+                    Err((
+                        reason::UNSUPPORTED_VALUE,
+                        "HTTPS listeners only support tls.mode Terminate".to_owned(),
+                    )),
+                ),
+                ("TLS", GatewayListenersTlsMode::Passthrough) => {
+                    (Some(Protocol::TlsPassthrough), Ok(()))
+                }
+                ("TLS", GatewayListenersTlsMode::Terminate) => (
+                    None,
+                    Err((
+                        reason::UNSUPPORTED_VALUE,
+                        "TLS listeners with tls.mode Terminate are not supported yet".to_owned(),
+                    )),
+                ),
+                (p, _) => (
+                    None,
+                    Err((
+                        reason::UNSUPPORTED_PROTOCOL,
+                        format!("protocol {p} is not supported"),
+                    )),
+                ),
+            };
+            let (kinds, kinds_ok) = listener_kinds(l, protocol);
+            let (certificates, resolved) = match protocol {
+                Some(Protocol::Https) => match resolve_certificates(index, ns, l) {
+                    Ok(c) => (c, kinds_ok),
+                    Err(e) => (vec![], Err(e)),
+                },
+                _ => (vec![], kinds_ok),
+            };
+            let ns_cfg = l
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.namespaces.as_ref());
+            let from = match ns_cfg.and_then(|n| n.from.clone()) {
+                Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => FromNamespaces::All,
+                Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+                    let sel = ns_cfg.and_then(|n| n.selector.as_ref());
+                    FromNamespaces::Selector {
+                        labels: sel.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
+                        expressions: sel
+                            .and_then(|s| s.match_expressions.clone())
+                            .unwrap_or_default(),
+                    }
+                }
+                Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) | None => {
+                    FromNamespaces::Same
+                }
+            };
+            Listener {
+                name: l.name.clone(),
+                port: l.port,
+                hostname: l.hostname.clone().filter(|h| !h.is_empty()),
+                protocol,
+                from,
+                kinds,
+                certificates,
+                accepted,
+                conflict: None,
+                resolved,
+                attached_routes: 0,
+            }
+        })
+        .collect();
+    // Conflicts: within a port, the first listener (in spec order) with a
+    // protocol family wins the port; later listeners of another family
+    // conflict on protocol, later ones of the same family with the same
+    // hostname conflict on hostname.
+    for i in 0..listeners.len() {
+        let Some(p) = listeners[i].protocol else {
+            continue;
+        };
+        for j in 0..i {
+            let Some(q) = listeners[j].protocol else {
+                continue;
+            };
+            if listeners[j].port != listeners[i].port || listeners[j].conflict.is_some() {
+                continue;
+            }
+            if q.family() != p.family() {
+                listeners[i].conflict = Some(reason::PROTOCOL_CONFLICT);
+                break;
+            }
+            if listeners[j].hostname == listeners[i].hostname {
+                listeners[i].conflict = Some(reason::HOSTNAME_CONFLICT);
+                break;
+            }
+        }
+    }
+    GatewayInfo {
+        key,
+        gateway,
+        listeners,
+    }
+}
+
+/// The status of a resolved Gateway.
+pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
+    let generation = info.gateway.metadata.generation;
+    let listeners: Vec<GatewayStatusListeners> = info
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut c = Conditions::new(now, generation);
+            match (&l.accepted, l.conflict) {
+                (Err((r, m)), _) => c.set(reason::ACCEPTED, false, r, m.clone()),
+                (Ok(()), Some(r)) => c.set(
+                    reason::ACCEPTED,
+                    false,
+                    r,
+                    "the listener conflicts with an earlier listener on the same port",
+                ),
+                (Ok(()), None) => c.set(
+                    reason::ACCEPTED,
+                    true,
+                    reason::ACCEPTED,
+                    "listener accepted",
+                ),
+            }
+            match l.conflict {
+                Some(r) => c.set(
+                    reason::CONFLICTED,
+                    true,
+                    r,
+                    "the listener conflicts with an earlier listener on the same port",
+                ),
+                None => c.set(
+                    reason::CONFLICTED,
+                    false,
+                    reason::NO_CONFLICTS,
+                    "no conflicts",
+                ),
+            }
+            match &l.resolved {
+                Ok(()) => c.set(
+                    reason::RESOLVED_REFS,
+                    true,
+                    reason::RESOLVED_REFS,
+                    "all references resolved",
+                ),
+                Err((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
+            }
+            if l.programmable() {
+                c.set(
+                    reason::PROGRAMMED,
+                    true,
+                    reason::PROGRAMMED,
+                    "listener programmed",
+                );
+            } else {
+                c.set(
+                    reason::PROGRAMMED,
+                    false,
+                    reason::INVALID,
+                    "listener is not valid and is not programmed",
+                );
+            }
+            GatewayStatusListeners {
+                name: l.name.clone(),
+                attached_routes: l.attached_routes,
+                conditions: c.into_vec(),
+                supported_kinds: Some(
+                    l.kinds
+                        .iter()
+                        .map(|k| GatewayStatusListenersSupportedKinds {
+                            group: Some(GATEWAY_GROUP.to_owned()),
+                            kind: k.kind().to_owned(),
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+    let valid = info.listeners.iter().filter(|l| l.programmable()).count();
+    let all_valid = valid == info.listeners.len();
+    let mut c = Conditions::new(now, generation);
+    if all_valid {
+        c.set(reason::ACCEPTED, true, reason::ACCEPTED, "gateway accepted");
+    } else {
+        c.set(
+            reason::ACCEPTED,
+            valid > 0,
+            reason::LISTENERS_NOT_VALID,
+            format!(
+                "{} of {} listeners are not valid",
+                info.listeners.len() - valid,
+                info.listeners.len()
+            ),
+        );
+    }
+    if valid > 0 {
+        c.set(
+            reason::PROGRAMMED,
+            true,
+            reason::PROGRAMMED,
+            "gateway programmed",
+        );
+    } else {
+        c.set(
+            reason::PROGRAMMED,
+            false,
+            reason::INVALID,
+            "no listener of the gateway is valid",
+        );
+    }
+    GatewayStatus {
+        addresses: None,
+        attached_listener_sets: None,
+        conditions: Some(c.into_vec()),
+        listeners: Some(listeners),
+    }
+}

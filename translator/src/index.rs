@@ -1,0 +1,166 @@
+//! Look-ups over the input: objects by key, EndpointSlices by Service,
+//! Namespace labels and ReferenceGrants.
+
+use crate::input::Input;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::{BTreeMap, HashMap};
+
+/// The API group of Gateway API objects.
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+type Key<'a> = (&'a str, &'a str);
+/// Objects by namespace, then name; nested so look-ups need no allocation.
+type NsMap<'a, V> = HashMap<&'a str, HashMap<&'a str, V>>;
+
+pub(crate) fn key_of(meta: &ObjectMeta) -> Key<'_> {
+    (
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// Inserts `obj` under `key`; on a duplicate key keeps the object whose JSON
+/// sorts first, so the result never depends on input order.
+fn insert_unique<'a, K: std::hash::Hash + Eq, T: serde::Serialize>(
+    map: &mut HashMap<K, &'a T>,
+    key: K,
+    obj: &'a T,
+) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(obj);
+        }
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            let old = serde_json::to_string(*o.get()).unwrap_or_default();
+            let new = serde_json::to_string(obj).unwrap_or_default();
+            if new < old {
+                o.insert(obj);
+            }
+        }
+    }
+}
+
+/// Read-only indexes built once per translation.
+pub(crate) struct Index<'a> {
+    services: NsMap<'a, &'a Service>,
+    slices: NsMap<'a, Vec<&'a EndpointSlice>>,
+    secrets: NsMap<'a, &'a Secret>,
+    namespaces: HashMap<&'a str, &'a Namespace>,
+    grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+}
+
+impl<'a> Index<'a> {
+    pub(crate) fn new(input: &'a Input) -> Self {
+        let mut services: NsMap<'a, &'a Service> = HashMap::new();
+        for s in &input.services {
+            let (ns, name) = key_of(&s.metadata);
+            insert_unique(services.entry(ns).or_default(), name, s);
+        }
+        let mut secrets: NsMap<'a, &'a Secret> = HashMap::new();
+        for s in &input.secrets {
+            let (ns, name) = key_of(&s.metadata);
+            insert_unique(secrets.entry(ns).or_default(), name, s);
+        }
+        let mut namespaces = HashMap::with_capacity(input.namespaces.len());
+        for n in &input.namespaces {
+            insert_unique(&mut namespaces, n.metadata.name.as_deref().unwrap_or(""), n);
+        }
+        let mut slices: NsMap<'a, Vec<&'a EndpointSlice>> = HashMap::new();
+        for s in &input.endpoint_slices {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("");
+            if let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+            {
+                slices
+                    .entry(ns)
+                    .or_default()
+                    .entry(svc.as_str())
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
+        for g in &input.reference_grants {
+            grants
+                .entry(g.metadata.namespace.as_deref().unwrap_or(""))
+                .or_default()
+                .push(g);
+        }
+        Self {
+            services,
+            slices,
+            secrets,
+            namespaces,
+            grants,
+        }
+    }
+
+    pub(crate) fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        self.services.get(ns).and_then(|m| m.get(name)).copied()
+    }
+
+    pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<&'a Secret> {
+        self.secrets.get(ns).and_then(|m| m.get(name)).copied()
+    }
+
+    /// EndpointSlices of a Service (any order).
+    pub(crate) fn slices(&self, ns: &str, service: &str) -> &[&'a EndpointSlice] {
+        self.slices
+            .get(ns)
+            .and_then(|m| m.get(service))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// A Namespace's labels, including the `kubernetes.io/metadata.name`
+    /// label the API server sets on every Namespace (so selectors work for
+    /// Namespaces the input does not list).
+    pub(crate) fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(ns)
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".to_owned(), ns.to_owned());
+        labels
+    }
+
+    /// Whether an object of `from_kind` in `from_ns` may refer to the object
+    /// `to_group/to_kind` `to_ns/to_name`: always within a namespace, across
+    /// namespaces only when a ReferenceGrant in the target namespace allows it.
+    pub(crate) fn reference_permitted(
+        &self,
+        from_kind: &str,
+        from_ns: &str,
+        to: RefTarget<'_>,
+    ) -> bool {
+        if from_ns == to.namespace {
+            return true;
+        }
+        self.grants.get(to.namespace).is_some_and(|grants| {
+            grants.iter().any(|g| {
+                g.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
+                }) && g.spec.to.iter().any(|t| {
+                    t.group == to.group
+                        && t.kind == to.kind
+                        && t.name.as_deref().is_none_or(|n| n == to.name)
+                })
+            })
+        })
+    }
+}
+
+/// The target of a cross-namespace reference.
+#[derive(Clone, Copy)]
+pub(crate) struct RefTarget<'s> {
+    pub(crate) group: &'s str,
+    pub(crate) kind: &'s str,
+    pub(crate) namespace: &'s str,
+    pub(crate) name: &'s str,
+}

@@ -1,0 +1,181 @@
+//! The translator's input: one snapshot of every object that can affect a
+//! Gateway's Envoy configuration or any object's status.
+
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
+use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
+
+/// The GatewayClass `spec.controllerName` Gatewright answers to by default.
+pub const DEFAULT_CONTROLLER_NAME: &str = "gatewright.dev/gateway-controller";
+
+/// `namespace/name` of a namespaced object.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct ObjectKey {
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Everything the translator reads. Lists may come in any order: the output
+/// does not depend on it.
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    /// The controllerName whose GatewayClasses are ours.
+    pub controller_name: String,
+    /// The time written as `lastTransitionTime` on new conditions; the
+    /// translator has no clock of its own.
+    pub now: Option<Time>,
+    /// Address each Gateway's Envoy listeners bind to, by Gateway; Gateways
+    /// not named here bind to `0.0.0.0`.
+    pub bind_addresses: BTreeMap<ObjectKey, String>,
+    /// GatewayClasses.
+    pub gateway_classes: Vec<GatewayClass>,
+    /// Gateways.
+    pub gateways: Vec<Gateway>,
+    /// ListenerSets.
+    pub listener_sets: Vec<ListenerSet>,
+    /// HTTPRoutes.
+    pub http_routes: Vec<HttpRoute>,
+    /// GRPCRoutes.
+    pub grpc_routes: Vec<GrpcRoute>,
+    /// TLSRoutes (v1).
+    pub tls_routes: Vec<TlsRoute>,
+    /// ReferenceGrants.
+    pub reference_grants: Vec<ReferenceGrant>,
+    /// BackendTLSPolicies.
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Secrets.
+    pub secrets: Vec<Secret>,
+    /// ConfigMaps.
+    pub config_maps: Vec<ConfigMap>,
+    /// Namespaces (their labels feed allowedRoutes selectors).
+    pub namespaces: Vec<Namespace>,
+}
+
+/// Why a document could not be added to an [`Input`].
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The document has no `apiVersion` or `kind`.
+    #[error("document has no apiVersion or kind")]
+    MissingTypeMeta,
+    /// The kind is not one the translator reads.
+    #[error("unsupported kind {kind} in apiVersion {api_version}")]
+    UnsupportedKind {
+        /// apiVersion of the document.
+        api_version: String,
+        /// kind of the document.
+        kind: String,
+    },
+    /// The document does not match the kind's schema.
+    #[error("invalid {kind}: {source}")]
+    Invalid {
+        /// kind of the document.
+        kind: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+impl Input {
+    /// An empty input for the default controller name.
+    pub fn new() -> Self {
+        Self {
+            controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one Kubernetes object, given as JSON (a YAML document converted
+    /// to JSON), dispatching on `apiVersion` and `kind`. Namespaced objects
+    /// without a namespace are put in `default`, as kubectl would.
+    pub fn add_document(&mut self, doc: serde_json::Value) -> Result<(), InputError> {
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .ok_or(InputError::MissingTypeMeta)?;
+        let kind = doc
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .ok_or(InputError::MissingTypeMeta)?;
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let kind = kind.to_owned();
+        let api_version = api_version.to_owned();
+        fn decode<T: serde::de::DeserializeOwned>(
+            kind: &str,
+            doc: serde_json::Value,
+        ) -> Result<T, InputError> {
+            serde_json::from_value(doc).map_err(|source| InputError::Invalid {
+                kind: kind.to_owned(),
+                source,
+            })
+        }
+        macro_rules! push {
+            ($field:ident, namespaced) => {{
+                self.$field.push(decode(&kind, doc)?);
+                if let Some(obj) = self.$field.last_mut() {
+                    if obj.metadata.namespace.as_deref().unwrap_or("").is_empty() {
+                        obj.metadata.namespace = Some("default".to_owned());
+                    }
+                }
+            }};
+            ($field:ident) => {{
+                self.$field.push(decode(&kind, doc)?);
+            }};
+        }
+        match (group, kind.as_str()) {
+            ("gateway.networking.k8s.io", "GatewayClass") => push!(gateway_classes),
+            ("gateway.networking.k8s.io", "Gateway") => push!(gateways, namespaced),
+            ("gateway.networking.k8s.io", "ListenerSet") => push!(listener_sets, namespaced),
+            ("gateway.networking.k8s.io", "HTTPRoute") => push!(http_routes, namespaced),
+            ("gateway.networking.k8s.io", "GRPCRoute") => push!(grpc_routes, namespaced),
+            ("gateway.networking.k8s.io", "TLSRoute") => push!(tls_routes, namespaced),
+            ("gateway.networking.k8s.io", "ReferenceGrant") => push!(reference_grants, namespaced),
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+                push!(backend_tls_policies, namespaced)
+            }
+            ("", "Service") => push!(services, namespaced),
+            ("discovery.k8s.io", "EndpointSlice") => push!(endpoint_slices, namespaced),
+            ("", "Secret") => push!(secrets, namespaced),
+            ("", "ConfigMap") => push!(config_maps, namespaced),
+            ("", "Namespace") => push!(namespaces),
+            _ => return Err(InputError::UnsupportedKind { api_version, kind }),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! Gatewright's translator: a pure function from a snapshot of Gateway API
+//! (and core Kubernetes) objects to Envoy configuration per Gateway plus the
+//! status of every object.
+//!
+//! No IO, no clock, no async: the same [`Input`], in any list order, gives a
+//! byte-identical [`Output`].
+
+mod attach;
+mod backend;
+mod conditions;
+mod envoy;
+mod gateway;
+mod hostname;
+mod index;
+mod input;
+mod model;
+mod output;
+
+pub use envoy::INVALID_BACKEND_CLUSTER;
+pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
+pub use output::{GatewayResources, Output, Statuses};
+
+use attach::ParentStatus;
+use conditions::{Conditions, reason};
+use gateway_api::gatewayclasses::GatewayClassStatus;
+use index::Index;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeSet;
+
+/// Translates one snapshot of objects into Envoy resources and statuses.
+pub fn translate(input: &Input) -> Output {
+    let now = input
+        .now
+        .clone()
+        .unwrap_or(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let index = Index::new(input);
+    let mut out = Output::default();
+
+    // GatewayClasses of ours.
+    let mut classes: BTreeSet<&str> = BTreeSet::new();
+    for gc in &input.gateway_classes {
+        if gc.spec.controller_name != input.controller_name {
+            continue;
+        }
+        let name = gc.metadata.name.as_deref().unwrap_or("");
+        classes.insert(name);
+        let mut c = Conditions::new(&now, gc.metadata.generation);
+        c.set(
+            reason::ACCEPTED,
+            true,
+            reason::ACCEPTED,
+            "GatewayClass accepted by Gatewright",
+        );
+        out.statuses.gateway_classes.insert(
+            name.to_owned(),
+            GatewayClassStatus {
+                conditions: Some(c.into_vec()),
+                supported_features: None,
+            },
+        );
+    }
+
+    // Gateways of our classes, in key order, one per key.
+    let mut gateways: Vec<&gateway_api::gateways::Gateway> = input
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+        .collect();
+    gateways.sort_by(|a, b| {
+        index::key_of(&a.metadata)
+            .cmp(&index::key_of(&b.metadata))
+            .then_with(|| json_cmp(a, b))
+    });
+    gateways.dedup_by(|a, b| index::key_of(&a.metadata) == index::key_of(&b.metadata));
+    let mut infos: Vec<gateway::GatewayInfo<'_>> = gateways
+        .iter()
+        .map(|g| gateway::resolve(&index, g))
+        .collect();
+    let ours: BTreeSet<(&str, &str)> = gateways
+        .iter()
+        .map(|g| index::key_of(&g.metadata))
+        .collect();
+
+    // Routes naming at least one of our Gateways, converted once.
+    let names_ours = |parents: &[model::ParentRef]| {
+        parents
+            .iter()
+            .any(|p| p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
+    };
+    let mut routes: Vec<model::Route> = Vec::new();
+    routes.extend(input.http_routes.iter().map(model::from_http));
+    routes.extend(input.grpc_routes.iter().map(model::from_grpc));
+    routes.extend(input.tls_routes.iter().map(model::from_tls));
+    routes.retain(|r| names_ours(&r.parents));
+    routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+    // Duplicate keys cannot come from an API server; keep the first by key.
+    routes.dedup_by(|a, b| (a.kind, &a.key) == (b.kind, &b.key));
+    let resolved: Vec<attach::ResolvedRoute> = routes
+        .into_iter()
+        .map(|r| attach::resolve_route(&index, r))
+        .collect();
+
+    let (attachments, route_statuses) = attach::attach(&index, &mut infos, &resolved, &now);
+
+    for (gi, info) in infos.iter().enumerate() {
+        out.statuses
+            .gateways
+            .insert(info.key.clone(), gateway::status(info, &now));
+        let bind = input
+            .bind_addresses
+            .get(&info.key)
+            .map_or("0.0.0.0", String::as_str);
+        let slices = |ns: &str, svc: &str| index.slices(ns, svc).to_vec();
+        let port_name = |c: &backend::ClusterRef| {
+            index
+                .service(&c.namespace, &c.service)
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|ps| ps.iter().find(|p| p.port == c.port))
+                .and_then(|p| p.name.clone())
+        };
+        let emitter = envoy::Emitter {
+            gateway: info,
+            routes: &resolved,
+            attachments: &attachments[gi],
+            bind_address: bind,
+            slices: &slices,
+            service_port_name: &port_name,
+        };
+        out.gateways.insert(info.key.clone(), emitter.emit());
+    }
+
+    for (rr, parents) in resolved.iter().zip(route_statuses) {
+        if parents.is_empty() {
+            continue;
+        }
+        let key = rr.route.key.clone();
+        let controller = input.controller_name.as_str();
+        match rr.route.kind {
+            model::RouteKind::Http => {
+                use gateway_api::httproutes::{
+                    HttpRouteStatus as S, HttpRouteStatusParents as P,
+                    HttpRouteStatusParentsParentRef as R,
+                };
+                out.statuses.http_routes.insert(
+                    key,
+                    S {
+                        parents: route_parents!(parents, controller, P, R),
+                    },
+                );
+            }
+            model::RouteKind::Grpc => {
+                use gateway_api::grpcroutes::{
+                    GrpcRouteStatus as S, GrpcRouteStatusParents as P,
+                    GrpcRouteStatusParentsParentRef as R,
+                };
+                out.statuses.grpc_routes.insert(
+                    key,
+                    S {
+                        parents: route_parents!(parents, controller, P, R),
+                    },
+                );
+            }
+            model::RouteKind::Tls => {
+                use gateway_api::tlsroutes::{
+                    TlsRouteStatus as S, TlsRouteStatusParents as P,
+                    TlsRouteStatusParentsParentRef as R,
+                };
+                out.statuses.tls_routes.insert(
+                    key,
+                    S {
+                        parents: route_parents!(parents, controller, P, R),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Builds a kind's `status.parents` list from kind-agnostic parent statuses.
+macro_rules! route_parents {
+    ($parents:expr, $controller:expr, $P:ident, $R:ident) => {
+        $parents
+            .into_iter()
+            .map(|ParentStatus { parent, conditions }| $P {
+                conditions,
+                controller_name: $controller.to_owned(),
+                parent_ref: $R {
+                    group: Some(parent.group),
+                    kind: Some(parent.kind),
+                    name: parent.name,
+                    namespace: Some(parent.namespace),
+                    port: parent.port,
+                    section_name: parent.section_name,
+                },
+            })
+            .collect()
+    };
+}
+use route_parents;
+
+/// Orders two objects by their JSON form: the tie-breaker for duplicate keys.
+fn json_cmp<T: serde::Serialize>(a: &T, b: &T) -> std::cmp::Ordering {
+    serde_json::to_string(a)
+        .unwrap_or_default()
+        .cmp(&serde_json::to_string(b).unwrap_or_default())
+}

@@ -1,0 +1,65 @@
+//! The translator's output: Envoy resources per Gateway and the status of
+//! every object the translator has an opinion on.
+
+use crate::input::ObjectKey;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use gateway_api::backendtlspolicies::BackendTlsPolicyStatus;
+use gateway_api::gatewayclasses::GatewayClassStatus;
+use gateway_api::gateways::GatewayStatus;
+use gateway_api::grpcroutes::GrpcRouteStatus;
+use gateway_api::httproutes::HttpRouteStatus;
+use gateway_api::listenersets::ListenerSetStatus;
+use gateway_api::tlsroutes::TlsRouteStatus;
+use std::collections::BTreeMap;
+
+/// The Envoy configuration of one Gateway. Every list is sorted by resource
+/// name, and names are unique within their list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayResources {
+    /// LDS resources.
+    pub listeners: Vec<Listener>,
+    /// RDS resources.
+    pub routes: Vec<RouteConfiguration>,
+    /// CDS resources (all of type EDS, fed over ADS).
+    pub clusters: Vec<Cluster>,
+    /// EDS resources, one per cluster, named like the cluster.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    /// SDS resources.
+    pub secrets: Vec<Secret>,
+}
+
+/// Status of every object the translator has an opinion on, by object.
+///
+/// Route statuses hold only the `parents` entries of Gateways this
+/// controller owns; merging them with other controllers' entries is the
+/// status writer's job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Statuses {
+    /// GatewayClasses whose controllerName is ours.
+    pub gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    /// Gateways of our GatewayClasses.
+    pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    /// ListenerSets attached to our Gateways.
+    pub listener_sets: BTreeMap<ObjectKey, ListenerSetStatus>,
+    /// HTTPRoutes with at least one parentRef to our Gateways.
+    pub http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
+    /// GRPCRoutes with at least one parentRef to our Gateways.
+    pub grpc_routes: BTreeMap<ObjectKey, GrpcRouteStatus>,
+    /// TLSRoutes with at least one parentRef to our Gateways.
+    pub tls_routes: BTreeMap<ObjectKey, TlsRouteStatus>,
+    /// BackendTLSPolicies that target a backend of our routes.
+    pub backend_tls_policies: BTreeMap<ObjectKey, BackendTlsPolicyStatus>,
+}
+
+/// Everything [`crate::translate`] produces.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    /// Envoy resources for each programmable Gateway of ours.
+    pub gateways: BTreeMap<ObjectKey, GatewayResources>,
+    /// Status for every object the translator has an opinion on.
+    pub statuses: Statuses,
+}
