@@ -5,9 +5,9 @@ use crate::conditions::{Conditions, reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
 use crate::index::Index;
-use crate::model::{Filter, ParentRef, Route};
+use crate::model::{Filter, ParentRef, Route, RouteKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A rule's backends after resolution, with their weights.
 #[derive(Debug)]
@@ -95,6 +95,15 @@ pub(crate) struct ParentStatus {
     pub(crate) conditions: Vec<Condition>,
 }
 
+/// One parentRef of one route that names one of our Gateways.
+struct Pending {
+    route: usize,
+    parent: ParentRef,
+    gateway: usize,
+    /// The listeners the route attaches to, with its hostnames on each.
+    result: Result<Vec<(usize, Vec<String>)>, Unresolved>,
+}
+
 /// Attaches every route to the listeners of our Gateways. Returns the
 /// attachments per Gateway (same order as `gateways`) and, per route, the
 /// status of each parentRef that names one of our Gateways.
@@ -109,11 +118,10 @@ pub(crate) fn attach(
         .enumerate()
         .map(|(i, g)| ((g.key.namespace.clone(), g.key.name.clone()), i))
         .collect();
-    let mut attachments: Vec<Vec<Attachment>> = gateways.iter().map(|_| Vec::new()).collect();
-    let mut statuses = Vec::with_capacity(routes.len());
+    let mut pending: Vec<Pending> = Vec::new();
     for (ri, rr) in routes.iter().enumerate() {
         let route = &rr.route;
-        let mut parents: Vec<ParentStatus> = Vec::new();
+        let first = pending.len();
         // (gateway, listener) pairs this route already counts towards.
         let mut counted: Vec<(usize, usize)> = Vec::new();
         for parent in &route.parents {
@@ -124,7 +132,7 @@ pub(crate) fn attach(
                 continue;
             };
             // The same parentRef twice gets one status entry.
-            if parents.iter().any(|p| p.parent == *parent) {
+            if pending[first..].iter().any(|p| p.parent == *parent) {
                 continue;
             }
             let gw = &mut gateways[gi];
@@ -139,93 +147,174 @@ pub(crate) fn attach(
                 })
                 .map(|(i, _)| i)
                 .collect();
-            let mut c = Conditions::new(now, route.generation);
-            let accepted: Result<Vec<(usize, Vec<String>)>, (&str, String)> =
-                if candidates.is_empty() {
+            let result = if candidates.is_empty() {
+                Err((
+                    reason::NO_MATCHING_PARENT,
+                    "no listener matches the parentRef's sectionName and port".to_owned(),
+                ))
+            } else {
+                let allowed: Vec<usize> = candidates
+                    .into_iter()
+                    .filter(|&i| {
+                        let l = &gw.listeners[i];
+                        l.kinds.contains(&route.kind)
+                            && l.allows_namespace(index, &gw_ns, &route.key.namespace)
+                    })
+                    .collect();
+                if allowed.is_empty() {
                     Err((
-                        reason::NO_MATCHING_PARENT,
-                        "no listener matches the parentRef's sectionName and port".to_owned(),
+                        reason::NOT_ALLOWED_BY_LISTENERS,
+                        format!(
+                            "no listener allows a {} from namespace {}",
+                            route.kind.kind(),
+                            route.key.namespace
+                        ),
                     ))
                 } else {
-                    let allowed: Vec<usize> = candidates
+                    for &li in &allowed {
+                        if !counted.contains(&(gi, li)) {
+                            counted.push((gi, li));
+                            gw.listeners[li].attached_routes += 1;
+                        }
+                    }
+                    let matched: Vec<(usize, Vec<String>)> = allowed
                         .into_iter()
-                        .filter(|&i| {
-                            let l = &gw.listeners[i];
-                            l.kinds.contains(&route.kind)
-                                && l.allows_namespace(index, &gw_ns, &route.key.namespace)
+                        .filter_map(|li| {
+                            hostname::effective(
+                                gw.listeners[li].hostname.as_deref(),
+                                &route.hostnames,
+                            )
+                            .map(|h| (li, h))
                         })
                         .collect();
-                    if allowed.is_empty() {
+                    if matched.is_empty() {
                         Err((
-                            reason::NOT_ALLOWED_BY_LISTENERS,
-                            format!(
-                                "no listener allows a {} from namespace {}",
-                                route.kind.kind(),
-                                route.key.namespace
-                            ),
+                            reason::NO_MATCHING_LISTENER_HOSTNAME,
+                            "no listener hostname intersects the route's hostnames".to_owned(),
                         ))
+                    } else if !route.unsupported.is_empty() {
+                        Err((reason::UNSUPPORTED_VALUE, route.unsupported.join("; ")))
                     } else {
-                        for &li in &allowed {
-                            if !counted.contains(&(gi, li)) {
-                                counted.push((gi, li));
-                                gw.listeners[li].attached_routes += 1;
-                            }
-                        }
-                        let matched: Vec<(usize, Vec<String>)> = allowed
-                            .into_iter()
-                            .filter_map(|li| {
-                                hostname::effective(
-                                    gw.listeners[li].hostname.as_deref(),
-                                    &route.hostnames,
-                                )
-                                .map(|h| (li, h))
-                            })
-                            .collect();
-                        if matched.is_empty() {
-                            Err((
-                                reason::NO_MATCHING_LISTENER_HOSTNAME,
-                                "no listener hostname intersects the route's hostnames".to_owned(),
-                            ))
-                        } else if !route.unsupported.is_empty() {
-                            Err((reason::UNSUPPORTED_VALUE, route.unsupported.join("; ")))
-                        } else {
-                            Ok(matched)
-                        }
-                    }
-                };
-            match accepted {
-                Ok(matched) => {
-                    c.set(reason::ACCEPTED, true, reason::ACCEPTED, "route accepted");
-                    for (li, hostnames) in matched {
-                        let dup = attachments[gi]
-                            .iter()
-                            .any(|a| a.route == ri && a.listener == li);
-                        if gw.listeners[li].programmable() && !dup {
-                            attachments[gi].push(Attachment {
-                                route: ri,
-                                listener: li,
-                                hostnames,
-                            });
-                        }
+                        Ok(matched)
                     }
                 }
-                Err((r, m)) => c.set(reason::ACCEPTED, false, r, m),
-            }
-            match &rr.refs_error {
-                None => c.set(
-                    reason::RESOLVED_REFS,
-                    true,
-                    reason::RESOLVED_REFS,
-                    "all references resolved",
-                ),
-                Some((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
-            }
-            parents.push(ParentStatus {
+            };
+            pending.push(Pending {
+                route: ri,
                 parent: parent.clone(),
-                conditions: c.into_vec(),
+                gateway: gi,
+                result,
             });
         }
-        statuses.push(parents);
+    }
+    exclude_http_grpc_overlaps(routes, &mut pending);
+
+    let mut attachments: Vec<Vec<Attachment>> = gateways.iter().map(|_| Vec::new()).collect();
+    let mut statuses: Vec<Vec<ParentStatus>> = routes.iter().map(|_| Vec::new()).collect();
+    for p in pending {
+        let rr = &routes[p.route];
+        let mut c = Conditions::new(now, rr.route.generation);
+        match p.result {
+            Ok(matched) => {
+                c.set(reason::ACCEPTED, true, reason::ACCEPTED, "route accepted");
+                for (li, hostnames) in matched {
+                    let list = &mut attachments[p.gateway];
+                    let dup = list.iter().any(|a| a.route == p.route && a.listener == li);
+                    if gateways[p.gateway].listeners[li].programmable() && !dup {
+                        list.push(Attachment {
+                            route: p.route,
+                            listener: li,
+                            hostnames,
+                        });
+                    }
+                }
+            }
+            Err((r, m)) => c.set(reason::ACCEPTED, false, r, m),
+        }
+        match &rr.refs_error {
+            None => c.set(
+                reason::RESOLVED_REFS,
+                true,
+                reason::RESOLVED_REFS,
+                "all references resolved",
+            ),
+            Some((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
+        }
+        statuses[p.route].push(ParentStatus {
+            parent: p.parent,
+            conditions: c.into_vec(),
+        });
     }
     (attachments, statuses)
+}
+
+/// An HTTPRoute and a GRPCRoute whose hostnames intersect on one listener
+/// cannot both be accepted there: the older route (then the first by
+/// namespace/name) keeps the listener, the other loses it.
+fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending]) {
+    let overlaps = |a: &[String], b: &[String]| {
+        a.iter().any(|x| {
+            b.iter()
+                .any(|y| x == "*" || y == "*" || hostname::intersect(x, y).is_some())
+        })
+    };
+    // (gateway, listener) → pending entries attached there, oldest route first.
+    let mut by_listener: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    for (pi, p) in pending.iter().enumerate() {
+        let http_like = matches!(
+            routes[p.route].route.kind,
+            RouteKind::Http | RouteKind::Grpc
+        );
+        if let Ok(matched) = &p.result
+            && http_like
+        {
+            for (li, _) in matched {
+                by_listener.entry((p.gateway, *li)).or_default().push(pi);
+            }
+        }
+    }
+    let mut losers: Vec<(usize, usize, String)> = Vec::new();
+    for ((_, li), mut entries) in by_listener {
+        entries.sort_by(|&a, &b| {
+            routes[pending[a].route]
+                .route
+                .age_key()
+                .cmp(&routes[pending[b].route].route.age_key())
+        });
+        let mut kept: Vec<(usize, &[String])> = Vec::new();
+        for pi in entries {
+            let p = &pending[pi];
+            let route = &routes[p.route].route;
+            let Ok(matched) = &p.result else { continue };
+            let Some((_, hosts)) = matched.iter().find(|(l, _)| *l == li) else {
+                continue;
+            };
+            let winner = kept.iter().find(|(k, kh)| {
+                routes[pending[*k].route].route.kind != route.kind && overlaps(kh, hosts)
+            });
+            match winner {
+                Some((k, _)) => {
+                    let w = &routes[pending[*k].route].route;
+                    losers.push((
+                        pi,
+                        li,
+                        format!(
+                            "{} {} already serves these hostnames on this listener",
+                            w.kind.kind(),
+                            w.key
+                        ),
+                    ));
+                }
+                None => kept.push((pi, hosts.as_slice())),
+            }
+        }
+    }
+    for (pi, li, message) in losers {
+        if let Ok(matched) = &mut pending[pi].result {
+            matched.retain(|(l, _)| *l != li);
+            if matched.is_empty() {
+                pending[pi].result = Err((reason::ROUTE_CONFLICTED, message));
+            }
+        }
+    }
 }

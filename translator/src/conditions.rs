@@ -14,6 +14,10 @@ pub(crate) mod reason {
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
+    pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
+    pub const ROUTE_CONFLICTED: &str = "Conflicted";
+    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";

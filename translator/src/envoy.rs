@@ -341,10 +341,7 @@ impl Emitter<'_, '_> {
             }
             let rr = &self.routes[a.route];
             for h in &a.hostnames {
-                if h != "*" && !self.owns(listeners, a.listener, h) {
-                    continue;
-                }
-                if h == "*" && !self.owns(listeners, a.listener, "*") {
+                if !self.owns(listeners, a.listener, h) {
                     continue;
                 }
                 let entries = hosts.entry(h.clone()).or_default();
@@ -564,6 +561,11 @@ fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
             route_config_name: route_config.to_owned(),
         })),
         http_filters: vec![router],
+        // Backends with appProtocol kubernetes.io/ws take WebSocket upgrades.
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }],
         // Hostnames are matched without the port a client may send.
         strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
             true,

@@ -77,6 +77,8 @@ pub(crate) struct Listener {
     pub(crate) certificates: Vec<Certificate>,
     accepted: Result<(), (&'static str, String)>,
     conflict: Option<&'static str>,
+    /// Names of other HTTPS listeners on the port whose hostnames overlap.
+    overlaps: Vec<String>,
     resolved: Result<(), (&'static str, String)>,
     /// Routes attached per the AllowedRoutes + parentRefs rule.
     pub(crate) attached_routes: i32,
@@ -344,6 +346,19 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                     )),
                 ),
             };
+            let hostname_ok = l
+                .hostname
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .map_or(Ok(()), crate::validate::hostname);
+            let accepted = match (accepted, hostname_ok) {
+                (Ok(()), Err(e)) => Err((reason::UNSUPPORTED_VALUE, e)),
+                (Ok(()), Ok(())) if !(1..=65535).contains(&l.port) => Err((
+                    reason::PORT_UNAVAILABLE,
+                    format!("port {} is out of range", l.port),
+                )),
+                (a, _) => a,
+            };
             let (kinds, kinds_ok) = listener_kinds(l, protocol);
             let (certificates, resolved) = match protocol {
                 Some(Protocol::Https) => match resolve_certificates(index, ns, l) {
@@ -381,6 +396,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 certificates,
                 accepted,
                 conflict: None,
+                overlaps: Vec::new(),
                 resolved,
                 attached_routes: 0,
             }
@@ -463,6 +479,17 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
                     "all references resolved",
                 ),
                 Err((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
+            }
+            if !l.overlaps.is_empty() {
+                c.set(
+                    reason::OVERLAPPING_TLS_CONFIG,
+                    true,
+                    reason::OVERLAPPING_HOSTNAMES,
+                    format!(
+                        "hostname overlaps with HTTPS listeners {} on the same port",
+                        l.overlaps.join(", ")
+                    ),
+                );
             }
             if l.programmable() {
                 c.set(

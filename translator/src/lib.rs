@@ -15,6 +15,7 @@ mod index;
 mod input;
 mod model;
 mod output;
+mod validate;
 
 pub use envoy::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};

@@ -3,6 +3,7 @@
 
 use crate::index::GATEWAY_GROUP;
 use crate::input::ObjectKey;
+use crate::validate;
 use gateway_api::grpcroutes::{
     GrpcRoute, GrpcRouteRulesFiltersType, GrpcRouteRulesMatchesHeadersType,
     GrpcRouteRulesMatchesMethodType,
@@ -51,6 +52,85 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Records every value Envoy would reject as unsupported, so the route
+    /// is not accepted instead of breaking its Gateway's configuration.
+    fn validated(mut self) -> Self {
+        let mut problems: Vec<String> = Vec::new();
+        let mut check = |ri: Option<usize>, r: Result<(), String>| {
+            if let Err(e) = r {
+                problems.push(match ri {
+                    Some(i) => format!("rule {i}: {e}"),
+                    None => e,
+                });
+            }
+        };
+        for h in &self.hostnames {
+            check(None, validate::hostname(h));
+        }
+        for (ri, rule) in self.rules.iter().enumerate() {
+            let ri = Some(ri);
+            for m in &rule.matches {
+                match &m.path {
+                    PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::RawPrefix(p) => {
+                        check(ri, validate::path(p))
+                    }
+                    PathMatch::Regex(r) => check(ri, validate::regex(r)),
+                }
+                for v in m.headers.iter().chain(&m.query) {
+                    check(ri, validate::header_name(&v.name));
+                    check(
+                        ri,
+                        if v.regex {
+                            validate::regex(&v.value)
+                        } else {
+                            validate::header_value(&v.value)
+                        },
+                    );
+                }
+            }
+            for f in &rule.filters {
+                match f {
+                    Filter::RequestHeaders(h) | Filter::ResponseHeaders(h) => {
+                        for (name, value) in h.set.iter().chain(&h.add) {
+                            check(ri, validate::modifiable_header(name));
+                            check(ri, validate::header_value(value));
+                        }
+                        for name in &h.remove {
+                            check(ri, validate::modifiable_header(name));
+                        }
+                    }
+                    Filter::Redirect {
+                        hostname,
+                        path,
+                        port,
+                        ..
+                    } => {
+                        if let Some(h) = hostname {
+                            check(ri, validate::hostname(h));
+                        }
+                        if let Some(PathModifier::Full(p) | PathModifier::Prefix(p)) = path {
+                            check(ri, validate::path(p));
+                        }
+                        if port.is_some_and(|p| !(1..=65535).contains(&p)) {
+                            check(ri, Err(format!("invalid redirect port {port:?}")));
+                        }
+                    }
+                    Filter::Rewrite { hostname, path } => {
+                        if let Some(h) = hostname {
+                            check(ri, validate::hostname(h));
+                        }
+                        if let Some(PathModifier::Full(p) | PathModifier::Prefix(p)) = path {
+                            check(ri, validate::path(p));
+                        }
+                    }
+                    Filter::Mirror { .. } => {}
+                }
+            }
+        }
+        self.unsupported.extend(problems);
+        self
+    }
+
     /// Precedence between routes: oldest first, then namespace/name.
     pub(crate) fn age_key(&self) -> (bool, Option<Timestamp>, &ObjectKey) {
         (self.created.is_none(), self.created, &self.key)
@@ -220,7 +300,11 @@ macro_rules! backend {
             namespace: $b.namespace.clone().unwrap_or_else(|| $ns.to_owned()),
             name: $b.name.clone(),
             port: $b.port,
-            weight: u32::try_from($b.weight.unwrap_or(1)).unwrap_or(0),
+            // The API caps weights at 1,000,000; so does Gatewright, so sums
+            // of up to 16 backends stay far from overflow.
+            weight: u32::try_from($b.weight.unwrap_or(1))
+                .unwrap_or(0)
+                .min(1_000_000),
         }
     };
 }
@@ -455,6 +539,7 @@ pub(crate) fn from_http(r: &HttpRoute) -> Route {
         rules,
         unsupported,
     }
+    .validated()
 }
 
 pub(crate) fn from_grpc(r: &GrpcRoute) -> Route {
@@ -599,6 +684,7 @@ pub(crate) fn from_grpc(r: &GrpcRoute) -> Route {
         rules,
         unsupported,
     }
+    .validated()
 }
 
 pub(crate) fn from_tls(r: &TlsRoute) -> Route {
@@ -624,6 +710,7 @@ pub(crate) fn from_tls(r: &TlsRoute) -> Route {
         rules,
         unsupported: vec![],
     }
+    .validated()
 }
 
 /// Escapes RE2 metacharacters so `s` matches literally.
