@@ -122,8 +122,6 @@ pub(crate) fn attach(
     for (ri, rr) in routes.iter().enumerate() {
         let route = &rr.route;
         let first = pending.len();
-        // (gateway, listener) pairs this route already counts towards.
-        let mut counted: Vec<(usize, usize)> = Vec::new();
         for parent in &route.parents {
             if !parent.is_gateway() {
                 continue;
@@ -135,7 +133,7 @@ pub(crate) fn attach(
             if pending[first..].iter().any(|p| p.parent == *parent) {
                 continue;
             }
-            let gw = &mut gateways[gi];
+            let gw = &gateways[gi];
             let gw_ns = gw.key.namespace.clone();
             let candidates: Vec<usize> = gw
                 .listeners
@@ -171,12 +169,6 @@ pub(crate) fn attach(
                         ),
                     ))
                 } else {
-                    for &li in &allowed {
-                        if !counted.contains(&(gi, li)) {
-                            counted.push((gi, li));
-                            gw.listeners[li].attached_routes += 1;
-                        }
-                    }
                     let matched: Vec<(usize, Vec<String>)> = allowed
                         .into_iter()
                         .filter_map(|li| {
@@ -211,6 +203,10 @@ pub(crate) fn attach(
 
     let mut attachments: Vec<Vec<Attachment>> = gateways.iter().map(|_| Vec::new()).collect();
     let mut statuses: Vec<Vec<ParentStatus>> = routes.iter().map(|_| Vec::new()).collect();
+    // attachedRoutes counts each accepted route once per listener, whatever
+    // the listener's own state.
+    let mut counted: std::collections::HashSet<(usize, usize, usize)> =
+        std::collections::HashSet::new();
     for p in pending {
         let rr = &routes[p.route];
         let mut c = Conditions::new(now, rr.route.generation);
@@ -218,6 +214,9 @@ pub(crate) fn attach(
             Ok(matched) => {
                 c.set(reason::ACCEPTED, true, reason::ACCEPTED, "route accepted");
                 for (li, hostnames) in matched {
+                    if counted.insert((p.route, p.gateway, li)) {
+                        gateways[p.gateway].listeners[li].attached_routes += 1;
+                    }
                     let list = &mut attachments[p.gateway];
                     let dup = list.iter().any(|a| a.route == p.route && a.listener == li);
                     if gateways[p.gateway].listeners[li].programmable() && !dup {

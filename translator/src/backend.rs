@@ -85,10 +85,22 @@ pub(crate) fn resolve(
             format!("Service {}/{} has no port {port}", b.namespace, b.name),
         ));
     };
-    let h2_app = matches!(
-        sp.app_protocol.as_deref(),
-        Some("kubernetes.io/h2c" | "h2c" | "grpc")
-    );
+    // appProtocol says how to speak to the backend; TLS passthrough only
+    // forwards bytes, so it ignores it.
+    let h2_app = match sp.app_protocol.as_deref() {
+        _ if kind == RouteKind::Tls => false,
+        None | Some("http" | "kubernetes.io/ws") => false,
+        Some("kubernetes.io/h2c" | "h2c") => true,
+        Some(other) => {
+            return Err((
+                reason::UNSUPPORTED_PROTOCOL,
+                format!(
+                    "Service {}/{} port {port} has appProtocol {other:?}, which Gatewright cannot speak",
+                    b.namespace, b.name
+                ),
+            ));
+        }
+    };
     Ok(ClusterRef {
         namespace: b.namespace.clone(),
         service: b.name.clone(),

@@ -313,57 +313,86 @@ impl Emitter<'_, '_> {
         listeners: &[usize],
         clusters: &mut BTreeSet<ClusterRef>,
     ) -> RouteConfiguration {
-        // Host → entries (sort key, route index, rule index, match index).
-        type Entry<'m> = (
-            (
-                &'m crate::model::Precedence,
-                (
-                    bool,
-                    Option<k8s_openapi::jiff::Timestamp>,
-                    &'m crate::input::ObjectKey,
-                ),
-            ),
-            usize,
-            usize,
-            usize,
-        );
-        let mut hosts: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
-        // A listener hostname always has its own virtual host, so requests
-        // for it never fall through to a wildcard listener's routes.
+        // Every hostname a route serves here, and every listener hostname,
+        // gets a virtual host (a listener hostname always has its own, so
+        // requests for it never fall through to a wildcard listener).
+        let mut domains: BTreeSet<&str> = BTreeSet::new();
+        // (listener, route, hostname) for each hostname an attachment serves,
+        // split into exact names (looked up directly) and wildcards.
+        let mut exact: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut wild: Vec<(&str, usize, usize)> = Vec::new();
         for &li in listeners {
             if let Some(h) = &self.gateway.listeners[li].hostname {
-                hosts.entry(h.clone()).or_default();
+                domains.insert(h);
             }
         }
-        for a in self.attachments {
-            if !listeners.contains(&a.listener) {
-                continue;
-            }
-            let rr = &self.routes[a.route];
+        for a in self
+            .attachments
+            .iter()
+            .filter(|a| listeners.contains(&a.listener))
+        {
             for h in &a.hostnames {
                 if !self.owns(listeners, a.listener, h) {
                     continue;
                 }
-                let entries = hosts.entry(h.clone()).or_default();
-                for (ri, rule) in rr.route.rules.iter().enumerate() {
-                    for (mi, m) in rule.matches.iter().enumerate() {
-                        entries.push(((&m.precedence, rr.route.age_key()), a.route, ri, mi));
-                    }
+                domains.insert(h);
+                if h.starts_with('*') {
+                    wild.push((h, a.listener, a.route));
+                } else {
+                    exact.entry(h).or_default().push((a.listener, a.route));
                 }
             }
         }
-        let virtual_hosts = hosts
+        let virtual_hosts = domains
             .into_iter()
-            .map(|(host, mut entries)| {
+            .map(|domain| {
+                // Only the listener owning this domain serves it (listener
+                // isolation); within it, every route whose hostname covers
+                // the domain, routes of more specific hostnames first.
+                let owner = listeners
+                    .iter()
+                    .copied()
+                    .find(|&li| self.owns(listeners, li, domain));
+                let mut candidates: Vec<(&str, usize)> = exact
+                    .get(domain)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(li, _)| Some(*li) == owner)
+                    .map(|&(_, ri)| (domain, ri))
+                    .collect();
+                candidates.extend(
+                    wild.iter()
+                        .filter(|(h, li, _)| {
+                            Some(*li) == owner
+                                && (*h == "*"
+                                    || hostname::intersect(h, domain).as_deref() == Some(domain))
+                        })
+                        .map(|&(h, _, ri)| (h, ri)),
+                );
+                let mut entries = Vec::new();
+                for (h, ri) in candidates {
+                    let route = &self.routes[ri].route;
+                    for (rule_i, rule) in route.rules.iter().enumerate() {
+                        for (mi, m) in rule.matches.iter().enumerate() {
+                            entries.push((
+                                (host_rank(h), &m.precedence, route.age_key()),
+                                ri,
+                                rule_i,
+                                mi,
+                            ));
+                        }
+                    }
+                }
                 entries.sort();
-                entries.dedup_by(|a, b| (a.1, a.2, a.3) == (b.1, b.2, b.3));
+                let mut seen = std::collections::HashSet::new();
                 let routes = entries
                     .iter()
+                    .filter(|&&(_, ri, rule_i, mi)| seen.insert((ri, rule_i, mi)))
                     .map(|&(_, ri, rule_i, mi)| self.route(port, ri, rule_i, mi, clusters))
                     .collect();
                 VirtualHost {
-                    name: host.clone(),
-                    domains: vec![host],
+                    name: domain.to_owned(),
+                    domains: vec![domain.to_owned()],
                     routes,
                     ..Default::default()
                 }
@@ -518,6 +547,17 @@ impl Emitter<'_, '_> {
             },
             ..Default::default()
         }
+    }
+}
+
+/// Precedence of the route hostname a request matched, smaller first:
+/// exact names, longest first; then wildcards, longest first; then routes
+/// without hostnames.
+fn host_rank(h: &str) -> (u8, std::cmp::Reverse<usize>) {
+    match h {
+        "*" => (2, std::cmp::Reverse(0)),
+        w if w.starts_with('*') => (1, std::cmp::Reverse(w.len())),
+        e => (0, std::cmp::Reverse(e.len())),
     }
 }
 

@@ -77,6 +77,9 @@ pub(crate) struct Listener {
     pub(crate) certificates: Vec<Certificate>,
     accepted: Result<(), (&'static str, String)>,
     conflict: Option<&'static str>,
+    /// Route kinds in allowedRoutes that this listener cannot serve; they
+    /// are reported but do not stop the listener serving the others.
+    invalid_kinds: Result<(), (&'static str, String)>,
     /// Names of other HTTPS listeners on the port whose hostnames overlap.
     overlaps: Vec<String>,
     resolved: Result<(), (&'static str, String)>,
@@ -362,10 +365,10 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
             let (kinds, kinds_ok) = listener_kinds(l, protocol);
             let (certificates, resolved) = match protocol {
                 Some(Protocol::Https) => match resolve_certificates(index, ns, l) {
-                    Ok(c) => (c, kinds_ok),
+                    Ok(c) => (c, Ok(())),
                     Err(e) => (vec![], Err(e)),
                 },
-                _ => (vec![], kinds_ok),
+                _ => (vec![], Ok(())),
             };
             let ns_cfg = l
                 .allowed_routes
@@ -396,35 +399,60 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 certificates,
                 accepted,
                 conflict: None,
+                invalid_kinds: kinds_ok,
                 overlaps: Vec::new(),
                 resolved,
                 attached_routes: 0,
             }
         })
         .collect();
-    // Conflicts: within a port, the first listener (in spec order) with a
-    // protocol family wins the port; later listeners of another family
-    // conflict on protocol, later ones of the same family with the same
-    // hostname conflict on hostname.
-    for i in 0..listeners.len() {
-        let Some(p) = listeners[i].protocol else {
-            continue;
-        };
-        for j in 0..i {
-            let Some(q) = listeners[j].protocol else {
-                continue;
+    // Indistinct listeners: on one port, HTTP cannot share with HTTPS/TLS
+    // (ProtocolConflict), and listeners of one family must differ in
+    // hostname (HostnameConflict). No listener of a conflicting set wins.
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.accepted.is_ok() && l.protocol.is_some() {
+            by_port.entry(l.port).or_default().push(i);
+        }
+    }
+    for members in by_port.values() {
+        let families: std::collections::BTreeSet<u8> = members
+            .iter()
+            .filter_map(|&i| listeners[i].protocol.map(Protocol::family))
+            .collect();
+        for &i in members {
+            let clash = members
+                .iter()
+                .any(|&j| j != i && listeners[j].hostname == listeners[i].hostname);
+            listeners[i].conflict = if families.len() > 1 {
+                Some(reason::PROTOCOL_CONFLICT)
+            } else if clash {
+                Some(reason::HOSTNAME_CONFLICT)
+            } else {
+                None
             };
-            if listeners[j].port != listeners[i].port || listeners[j].conflict.is_some() {
-                continue;
-            }
-            if q.family() != p.family() {
-                listeners[i].conflict = Some(reason::PROTOCOL_CONFLICT);
-                break;
-            }
-            if listeners[j].hostname == listeners[i].hostname {
-                listeners[i].conflict = Some(reason::HOSTNAME_CONFLICT);
-                break;
-            }
+        }
+    }
+    // HTTPS listeners on one port whose hostnames overlap (one covers the
+    // other; no hostname covers all) invite HTTP/2 connection coalescing
+    // across certificates; the spec asks for OverlappingTLSConfig on each.
+    for members in by_port.values() {
+        for &i in members {
+            let overlaps: Vec<String> = members
+                .iter()
+                .filter(|&&j| {
+                    let (a, b) = (&listeners[i], &listeners[j]);
+                    j != i
+                        && a.protocol == Some(Protocol::Https)
+                        && b.protocol == Some(Protocol::Https)
+                        && match (&a.hostname, &b.hostname) {
+                            (None, _) | (_, None) => true,
+                            (Some(x), Some(y)) => hostname::intersect(x, y).is_some(),
+                        }
+                })
+                .map(|&j| listeners[j].name.clone())
+                .collect();
+            listeners[i].overlaps = overlaps;
         }
     }
     GatewayInfo {
@@ -448,7 +476,7 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
                     reason::ACCEPTED,
                     false,
                     r,
-                    "the listener conflicts with an earlier listener on the same port",
+                    "the listener is not distinct from another listener on the same port",
                 ),
                 (Ok(()), None) => c.set(
                     reason::ACCEPTED,
@@ -462,7 +490,7 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
                     reason::CONFLICTED,
                     true,
                     r,
-                    "the listener conflicts with an earlier listener on the same port",
+                    "the listener is not distinct from another listener on the same port",
                 ),
                 None => c.set(
                     reason::CONFLICTED,
@@ -471,7 +499,7 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
                     "no conflicts",
                 ),
             }
-            match &l.resolved {
+            match l.resolved.as_ref().and(l.invalid_kinds.as_ref()) {
                 Ok(()) => c.set(
                     reason::RESOLVED_REFS,
                     true,
@@ -523,6 +551,15 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
         })
         .collect();
     let valid = info.listeners.iter().filter(|l| l.programmable()).count();
+    let names = |ok: bool| {
+        let list: Vec<&str> = info
+            .listeners
+            .iter()
+            .filter(|l| l.programmable() == ok)
+            .map(|l| l.name.as_str())
+            .collect();
+        list.join(", ")
+    };
     let all_valid = valid == info.listeners.len();
     let mut c = Conditions::new(now, generation);
     if all_valid {
@@ -533,9 +570,13 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
             valid > 0,
             reason::LISTENERS_NOT_VALID,
             format!(
-                "{} of {} listeners are not valid",
-                info.listeners.len() - valid,
-                info.listeners.len()
+                "listeners not valid: {}; listeners accepted: {}",
+                names(false),
+                if valid > 0 {
+                    names(true)
+                } else {
+                    "none".to_owned()
+                }
             ),
         );
     }

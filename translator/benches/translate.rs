@@ -1,0 +1,121 @@
+//! Translation benchmark: median time of `translate(&input)` (criterion) and
+//! heap allocations per call (a counting global allocator), on
+//!
+//! - `http_routes_1000` / `http_routes_5000`: one HTTP listener, n HTTPRoutes
+//!   each with its own Service (target: 5,000 routes under 100 ms);
+//! - `large_mixed`: 500 HTTPRoutes + 250 GRPCRoutes over 500 Services in 10
+//!   namespaces, HTTP + HTTPS listeners (target: under 15 ms).
+//!
+//! Run with `cargo bench -p gatewright-translator --bench translate`.
+
+#[path = "../tests/workload/mod.rs"]
+mod workload;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gatewright_translator::{Input, translate};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counts allocations (including the allocating half of reallocations) and
+/// bytes requested, then defers to the system allocator.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the counters are only side effects.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: same contract as `GlobalAlloc::alloc`.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: same contract as `GlobalAlloc::alloc_zeroed`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as `GlobalAlloc::dealloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        // SAFETY: same contract as `GlobalAlloc::realloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations and bytes of one `translate` call, the output's drop
+/// excluded (it is dropped after the counters are read).
+fn count_allocations(input: &Input) -> (u64, u64) {
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst);
+    let bytes = BYTES.load(Ordering::SeqCst);
+    let output = translate(black_box(input));
+    let counts = (
+        ALLOCATIONS.load(Ordering::SeqCst) - allocations,
+        BYTES.load(Ordering::SeqCst) - bytes,
+    );
+    drop(black_box(output));
+    counts
+}
+
+/// Prints the workload's shape and allocation counts, then benchmarks it.
+fn bench_workload(c: &mut Criterion, name: &str, input: &Input) {
+    // One untimed call first, so lazily initialised statics (if any) are
+    // not counted.
+    drop(black_box(translate(input)));
+    let output = translate(input);
+    let (listeners, routes, clusters, endpoints, secrets) =
+        output.gateways.values().fold((0, 0, 0, 0, 0), |acc, gw| {
+            (
+                acc.0 + gw.listeners.len(),
+                acc.1 + gw.routes.len(),
+                acc.2 + gw.clusters.len(),
+                acc.3 + gw.endpoints.len(),
+                acc.4 + gw.secrets.len(),
+            )
+        });
+    let gateways = output.gateways.len();
+    drop(output);
+    let (allocations, bytes) = count_allocations(input);
+    println!(
+        "{name}: input {} HTTPRoutes, {} GRPCRoutes, {} Services, {} EndpointSlices; \
+         output {gateways} Gateways, {listeners} listeners, {routes} route configs, {clusters} clusters, \
+         {endpoints} load assignments, {secrets} secrets",
+        input.http_routes.len(),
+        input.grpc_routes.len(),
+        input.services.len(),
+        input.endpoint_slices.len(),
+    );
+    println!("{name}: allocations per translate: {allocations}, bytes allocated: {bytes}");
+    c.bench_function(name, |b| b.iter(|| translate(black_box(input))));
+}
+
+fn benches(c: &mut Criterion) {
+    bench_workload(c, "http_routes_1000", &workload::http_routes(1000));
+    bench_workload(c, "http_routes_5000", &workload::http_routes(5000));
+    bench_workload(c, "large_mixed", &workload::large_mixed());
+}
+
+criterion_group! {
+    name = translate_benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8));
+    targets = benches
+}
+criterion_main!(translate_benches);

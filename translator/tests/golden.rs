@@ -1,0 +1,363 @@
+//! Golden translation cases: every `testdata/translator/<case>.yaml` is
+//! translated and its rendered output compared with the snapshot beside it,
+//! `testdata/translator/<case>.snap`; then every Gateway's Envoy resources are
+//! loaded by a real Envoy (`envoy --mode validate`).
+//!
+//! Regenerate the snapshots with `make golden` and review `git diff testdata`.
+
+mod support;
+
+use gatewright_translator::{GatewayResources, ObjectKey, Output, translate};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How many Envoy validations run at once.
+const ENVOY_PARALLELISM: usize = 2;
+
+fn case_files() -> Vec<PathBuf> {
+    let dir = support::cases_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn case_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .expect("case file has a stem")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Compares `rendered` with `<case>.snap` beside the input; `Err` if insta
+/// rejects it (its diff is already printed).
+fn check_snapshot(case: &str, input_file: &std::path::Path, rendered: &str) -> Result<(), String> {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(support::cases_dir());
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_input_file(input_file);
+    settings.set_omit_expression(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(case, rendered));
+    }));
+    result.map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "snapshot assertion failed".to_owned());
+        format!("{case}: snapshot mismatch (run `make golden` and review `git diff testdata`): {message}")
+    })
+}
+
+#[test]
+fn golden_cases() {
+    // Fail, never skip, when there is no Envoy to validate with.
+    let envoy = support::envoy_binary().unwrap_or_else(|e| panic!("{e}"));
+
+    let files = case_files();
+    assert!(
+        !files.is_empty(),
+        "no test cases in {}",
+        support::cases_dir().display()
+    );
+    let mut failures = Vec::new();
+
+    // Snapshots without an input are stale.
+    for entry in std::fs::read_dir(support::cases_dir()).expect("list testdata/translator") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|ext| ext == "snap")
+            && !path.with_extension("yaml").exists()
+        {
+            failures.push(format!(
+                "{}: snapshot without an input file; delete it",
+                path.display()
+            ));
+        }
+    }
+
+    let mut outputs: Vec<(String, Output)> = Vec::new();
+    for file in &files {
+        let case = case_name(file);
+        let input = match support::load_case(file) {
+            Ok(input) => input,
+            Err(e) => {
+                failures.push(format!("{case}: cannot load case: {e:#}"));
+                continue;
+            }
+        };
+        // A panic fails the case, not the whole run.
+        let translated = std::panic::catch_unwind(|| {
+            let output = translate(&input);
+            let rendered = support::render(&output);
+            (output, rendered)
+        });
+        let Ok((output, rendered)) = translated else {
+            failures.push(format!(
+                "{case}: translate or render panicked (see the output above)"
+            ));
+            continue;
+        };
+        if let Err(e) = check_snapshot(&case, file, &rendered) {
+            failures.push(e);
+        }
+        outputs.push((case, output));
+    }
+
+    // Envoy must accept every Gateway's configuration.
+    let next = AtomicUsize::new(0);
+    let envoy_failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..ENVOY_PARALLELISM {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((case, output)) = outputs.get(index) else {
+                        break;
+                    };
+                    if let Err(e) = support::envoy_validate(output) {
+                        envoy_failures
+                            .lock()
+                            .unwrap()
+                            .push((index, format!("{case}: Envoy rejects the output:\n{e}")));
+                    }
+                }
+            });
+        }
+    });
+    let mut envoy_failures = envoy_failures.into_inner().unwrap();
+    envoy_failures.sort();
+    failures.extend(envoy_failures.into_iter().map(|(_, message)| message));
+
+    let gateways: usize = outputs
+        .iter()
+        .map(|(_, output)| output.gateways.len())
+        .sum();
+    eprintln!(
+        "golden: {} cases, {gateways} gateways validated with {}",
+        files.len(),
+        envoy.display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} golden failure(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// A minimal Gateway's resources: one HTTP listener whose connection manager
+/// uses RDS route `route`, and the matching RouteConfiguration.
+fn minimal_http_gateway(route_in_listener: &str, listen_address: &str) -> GatewayResources {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ConfigSource, SocketAddress, address, config_source,
+        socket_address,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    let ads = ConfigSource {
+        resource_api_version: 2, // V3
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: "http".to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads),
+            route_config_name: route_in_listener.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    .to_owned(),
+                value: Router::default().encode_to_vec(),
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: "http-8080".to_owned(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: listen_address.to_owned(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(8080)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+                               HttpConnectionManager"
+                        .to_owned(),
+                    value: hcm.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    GatewayResources {
+        listeners: vec![listener],
+        routes: vec![RouteConfiguration {
+            name: "route".to_owned(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn output_of(resources: GatewayResources) -> Output {
+    let mut output = Output::default();
+    output
+        .gateways
+        .insert(ObjectKey::new("default", "gw"), resources);
+    output
+}
+
+#[test]
+fn envoy_validate_accepts_a_minimal_gateway() {
+    let output = output_of(minimal_http_gateway("route", "127.0.0.1"));
+    support::envoy_validate(&output).expect("Envoy accepts a minimal listener with its route");
+    let rendered = support::render(&output);
+    assert!(rendered.contains("routeConfigName: route"), "{rendered}");
+}
+
+#[test]
+fn envoy_validate_rejects_a_route_that_is_not_in_the_output() {
+    let output = output_of(minimal_http_gateway("missing", "127.0.0.1"));
+    let error = support::envoy_validate(&output).expect_err("an unknown RDS route is an error");
+    assert!(error.contains("\"missing\""), "{error}");
+}
+
+#[test]
+fn envoy_validate_rejects_an_invalid_listener_address() {
+    let output = output_of(minimal_http_gateway("route", "not-an-ip"));
+    let error = support::envoy_validate(&output).expect_err("Envoy rejects a malformed address");
+    assert!(error.contains("envoy --mode validate failed"), "{error}");
+}
+
+/// Puts a DownstreamTlsContext on the first filter chain whose certificate is
+/// the SDS secret `secret` (over ADS, as the translator emits it).
+fn with_sds_certificate(mut resources: GatewayResources, secret: &str) -> GatewayResources {
+    use envoy_types::pb::envoy::config::core::v3::{
+        AggregatedConfigSource, ConfigSource, TransportSocket, config_source, transport_socket,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    let tls = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: secret.to_owned(),
+                sds_config: Some(ConfigSource {
+                    resource_api_version: 2, // V3
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    resources.listeners[0].filter_chains[0].transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+                    .to_owned(),
+            value: tls.encode_to_vec(),
+        })),
+    });
+    resources
+}
+
+/// A TLS certificate secret with (fake) inline PEM bytes.
+fn fake_certificate_secret(
+    name: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        Secret, TlsCertificate, secret,
+    };
+    let inline = |bytes: &[u8]| DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(bytes.to_vec())),
+        ..Default::default()
+    };
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(b"-----BEGIN CERTIFICATE-----\nnot a certificate\n")),
+            private_key: Some(inline(b"-----BEGIN PRIVATE KEY-----\nnot a key\n")),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn envoy_validate_resolves_sds_references_from_the_output_secrets() {
+    // The referenced secret is missing: Envoy must look for it among the
+    // static secrets (not over SDS) and reject the listener.
+    let output = output_of(with_sds_certificate(
+        minimal_http_gateway("route", "127.0.0.1"),
+        "default/cert",
+    ));
+    let error = support::envoy_validate(&output).expect_err("a missing static secret is an error");
+    assert!(
+        error.contains("Unknown static secret: default/cert"),
+        "{error}"
+    );
+
+    // Present but not a certificate: Envoy loads it and rejects the PEM,
+    // which shows the secret was resolved.
+    let mut resources =
+        with_sds_certificate(minimal_http_gateway("route", "127.0.0.1"), "default/cert");
+    resources
+        .secrets
+        .push(fake_certificate_secret("default/cert"));
+    let error = support::envoy_validate(&output_of(resources))
+        .expect_err("a bogus certificate is an error");
+    assert!(
+        error.contains("Failed to load certificate chain"),
+        "{error}"
+    );
+}
+
+#[test]
+fn render_redacts_private_keys() {
+    let mut resources = minimal_http_gateway("route", "127.0.0.1");
+    resources
+        .secrets
+        .push(fake_certificate_secret("default/cert"));
+    let rendered = support::render(&output_of(resources));
+    assert!(rendered.contains("[redacted]"), "{rendered}");
+    assert!(!rendered.contains("not a key"), "{rendered}");
+    let key_base64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t"; // "-----BEGIN PRIVATE KEY-----"
+    assert!(!rendered.contains(key_base64), "{rendered}");
+    // Certificates stay.
+    assert!(rendered.contains("certificateChain"), "{rendered}");
+    let statuses = rendered.find("statuses:").expect("statuses section");
+    let gateways = rendered.find("gateways:").expect("gateways section");
+    assert!(statuses < gateways, "{rendered}");
+}
