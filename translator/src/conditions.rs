@@ -17,6 +17,7 @@ pub(crate) mod reason {
     pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
     pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
     pub const ROUTE_CONFLICTED: &str = "Conflicted";
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";

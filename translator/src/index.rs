@@ -3,7 +3,7 @@
 
 use crate::input::Input;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +48,7 @@ pub(crate) struct Index<'a> {
     services: NsMap<'a, &'a Service>,
     slices: NsMap<'a, Vec<&'a EndpointSlice>>,
     secrets: NsMap<'a, &'a Secret>,
+    config_maps: NsMap<'a, &'a ConfigMap>,
     namespaces: HashMap<&'a str, &'a Namespace>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
 }
@@ -63,6 +64,11 @@ impl<'a> Index<'a> {
         for s in &input.secrets {
             let (ns, name) = key_of(&s.metadata);
             insert_unique(secrets.entry(ns).or_default(), name, s);
+        }
+        let mut config_maps: NsMap<'a, &'a ConfigMap> = HashMap::new();
+        for c in &input.config_maps {
+            let (ns, name) = key_of(&c.metadata);
+            insert_unique(config_maps.entry(ns).or_default(), name, c);
         }
         let mut namespaces = HashMap::with_capacity(input.namespaces.len());
         for n in &input.namespaces {
@@ -96,6 +102,7 @@ impl<'a> Index<'a> {
             services,
             slices,
             secrets,
+            config_maps,
             namespaces,
             grants,
         }
@@ -107,6 +114,10 @@ impl<'a> Index<'a> {
 
     pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<&'a Secret> {
         self.secrets.get(ns).and_then(|m| m.get(name)).copied()
+    }
+
+    pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {
+        self.config_maps.get(ns).and_then(|m| m.get(name)).copied()
     }
 
     /// EndpointSlices of a Service (any order).

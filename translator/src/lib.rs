@@ -26,7 +26,7 @@ use conditions::{Conditions, reason};
 use gateway_api::gatewayclasses::GatewayClassStatus;
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Translates one snapshot of objects into Envoy resources and statuses.
 pub fn translate(input: &Input) -> Output {
@@ -37,21 +37,49 @@ pub fn translate(input: &Input) -> Output {
     let index = Index::new(input);
     let mut out = Output::default();
 
-    // GatewayClasses of ours.
+    // GatewayClasses of ours, by name (one per name, whatever the order).
+    let mut ours: Vec<&gateway_api::gatewayclasses::GatewayClass> = input
+        .gateway_classes
+        .iter()
+        .filter(|gc| gc.spec.controller_name == input.controller_name)
+        .collect();
+    ours.sort_by(|a, b| {
+        a.metadata
+            .name
+            .cmp(&b.metadata.name)
+            .then_with(|| json_cmp(a, b))
+    });
+    ours.dedup_by(|a, b| a.metadata.name == b.metadata.name);
     let mut classes: BTreeSet<&str> = BTreeSet::new();
-    for gc in &input.gateway_classes {
-        if gc.spec.controller_name != input.controller_name {
-            continue;
-        }
+    let mut rejected: BTreeMap<&str, String> = BTreeMap::new();
+    for gc in ours {
         let name = gc.metadata.name.as_deref().unwrap_or("");
-        classes.insert(name);
         let mut c = Conditions::new(&now, gc.metadata.generation);
-        c.set(
-            reason::ACCEPTED,
-            true,
-            reason::ACCEPTED,
-            "GatewayClass accepted by Gatewright",
-        );
+        match gc
+            .spec
+            .parameters_ref
+            .as_ref()
+            .map(|p| class_parameters(&index, p))
+        {
+            None | Some(Ok(())) => {
+                classes.insert(name);
+                c.set(
+                    reason::ACCEPTED,
+                    true,
+                    reason::ACCEPTED,
+                    "GatewayClass accepted by Gatewright",
+                );
+            }
+            Some(Err(message)) => {
+                c.set(
+                    reason::ACCEPTED,
+                    false,
+                    reason::INVALID_PARAMETERS,
+                    message.clone(),
+                );
+                rejected.insert(name, message);
+            }
+        }
         out.statuses.gateway_classes.insert(
             name.to_owned(),
             GatewayClassStatus {
@@ -59,6 +87,31 @@ pub fn translate(input: &Input) -> Output {
                 supported_features: None,
             },
         );
+    }
+    // Gateways of a rejected class are not programmed; they say why.
+    for g in &input.gateways {
+        if let Some(message) = rejected.get(g.spec.gateway_class_name.as_str()) {
+            let mut c = Conditions::new(&now, g.metadata.generation);
+            let why = format!(
+                "GatewayClass {} is not accepted: {message}",
+                g.spec.gateway_class_name
+            );
+            c.set(
+                reason::ACCEPTED,
+                false,
+                reason::INVALID_PARAMETERS,
+                why.clone(),
+            );
+            c.set(reason::PROGRAMMED, false, reason::INVALID, why);
+            let (ns, name) = index::key_of(&g.metadata);
+            out.statuses.gateways.insert(
+                ObjectKey::new(ns, name),
+                gateway_api::gateways::GatewayStatus {
+                    conditions: Some(c.into_vec()),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     // Gateways of our classes, in key order, one per key.
@@ -200,6 +253,35 @@ macro_rules! route_parents {
     };
 }
 use route_parents;
+
+/// Checks a GatewayClass parametersRef. Gatewright reads no parameters
+/// yet (its own parameters CRD comes with the Kubernetes infrastructure), so
+/// the only kind it takes is a core ConfigMap, which must exist.
+fn class_parameters(
+    index: &Index<'_>,
+    p: &gateway_api::gatewayclasses::GatewayClassParametersRef,
+) -> Result<(), String> {
+    let ns = p.namespace.as_deref().unwrap_or("");
+    if !p.group.is_empty() || p.kind != "ConfigMap" {
+        return Err(format!(
+            "parametersRef kind {}/{} is not supported",
+            p.group, p.kind
+        ));
+    }
+    if ns.is_empty() {
+        return Err(format!(
+            "parametersRef to ConfigMap {} needs a namespace",
+            p.name
+        ));
+    }
+    match index.config_map(ns, &p.name) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "parametersRef ConfigMap {ns}/{} does not exist",
+            p.name
+        )),
+    }
+}
 
 /// Orders two objects by their JSON form: the tie-breaker for duplicate keys.
 fn json_cmp<T: serde::Serialize>(a: &T, b: &T) -> std::cmp::Ordering {
