@@ -7,7 +7,7 @@ use crate::hostname;
 use crate::index::Index;
 use crate::model::{Filter, ParentRef, Route, RouteKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// A rule's backends after resolution, with their weights.
 #[derive(Debug)]
@@ -113,11 +113,6 @@ pub(crate) fn attach(
     routes: &[ResolvedRoute],
     now: &Time,
 ) -> (Vec<Vec<Attachment>>, Vec<Vec<ParentStatus>>) {
-    let by_key: HashMap<(String, String), usize> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| ((g.key.namespace.clone(), g.key.name.clone()), i))
-        .collect();
     let mut pending: Vec<Pending> = Vec::new();
     for (ri, rr) in routes.iter().enumerate() {
         let route = &rr.route;
@@ -126,7 +121,11 @@ pub(crate) fn attach(
             if !parent.is_gateway() {
                 continue;
             }
-            let Some(&gi) = by_key.get(&(parent.namespace.clone(), parent.name.clone())) else {
+            // `gateways` is sorted by key.
+            let Ok(gi) = gateways.binary_search_by(|g| {
+                (g.key.namespace.as_str(), g.key.name.as_str())
+                    .cmp(&(parent.namespace.as_str(), parent.name.as_str()))
+            }) else {
                 continue;
             };
             // The same parentRef twice gets one status entry.
@@ -214,13 +213,15 @@ pub(crate) fn attach(
             Ok(matched) => {
                 c.set(reason::ACCEPTED, true, reason::ACCEPTED, "route accepted");
                 for (li, hostnames) in matched {
-                    if counted.insert((p.route, p.gateway, li)) {
-                        gateways[p.gateway].listeners[li].attached_routes += 1;
+                    // Two parentRefs can lead a route to one listener: it
+                    // counts and attaches there once.
+                    if !counted.insert((p.route, p.gateway, li)) {
+                        continue;
                     }
-                    let list = &mut attachments[p.gateway];
-                    let dup = list.iter().any(|a| a.route == p.route && a.listener == li);
-                    if gateways[p.gateway].listeners[li].programmable() && !dup {
-                        list.push(Attachment {
+                    let listener = &mut gateways[p.gateway].listeners[li];
+                    listener.attached_routes += 1;
+                    if listener.programmable() {
+                        attachments[p.gateway].push(Attachment {
                             route: p.route,
                             listener: li,
                             hostnames,
@@ -251,13 +252,7 @@ pub(crate) fn attach(
 /// cannot both be accepted there: the older route (then the first by
 /// namespace/name) keeps the listener, the other loses it.
 fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending]) {
-    let overlaps = |a: &[String], b: &[String]| {
-        a.iter().any(|x| {
-            b.iter()
-                .any(|y| x == "*" || y == "*" || hostname::intersect(x, y).is_some())
-        })
-    };
-    // (gateway, listener) → pending entries attached there, oldest route first.
+    // (gateway, listener) → pending entries attached there.
     let mut by_listener: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
     for (pi, p) in pending.iter().enumerate() {
         let http_like = matches!(
@@ -280,20 +275,23 @@ fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending])
                 .age_key()
                 .cmp(&routes[pending[b].route].route.age_key())
         });
-        let mut kept: Vec<(usize, &[String])> = Vec::new();
+        // Routes kept so far, by kind (a route only conflicts with the other
+        // kind), indexed by hostname so exact names need no scan.
+        let mut kept: [Kept<'_>; 2] = [Kept::default(), Kept::default()];
         for pi in entries {
             let p = &pending[pi];
-            let route = &routes[p.route].route;
+            let mine = usize::from(routes[p.route].route.kind == RouteKind::Grpc);
             let Ok(matched) = &p.result else { continue };
             let Some((_, hosts)) = matched.iter().find(|(l, _)| *l == li) else {
                 continue;
             };
-            let winner = kept.iter().find(|(k, kh)| {
-                routes[pending[*k].route].route.kind != route.kind && overlaps(kh, hosts)
-            });
-            match winner {
-                Some((k, _)) => {
-                    let w = &routes[pending[*k].route].route;
+            match hosts
+                .iter()
+                .filter_map(|h| kept[1 - mine].winner_over(h))
+                .min()
+            {
+                Some((_, k)) => {
+                    let w = &routes[pending[k].route].route;
                     losers.push((
                         pi,
                         li,
@@ -304,7 +302,7 @@ fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending])
                         ),
                     ));
                 }
-                None => kept.push((pi, hosts.as_slice())),
+                None => kept[mine].add(pi, hosts),
             }
         }
     }
@@ -315,5 +313,52 @@ fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending])
                 pending[pi].result = Err((reason::ROUTE_CONFLICTED, message));
             }
         }
+    }
+}
+
+/// Hostnames of the routes of one kind kept on a listener, each with the
+/// order it was kept in and its pending entry.
+#[derive(Default)]
+struct Kept<'h> {
+    exact: std::collections::HashMap<&'h str, (usize, usize)>,
+    /// Wildcards and "*" (no hostname).
+    wild: Vec<(&'h str, (usize, usize))>,
+    count: usize,
+}
+
+impl<'h> Kept<'h> {
+    fn add(&mut self, pi: usize, hosts: &'h [String]) {
+        let at = (self.count, pi);
+        self.count += 1;
+        for h in hosts {
+            if h.starts_with('*') {
+                self.wild.push((h, at));
+            } else {
+                self.exact.entry(h).or_insert(at);
+            }
+        }
+    }
+
+    /// The earliest kept entry whose hostnames intersect `h`.
+    fn winner_over(&self, h: &str) -> Option<(usize, usize)> {
+        let covers = |wide: &str, narrow: &str| {
+            wide == "*" || hostname::intersect(wide, narrow).as_deref() == Some(narrow)
+        };
+        let from_wild = self
+            .wild
+            .iter()
+            .filter(|(w, _)| covers(w, h) || covers(h, w))
+            .map(|(_, at)| *at)
+            .min();
+        let from_exact = if h.starts_with('*') {
+            self.exact
+                .iter()
+                .filter(|(e, _)| covers(h, e))
+                .map(|(_, at)| *at)
+                .min()
+        } else {
+            self.exact.get(h).copied()
+        };
+        from_wild.into_iter().chain(from_exact).min()
     }
 }

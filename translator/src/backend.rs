@@ -8,6 +8,8 @@ use crate::model::{BackendRef, RouteKind};
 /// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ClusterRef {
+    /// The Envoy name, first so that ordering mostly compares one string.
+    name: String,
     pub(crate) namespace: String,
     pub(crate) service: String,
     pub(crate) port: i32,
@@ -15,13 +17,29 @@ pub(crate) struct ClusterRef {
 }
 
 impl ClusterRef {
+    pub(crate) fn new(namespace: &str, service: &str, port: i32, http2: bool) -> Self {
+        let proto = if http2 { "/h2" } else { "" };
+        Self {
+            name: format!("svc/{namespace}/{service}/{port}{proto}"),
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            port,
+            http2,
+        }
+    }
+
     /// The cluster's Envoy name; depends only on what it represents.
-    pub(crate) fn name(&self) -> String {
-        let proto = if self.http2 { "/h2" } else { "" };
-        format!(
-            "svc/{}/{}/{}{proto}",
-            self.namespace, self.service, self.port
-        )
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same Service port spoken to as plain TCP/HTTP1.
+    pub(crate) fn without_http2(&self) -> Self {
+        if self.http2 {
+            Self::new(&self.namespace, &self.service, self.port, false)
+        } else {
+            self.clone()
+        }
     }
 }
 
@@ -101,10 +119,10 @@ pub(crate) fn resolve(
             ));
         }
     };
-    Ok(ClusterRef {
-        namespace: b.namespace.clone(),
-        service: b.name.clone(),
+    Ok(ClusterRef::new(
+        &b.namespace,
+        &b.name,
         port,
-        http2: kind == RouteKind::Grpc || h2_app,
-    })
+        kind == RouteKind::Grpc || h2_app,
+    ))
 }

@@ -5,6 +5,7 @@ use crate::attach::{Attachment, ResolvedRoute, ResolvedRule};
 use crate::backend::ClusterRef;
 use crate::gateway::{GatewayInfo, Protocol};
 use crate::hostname;
+use crate::index::Index;
 use crate::model::{
     Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, ValueMatch, regex_escape,
 };
@@ -45,7 +46,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the cluster that does not exist: a weighted share pointing at it
@@ -110,8 +110,7 @@ pub(crate) struct Emitter<'a, 'i> {
     pub(crate) routes: &'a [ResolvedRoute],
     pub(crate) attachments: &'a [Attachment],
     pub(crate) bind_address: &'a str,
-    pub(crate) slices: &'a dyn Fn(&str, &str) -> Vec<&'i EndpointSlice>,
-    pub(crate) service_port_name: &'a dyn Fn(&ClusterRef) -> Option<String>,
+    pub(crate) index: &'a Index<'i>,
 }
 
 impl Emitter<'_, '_> {
@@ -163,6 +162,10 @@ impl Emitter<'_, '_> {
                 });
             }
         }
+        // Envoy's structs are large (a Cluster is kilobytes): size the lists
+        // once instead of copying them as they grow.
+        out.clusters.reserve_exact(clusters.len());
+        out.endpoints.reserve_exact(clusters.len());
         for c in &clusters {
             out.clusters.push(cluster(c));
             out.endpoints.push(self.load_assignment(c));
@@ -384,12 +387,17 @@ impl Emitter<'_, '_> {
                     }
                 }
                 entries.sort();
-                let mut seen = std::collections::HashSet::new();
-                let routes = entries
-                    .iter()
-                    .filter(|&&(_, ri, rule_i, mi)| seen.insert((ri, rule_i, mi)))
-                    .map(|&(_, ri, rule_i, mi)| self.route(port, ri, rule_i, mi, clusters))
-                    .collect();
+                // A route reaches a domain through several of its hostnames
+                // only when it has more than one candidate entry here; keep
+                // its most specific one.
+                if entries.len() > 1 {
+                    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+                    entries.retain(|&(_, ri, rule_i, mi)| seen.insert((ri, rule_i, mi)));
+                }
+                let mut routes = Vec::with_capacity(entries.len());
+                for &(_, ri, rule_i, mi) in &entries {
+                    routes.push(self.route(port, ri, rule_i, mi, clusters));
+                }
                 VirtualHost {
                     name: domain.to_owned(),
                     domains: vec![domain.to_owned()],
@@ -473,11 +481,13 @@ impl Emitter<'_, '_> {
                         apply_path_rewrite(&mut action, &m.path, path.as_ref());
                     }
                     for (c, fraction) in &resolved.mirrors {
-                        clusters.insert(c.clone());
+                        if !clusters.contains(c) {
+                            clusters.insert(c.clone());
+                        }
                         action
                             .request_mirror_policies
                             .push(route_action::RequestMirrorPolicy {
-                                cluster: c.name(),
+                                cluster: c.name().to_owned(),
                                 runtime_fraction: fraction.map(|(n, d)| RuntimeFractionalPercent {
                                     default_value: Some(fraction_percent(n, d)),
                                     ..Default::default()
@@ -497,9 +507,16 @@ impl Emitter<'_, '_> {
     }
 
     fn load_assignment(&self, c: &ClusterRef) -> ClusterLoadAssignment {
-        let port_name = (self.service_port_name)(c).unwrap_or_default();
-        let mut addrs: BTreeSet<(String, u32)> = BTreeSet::new();
-        for slice in (self.slices)(&c.namespace, &c.service) {
+        let port_name = self
+            .index
+            .service(&c.namespace, &c.service)
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ps| ps.iter().find(|p| p.port == c.port))
+            .and_then(|p| p.name.as_deref())
+            .unwrap_or("");
+        let mut addrs: BTreeSet<(&str, u32)> = BTreeSet::new();
+        for slice in self.index.slices(&c.namespace, &c.service) {
             if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
                 continue;
             }
@@ -520,7 +537,7 @@ impl Emitter<'_, '_> {
                 }
                 for a in &e.addresses {
                     if a.parse::<std::net::IpAddr>().is_ok() {
-                        addrs.insert((a.clone(), port));
+                        addrs.insert((a.as_str(), port));
                     }
                 }
             }
@@ -529,14 +546,14 @@ impl Emitter<'_, '_> {
             .into_iter()
             .map(|(a, p)| LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket(&a, p)),
+                    address: Some(socket(a, p)),
                     ..Default::default()
                 })),
                 ..Default::default()
             })
             .collect();
         ClusterLoadAssignment {
-            cluster_name: c.name(),
+            cluster_name: c.name().to_owned(),
             endpoints: if lb_endpoints.is_empty() {
                 vec![]
             } else {
@@ -700,29 +717,57 @@ fn header_ops(h: &HeaderModifier) -> (Vec<HeaderValueOption>, Vec<String>) {
     )
 }
 
-/// The route action for a rule's backends, or None when every request must
-/// get a 500 (no backends, all weights zero, or nothing valid to send to).
-fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Option<RouteAction> {
-    let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+/// A rule's backends as (cluster name, weight), merged by name: weight-0
+/// entries dropped, invalid ones pooled under [`INVALID_BACKEND_CLUSTER`].
+/// Registers every cluster used; `tcp` maps them to their plain-TCP form.
+fn backend_weights(
+    rule: &ResolvedRule,
+    clusters: &mut BTreeSet<ClusterRef>,
+    tcp: bool,
+) -> Vec<(String, u32)> {
+    let mut weights: Vec<(String, u32)> = Vec::with_capacity(rule.backends.len());
     for (target, weight) in &rule.backends {
         if *weight == 0 {
             continue;
         }
         let name = match target {
             Ok(c) => {
-                clusters.insert(c.clone());
-                c.name()
+                let c = if tcp && c.http2 {
+                    std::borrow::Cow::Owned(c.without_http2())
+                } else {
+                    std::borrow::Cow::Borrowed(c)
+                };
+                let name = c.name().to_owned();
+                if !clusters.contains(c.as_ref()) {
+                    clusters.insert(c.into_owned());
+                }
+                name
             }
             Err(_) => INVALID_BACKEND_CLUSTER.to_owned(),
         };
-        let w = weights.entry(name).or_insert(0);
-        *w = w.saturating_add(*weight);
+        weights.push((name, *weight));
     }
-    if weights.is_empty() || weights.keys().all(|k| k == INVALID_BACKEND_CLUSTER) {
+    // Merge repeated clusters, in name order.
+    weights.sort_unstable();
+    weights.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            earlier.1 = earlier.1.saturating_add(later.1);
+        }
+        same
+    });
+    weights
+}
+
+/// The route action for a rule's backends, or None when every request must
+/// get a 500 (no backends, all weights zero, or nothing valid to send to).
+fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Option<RouteAction> {
+    let mut weights = backend_weights(rule, clusters, false);
+    if weights.iter().all(|(k, _)| k == INVALID_BACKEND_CLUSTER) {
         return None;
     }
-    let specifier = if weights.len() == 1 {
-        route_action::ClusterSpecifier::Cluster(weights.into_keys().next().unwrap_or_default())
+    let specifier = if let [(name, _)] = weights.as_mut_slice() {
+        route_action::ClusterSpecifier::Cluster(std::mem::take(name))
     } else {
         route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: weights
@@ -748,34 +793,13 @@ fn tcp_target(
     rule: &ResolvedRule,
     clusters: &mut BTreeSet<ClusterRef>,
 ) -> tcp_proxy::ClusterSpecifier {
-    let mut weights: BTreeMap<String, u32> = BTreeMap::new();
-    for (target, weight) in &rule.backends {
-        if *weight == 0 {
-            continue;
-        }
-        let name = match target {
-            Ok(c) => {
-                // TLS passthrough is plain TCP to the backend.
-                let c = ClusterRef {
-                    http2: false,
-                    ..c.clone()
-                };
-                let n = c.name();
-                clusters.insert(c);
-                n
-            }
-            Err(_) => INVALID_BACKEND_CLUSTER.to_owned(),
-        };
-        let w = weights.entry(name).or_insert(0);
-        *w = w.saturating_add(*weight);
-    }
+    let weights = backend_weights(rule, clusters, true);
     if weights.len() <= 1 {
-        return tcp_proxy::ClusterSpecifier::Cluster(
-            weights
-                .into_keys()
-                .next()
-                .unwrap_or_else(|| INVALID_BACKEND_CLUSTER.to_owned()),
-        );
+        let name = weights
+            .into_iter()
+            .next()
+            .map_or_else(|| INVALID_BACKEND_CLUSTER.to_owned(), |(n, _)| n);
+        return tcp_proxy::ClusterSpecifier::Cluster(name);
     }
     tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
         clusters: weights
@@ -870,7 +894,7 @@ fn apply_path_rewrite(action: &mut RouteAction, matched: &PathMatch, path: Optio
 
 fn cluster(c: &ClusterRef) -> Cluster {
     let mut out = Cluster {
-        name: c.name(),
+        name: c.name().to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
         )),

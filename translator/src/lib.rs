@@ -164,22 +164,12 @@ pub fn translate(input: &Input) -> Output {
             .bind_addresses
             .get(&info.key)
             .map_or("0.0.0.0", String::as_str);
-        let slices = |ns: &str, svc: &str| index.slices(ns, svc).to_vec();
-        let port_name = |c: &backend::ClusterRef| {
-            index
-                .service(&c.namespace, &c.service)
-                .and_then(|s| s.spec.as_ref())
-                .and_then(|s| s.ports.as_ref())
-                .and_then(|ps| ps.iter().find(|p| p.port == c.port))
-                .and_then(|p| p.name.clone())
-        };
         let emitter = envoy::Emitter {
             gateway: info,
             routes: &resolved,
             attachments: &attachments[gi],
             bind_address: bind,
-            slices: &slices,
-            service_port_name: &port_name,
+            index: &index,
         };
         out.gateways.insert(info.key.clone(), emitter.emit());
     }

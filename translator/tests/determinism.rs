@@ -214,6 +214,58 @@ fn golden_cases_are_order_independent() {
     eprintln!("checked {} golden cases", cases.len());
 }
 
+/// The workloads (the benchmark's too) must take the translator's normal
+/// path: every route accepted by its parent with all references resolved.
+#[test]
+fn workload_routes_are_accepted_and_resolved() {
+    let inputs = [
+        ("http_routes(40)", workload::http_routes(40)),
+        ("mixed(4, 40, 60, 30)", workload::mixed(4, 40, 60, 30)),
+    ];
+    for (name, input) in inputs {
+        let output = translate(&input);
+        let statuses: Vec<(String, serde_json::Value)> = output
+            .statuses
+            .http_routes
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("HTTPRoute {k}"),
+                    serde_json::to_value(v).expect("status"),
+                )
+            })
+            .chain(output.statuses.grpc_routes.iter().map(|(k, v)| {
+                (
+                    format!("GRPCRoute {k}"),
+                    serde_json::to_value(v).expect("status"),
+                )
+            }))
+            .collect();
+        assert_eq!(
+            statuses.len(),
+            input.http_routes.len() + input.grpc_routes.len(),
+            "{name}: a status for every route"
+        );
+        for (route, status) in &statuses {
+            let parents = status["parents"].as_array().expect("parents");
+            assert!(!parents.is_empty(), "{name}: {route} has no parent status");
+            for parent in parents {
+                for kind in ["Accepted", "ResolvedRefs"] {
+                    let condition = parent["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["type"] == kind));
+                    assert!(
+                        condition.is_some_and(|c| c["status"] == "True"),
+                        "{name}: {route}: {kind} is not True: {parent}"
+                    );
+                }
+            }
+        }
+        let clusters: usize = output.gateways.values().map(|g| g.clusters.len()).sum();
+        assert!(clusters > 0, "{name}: no clusters");
+    }
+}
+
 /// The shuffle must really move things, or the tests above prove nothing.
 #[test]
 fn shuffle_changes_the_order() {
