@@ -18,9 +18,15 @@ pub(crate) struct ClusterRef {
 
 impl ClusterRef {
     pub(crate) fn new(namespace: &str, service: &str, port: i32, http2: bool) -> Self {
-        let proto = if http2 { "/h2" } else { "" };
+        use std::fmt::Write as _;
+        let mut name = String::with_capacity(namespace.len() + service.len() + 20);
+        let _ = write!(
+            name,
+            "svc/{namespace}/{service}/{port}{}",
+            if http2 { "/h2" } else { "" }
+        );
         Self {
-            name: format!("svc/{namespace}/{service}/{port}{proto}"),
+            name,
             namespace: namespace.to_owned(),
             service: service.to_owned(),
             port,

@@ -428,12 +428,7 @@ impl Emitter<'_, '_> {
         let resolved = &rr.rules[rule_i];
         let m = &rule.matches[mi];
         let mut out = Route {
-            name: format!(
-                "{}/{}/{}/rule/{rule_i}/match/{mi}",
-                kind_slug(rr.route.kind),
-                rr.route.key.namespace,
-                rr.route.key.name
-            ),
+            name: route_name(rr.route.kind, &rr.route.key, rule_i, mi),
             r#match: Some(route_match(m)),
             ..Default::default()
         };
@@ -576,6 +571,20 @@ fn host_rank(h: &str) -> (u8, std::cmp::Reverse<usize>) {
         w if w.starts_with('*') => (1, std::cmp::Reverse(w.len())),
         e => (0, std::cmp::Reverse(e.len())),
     }
+}
+
+/// `<kind>/<namespace>/<name>/rule/<i>/match/<j>`, built in one allocation:
+/// there is one per Envoy route.
+fn route_name(kind: RouteKind, key: &crate::input::ObjectKey, rule: usize, m: usize) -> String {
+    use std::fmt::Write as _;
+    let slug = kind_slug(kind);
+    let mut name = String::with_capacity(slug.len() + key.namespace.len() + key.name.len() + 40);
+    let _ = write!(
+        name,
+        "{slug}/{}/{}/rule/{rule}/match/{m}",
+        key.namespace, key.name
+    );
+    name
 }
 
 fn kind_slug(k: RouteKind) -> &'static str {

@@ -270,6 +270,17 @@ pub fn large_mixed() -> Input {
     )
 }
 
+/// [`large_mixed`] with only its HTTP listener: every route is programmed
+/// once instead of once per listener, the output size the issue's "500
+/// HTTPRoutes, 250 GRPCRoutes, 500 Services" shape implies.
+pub fn large_mixed_http_only() -> Input {
+    let mut input = large_mixed();
+    for gateway in &mut input.gateways {
+        gateway.spec.listeners.retain(|l| l.protocol == "HTTP");
+    }
+    input
+}
+
 /// A mixed snapshot:
 ///
 /// - Gateway `gateway-system/eg` with an HTTP listener on 80 and an HTTPS
