@@ -1,0 +1,293 @@
+//! The versioned resource cache, keyed by node group.
+
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, watch};
+
+/// One named resource with a version derived from its content.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    /// The resource name.
+    pub name: String,
+    /// Version of this resource: a hash of its encoded bytes.
+    pub version: String,
+    /// The resource, ready to send.
+    pub body: Any,
+}
+
+/// Resources of one type, by name.
+pub type TypeResources = BTreeMap<String, Arc<Resource>>;
+
+/// All resources of one node group, by type URL then name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    by_type: BTreeMap<String, TypeResources>,
+}
+
+fn content_version(bytes: &[u8]) -> String {
+    // The std SipHash with its fixed default keys: the same bytes give the
+    // same version in every process built from this source, so a version an
+    // Envoy reports after a server restart still means the same content.
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+impl Resources {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) `message` under `name`; its type URL comes from
+    /// the message type.
+    pub fn add<M: prost::Message + prost::Name>(&mut self, name: impl Into<String>, message: &M) {
+        self.add_encoded(M::type_url(), name, message.encode_to_vec());
+    }
+
+    /// Adds (or replaces) an already encoded resource.
+    pub fn add_encoded(
+        &mut self,
+        type_url: impl Into<String>,
+        name: impl Into<String>,
+        value: Vec<u8>,
+    ) {
+        let type_url = type_url.into();
+        let name = name.into();
+        let version = content_version(&value);
+        let resource = Resource {
+            name: name.clone(),
+            version,
+            body: Any {
+                type_url: type_url.clone(),
+                value,
+            },
+        };
+        self.by_type
+            .entry(type_url)
+            .or_default()
+            .insert(name, Arc::new(resource));
+    }
+
+    /// The resources of one type (empty if there are none).
+    pub fn of_type(&self, type_url: &str) -> Option<&TypeResources> {
+        self.by_type.get(type_url)
+    }
+
+    /// Number of resources of all types.
+    pub fn len(&self) -> usize {
+        self.by_type.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether there are no resources at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether both sets hold the same names and versions, type by type.
+    fn same_content(&self, other: &Resources) -> bool {
+        let nonempty = |r: &Resources| r.by_type.iter().filter(|(_, m)| !m.is_empty()).count();
+        nonempty(self) == nonempty(other)
+            && self
+                .by_type
+                .iter()
+                .filter(|(_, m)| !m.is_empty())
+                .all(|(t, mine)| {
+                    other.by_type.get(t).is_some_and(|theirs| {
+                        mine.len() == theirs.len()
+                            && mine
+                                .iter()
+                                .zip(theirs)
+                                .all(|((a, ra), (b, rb))| a == b && ra.version == rb.version)
+                    })
+                })
+    }
+}
+
+/// A configuration an Envoy rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// The node group.
+    pub group: String,
+    /// The Envoy node id that rejected it.
+    pub node: String,
+    /// The resource type.
+    pub type_url: String,
+    /// The version that was rejected (type version for state-of-the-world,
+    /// the rejected resources' versions for delta).
+    pub version: String,
+    /// Envoy's error message.
+    pub message: String,
+}
+
+/// How many NACKs are kept per group.
+const NACKS_KEPT: usize = 16;
+
+struct Group {
+    resources: Arc<Resources>,
+    notify: watch::Sender<u64>,
+    nacks: VecDeque<Nack>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            resources: Arc::new(Resources::new()),
+            notify: watch::channel(0).0,
+            nacks: VecDeque::new(),
+        }
+    }
+}
+
+/// Counters the control plane turns into metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Streams open now.
+    pub streams: AtomicU64,
+    /// Responses sent.
+    pub responses: AtomicU64,
+    /// NACKs received.
+    pub nacks: AtomicU64,
+}
+
+/// The cache every stream reads from. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    groups: Mutex<HashMap<String, Group>>,
+    nack_events: broadcast::Sender<Nack>,
+    stats: Stats,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                groups: Mutex::new(HashMap::new()),
+                nack_events: broadcast::channel(256).0,
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        // A panic while holding the lock cannot leave a group half-written
+        // (every update is a single assignment), so a poisoned lock is safe
+        // to keep using.
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the resources of `group`. Returns whether anything changed;
+    /// setting identical content is a no-op that wakes no stream.
+    pub fn set(&self, group: &str, resources: Resources) -> bool {
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_insert_with(Group::new);
+        if g.resources.same_content(&resources) {
+            return false;
+        }
+        g.resources = Arc::new(resources);
+        g.notify.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Drops a group's resources (its Envoys then get empty configuration).
+    pub fn clear(&self, group: &str) -> bool {
+        self.set(group, Resources::new())
+    }
+
+    /// The current resources of `group` and a receiver that changes when
+    /// they do.
+    pub fn watch(&self, group: &str) -> (Arc<Resources>, watch::Receiver<u64>) {
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_insert_with(Group::new);
+        (Arc::clone(&g.resources), g.notify.subscribe())
+    }
+
+    /// The current resources of `group`.
+    pub fn resources(&self, group: &str) -> Arc<Resources> {
+        self.groups()
+            .get(group)
+            .map_or_else(|| Arc::new(Resources::new()), |g| Arc::clone(&g.resources))
+    }
+
+    /// The last NACKs of `group`, oldest first.
+    pub fn nacks(&self, group: &str) -> Vec<Nack> {
+        self.groups()
+            .get(group)
+            .map(|g| g.nacks.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every NACK as it arrives.
+    pub fn nack_events(&self) -> broadcast::Receiver<Nack> {
+        self.inner.nack_events.subscribe()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub(crate) fn record_nack(&self, nack: Nack) {
+        self.inner.stats.nacks.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(group = %nack.group, node = %nack.node, type_url = %nack.type_url, version = %nack.version, message = %nack.message, "Envoy rejected configuration");
+        {
+            let mut groups = self.groups();
+            let g = groups.entry(nack.group.clone()).or_insert_with(Group::new);
+            if g.nacks.len() == NACKS_KEPT {
+                g.nacks.pop_front();
+            }
+            g.nacks.push_back(nack.clone());
+        }
+        // No subscriber is not an error.
+        let _ = self.inner.nack_events.send(nack);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_content_is_a_no_op() {
+        let cache = Cache::new();
+        let mut r = Resources::new();
+        r.add_encoded("t", "a", vec![1, 2, 3]);
+        assert!(cache.set("g", r.clone()));
+        assert!(!cache.set("g", r.clone()));
+        r.add_encoded("t", "a", vec![1, 2, 4]);
+        assert!(cache.set("g", r));
+        assert!(cache.clear("g"));
+        assert!(!cache.clear("g"));
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let mut a = Resources::new();
+        a.add_encoded("t", "x", vec![9]);
+        let mut b = Resources::new();
+        b.add_encoded("t", "x", vec![9]);
+        assert_eq!(a, b);
+        b.add_encoded("t", "x", vec![8]);
+        assert_ne!(
+            a.of_type("t").unwrap()["x"].version,
+            b.of_type("t").unwrap()["x"].version
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The AggregatedDiscoveryService: one task per stream, reading requests
+//! and cache changes and writing responses.
+
+use crate::cache::Cache;
+use crate::session::{Mode, Outgoing, Session};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Node metadata key naming the node group; without it the group is the
+/// node's `cluster`.
+pub const GROUP_METADATA_KEY: &str = "gatewright.dev/group";
+
+/// Responses buffered per stream before the sender waits for the Envoy.
+const STREAM_BUFFER: usize = 16;
+
+/// The ADS server over a [`Cache`].
+#[derive(Clone)]
+pub struct AdsServer {
+    cache: Cache,
+}
+
+impl AdsServer {
+    /// A server answering from `cache`.
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+
+    /// The tonic service, ready to add to a `tonic::transport::Server`.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        // Envoy configurations can be large: allow big messages both ways.
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+}
+
+/// The node group of an Envoy: the metadata key if set, else node.cluster.
+fn group_of(node: Option<&Node>) -> Result<(String, String), Status> {
+    let node = node.ok_or_else(|| {
+        Status::invalid_argument("the first request of a stream must carry a node")
+    })?;
+    let from_metadata = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(GROUP_METADATA_KEY))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        });
+    let group = from_metadata.or_else(|| (!node.cluster.is_empty()).then(|| node.cluster.clone())).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "node {:?} names no group: set node.cluster or the {GROUP_METADATA_KEY} metadata key",
+            node.id
+        ))
+    })?;
+    Ok((group, node.id.clone()))
+}
+
+/// Counts a stream for as long as it lives.
+struct StreamGuard(Cache);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.stats().streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request of either protocol.
+trait AdsRequest: Send + 'static {
+    fn node(&self) -> Option<&Node>;
+    fn apply(&self, session: &mut Session) -> Result<(), Status>;
+}
+
+impl AdsRequest for DiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn apply(&self, session: &mut Session) -> Result<(), Status> {
+        session.on_sotw_request(self)
+    }
+}
+
+impl AdsRequest for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn apply(&self, session: &mut Session) -> Result<(), Status> {
+        session.on_delta_request(self)
+    }
+}
+
+/// A response of either protocol.
+trait AdsResponse: Send + 'static {
+    fn from_outgoing(o: Outgoing) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+impl AdsResponse for DiscoveryResponse {
+    fn from_outgoing(o: Outgoing) -> Option<Self> {
+        match o {
+            Outgoing::Sotw(r) => Some(r),
+            Outgoing::Delta(_) => None,
+        }
+    }
+}
+
+impl AdsResponse for DeltaDiscoveryResponse {
+    fn from_outgoing(o: Outgoing) -> Option<Self> {
+        match o {
+            Outgoing::Delta(r) => Some(r),
+            Outgoing::Sotw(_) => None,
+        }
+    }
+}
+
+/// Serves one stream until the Envoy goes away or breaks the protocol.
+async fn serve<Req: AdsRequest, Resp: AdsResponse>(
+    cache: Cache,
+    mode: Mode,
+    mut requests: Streaming<Req>,
+    tx: mpsc::Sender<Result<Resp, Status>>,
+) {
+    let first = match requests.message().await {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => return,
+    };
+    let (group, node) = match group_of(first.node()) {
+        Ok(g) => g,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    cache.stats().streams.fetch_add(1, Ordering::Relaxed);
+    let _guard = StreamGuard(cache.clone());
+    tracing::info!(%group, %node, ?mode, "Envoy connected");
+    let (mut resources, mut changes) = cache.watch(&group);
+    let mut session = Session::new(mode, cache.clone(), group, node);
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take()
+            && let Err(status) = req.apply(&mut session)
+        {
+            tracing::warn!(group = %session.group(), %status, "closing stream on a bad request");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        for out in session.push(&resources) {
+            if let Some(resp) = Resp::from_outgoing(out)
+                && tx.send(Ok(resp)).await.is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            msg = requests.message() => match msg {
+                Ok(Some(req)) => next = Some(req),
+                Ok(None) | Err(_) => return,
+            },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                resources = cache.resources(session.group());
+            }
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(serve(
+            self.cache.clone(),
+            Mode::Sotw,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(serve(
+            self.cache.clone(),
+            Mode::Delta,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,470 @@
+//! The state of one ADS stream: subscriptions per type, what the Envoy holds,
+//! nonces, ACKs and NACKs; and the decision of what to send next.
+
+use crate::cache::{Cache, Nack, Resource, Resources};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use tonic::Status;
+
+/// Type URLs of the resources Gatewright serves.
+pub mod type_url {
+    /// CDS.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// EDS.
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// LDS.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// RDS.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// SDS.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+}
+
+use type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+
+/// Push order: what a resource refers to goes out before it (clusters and
+/// their endpoints, and secrets, before the listeners and routes that use
+/// them). Removals of clusters and secrets wait until listeners and routes
+/// no longer need them.
+const ORDER: [&str; 5] = [CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE];
+
+fn known(type_url: &str) -> Option<usize> {
+    ORDER.iter().position(|t| *t == type_url)
+}
+
+/// Types whose empty first subscription means "everything" (legacy wildcard).
+fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == CLUSTER || type_url == LISTENER
+}
+
+/// Types that listeners and routes refer to by name.
+fn referenced(type_url: &str) -> bool {
+    type_url == CLUSTER || type_url == SECRET
+}
+
+/// Whether the stream speaks state-of-the-world or delta xDS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Sotw,
+    Delta,
+}
+
+/// A response not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    nonce: String,
+    /// Type version (state-of-the-world).
+    version: String,
+    /// Resources sent, name → version; removals have no version.
+    sent: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// A request for this type has arrived.
+    requested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the Envoy holds, or will once it accepts what is in flight:
+    /// name → the resource last sent.
+    held: BTreeMap<String, Arc<Resource>>,
+    /// Type version last sent (state-of-the-world).
+    sent_version: Option<String>,
+    /// The nonce of the last response of this type.
+    last_nonce: String,
+    in_flight: Vec<InFlight>,
+    /// Content the Envoy rejected: type version (state-of-the-world) and
+    /// resource versions (delta). It is not sent again until it changes.
+    rejected_version: Option<String>,
+    rejected: BTreeMap<String, String>,
+    /// Send this type's current state even if it has not changed.
+    force: bool,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Every response the session wants to send after an event.
+pub(crate) enum Outgoing {
+    Sotw(DiscoveryResponse),
+    Delta(DeltaDiscoveryResponse),
+}
+
+/// One ADS stream.
+pub(crate) struct Session {
+    mode: Mode,
+    cache: Cache,
+    group: String,
+    node: String,
+    types: [TypeState; 5],
+    nonce: u64,
+}
+
+fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
+    let mut h = std::hash::DefaultHasher::new();
+    for (name, r) in resources {
+        name.hash(&mut h);
+        r.version.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+fn unknown_type(type_url: &str) -> Status {
+    Status::invalid_argument(format!(
+        "unknown type URL {type_url:?}; Gatewright serves clusters, endpoints, listeners, routes and secrets (v3)"
+    ))
+}
+
+impl Session {
+    pub(crate) fn new(mode: Mode, cache: Cache, group: String, node: String) -> Self {
+        Self {
+            mode,
+            cache,
+            group,
+            node,
+            types: Default::default(),
+            nonce: 0,
+        }
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    fn nack(&self, type_url: &str, version: String, message: String) {
+        self.cache.record_nack(Nack {
+            group: self.group.clone(),
+            node: self.node.clone(),
+            type_url: type_url.to_owned(),
+            version,
+            message,
+        });
+    }
+
+    /// Applies a state-of-the-world request.
+    pub(crate) fn on_sotw_request(&mut self, req: &DiscoveryRequest) -> Result<(), Status> {
+        let i = known(&req.type_url).ok_or_else(|| unknown_type(&req.type_url))?;
+        let type_url = ORDER[i];
+        let st = &mut self.types[i];
+        if !req.response_nonce.is_empty() {
+            // Only an answer to our latest response counts; older ones are
+            // stale and say nothing about what the Envoy holds now.
+            if req.response_nonce != st.last_nonce {
+                return Ok(());
+            }
+            if let Some(pos) = st
+                .in_flight
+                .iter()
+                .position(|f| f.nonce == req.response_nonce)
+            {
+                let f = st.in_flight.remove(pos);
+                match &req.error_detail {
+                    Some(err) => {
+                        st.rejected_version = Some(f.version.clone());
+                        let message = err.message.clone();
+                        self.nack(type_url, f.version, message);
+                    }
+                    None => st.rejected_version = None,
+                }
+            }
+        }
+        let st = &mut self.types[i];
+        let explicit_wildcard = req.resource_names.iter().any(|n| n == "*");
+        let names: BTreeSet<String> = req
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect();
+        let wildcard = explicit_wildcard
+            || (req.resource_names.is_empty()
+                && wildcard_by_default(type_url)
+                && (!st.requested || st.wildcard));
+        if !st.requested || wildcard != st.wildcard || names != st.names {
+            st.force = true;
+        }
+        st.requested = true;
+        st.wildcard = wildcard;
+        st.names = names;
+        Ok(())
+    }
+
+    /// Applies a delta request.
+    pub(crate) fn on_delta_request(&mut self, req: &DeltaDiscoveryRequest) -> Result<(), Status> {
+        let i = known(&req.type_url).ok_or_else(|| unknown_type(&req.type_url))?;
+        let type_url = ORDER[i];
+        let first = !self.types[i].requested;
+        if !req.response_nonce.is_empty() {
+            let st = &mut self.types[i];
+            if let Some(pos) = st
+                .in_flight
+                .iter()
+                .position(|f| f.nonce == req.response_nonce)
+            {
+                let f = st.in_flight.remove(pos);
+                if let Some(err) = &req.error_detail {
+                    // The Envoy keeps what it had: forget what we sent, and
+                    // do not send those versions again.
+                    for (name, version) in &f.sent {
+                        st.held.remove(name);
+                        if let Some(v) = version {
+                            st.rejected.insert(name.clone(), v.clone());
+                        }
+                    }
+                    let version = f
+                        .sent
+                        .values()
+                        .flatten()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let message = err.message.clone();
+                    self.nack(type_url, version, message);
+                }
+            }
+        }
+        let st = &mut self.types[i];
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(name);
+                // The Envoy drops what it no longer watches.
+                if !st.wildcard {
+                    st.held.remove(name);
+                }
+            }
+        }
+        if first {
+            if req.resource_names_subscribe.is_empty() && wildcard_by_default(type_url) {
+                st.wildcard = true;
+            }
+            // After a reconnect the Envoy says what it still holds; what is
+            // unchanged is not sent again.
+            for (name, version) in &req.initial_resource_versions {
+                st.held.insert(
+                    name.clone(),
+                    Arc::new(Resource {
+                        name: name.clone(),
+                        version: version.clone(),
+                        body: Default::default(),
+                    }),
+                );
+            }
+        }
+        st.requested = true;
+        Ok(())
+    }
+
+    /// The resources of type `i` the Envoy should hold now.
+    fn desired(&self, i: usize, resources: &Resources) -> BTreeMap<String, Arc<Resource>> {
+        let st = &self.types[i];
+        let Some(all) = resources.of_type(ORDER[i]) else {
+            return BTreeMap::new();
+        };
+        if st.wildcard {
+            all.clone()
+        } else {
+            st.names
+                .iter()
+                .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
+                .collect()
+        }
+    }
+
+    /// Whether listeners and routes are in their final state, so clusters and
+    /// secrets they used to need can go.
+    fn referrers_settled(&self, resources: &Resources) -> bool {
+        [LISTENER, ROUTE].iter().all(|t| {
+            let i = known(t).unwrap_or_default();
+            let st = &self.types[i];
+            if !st.requested {
+                return true;
+            }
+            let desired = self.desired(i, resources);
+            st.in_flight.is_empty()
+                && st.rejected_version.is_none()
+                && st.rejected.is_empty()
+                && desired.len() == st.held.len()
+                && desired
+                    .iter()
+                    .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
+        })
+    }
+
+    /// Everything to send now, in push order.
+    pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for (i, type_url) in ORDER.iter().enumerate() {
+            if !self.types[i].requested {
+                continue;
+            }
+            let mut desired = self.desired(i, resources);
+            if referenced(type_url) && !self.referrers_settled(resources) {
+                // Make before break: keep what listeners and routes may
+                // still point at until they are replaced.
+                for (name, r) in &self.types[i].held {
+                    if self.types[i].wants(name) {
+                        desired.entry(name.clone()).or_insert_with(|| Arc::clone(r));
+                    }
+                }
+            }
+            let sent = match self.mode {
+                Mode::Sotw => self.push_sotw(i, desired),
+                Mode::Delta => self.push_delta(i, desired),
+            };
+            if let Some((response, changed)) = sent {
+                // A changed cluster warms again and needs its endpoints, even
+                // if they did not change.
+                if *type_url == CLUSTER && !changed.is_empty() {
+                    let eds = &mut self.types[known(ENDPOINT).unwrap_or_default()];
+                    eds.force = true;
+                    for name in &changed {
+                        eds.held.remove(name);
+                    }
+                }
+                out.push(response);
+            }
+        }
+        out
+    }
+
+    /// A state-of-the-world response for type `i`, and the names whose
+    /// version changed in it.
+    fn push_sotw(
+        &mut self,
+        i: usize,
+        desired: BTreeMap<String, Arc<Resource>>,
+    ) -> Option<(Outgoing, Vec<String>)> {
+        let version = type_version(&desired);
+        let st = &self.types[i];
+        let unchanged = st.sent_version.as_deref() == Some(version.as_str());
+        let rejected = st.rejected_version.as_deref() == Some(version.as_str());
+        if (unchanged || rejected) && !st.force {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        let st = &mut self.types[i];
+        let changed: Vec<String> = desired
+            .iter()
+            .filter(|(n, r)| st.held.get(*n).is_none_or(|h| h.version != r.version))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: desired.values().map(|r| r.body.clone()).collect(),
+            type_url: ORDER[i].to_owned(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        st.in_flight.push(InFlight {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            sent: desired
+                .iter()
+                .map(|(n, r)| (n.clone(), Some(r.version.clone())))
+                .collect(),
+        });
+        // Only the latest response of a type can be acknowledged.
+        st.in_flight.retain(|f| f.nonce == nonce);
+        st.last_nonce = nonce;
+        st.sent_version = Some(version);
+        st.held = desired;
+        st.force = false;
+        self.cache
+            .stats()
+            .responses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((Outgoing::Sotw(response), changed))
+    }
+
+    /// A delta response for type `i` (changed and removed resources only),
+    /// and the names whose version changed in it.
+    fn push_delta(
+        &mut self,
+        i: usize,
+        desired: BTreeMap<String, Arc<Resource>>,
+    ) -> Option<(Outgoing, Vec<String>)> {
+        // A rejected resource that is gone is no longer a concern.
+        self.types[i]
+            .rejected
+            .retain(|n, _| desired.contains_key(n));
+        let st = &self.types[i];
+        let updated: Vec<Arc<Resource>> = desired
+            .values()
+            .filter(|r| st.held.get(&r.name).is_none_or(|h| h.version != r.version))
+            .filter(|r| st.rejected.get(&r.name) != Some(&r.version))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = st
+            .held
+            .keys()
+            .filter(|n| !desired.contains_key(*n))
+            .cloned()
+            .collect();
+        self.types[i].force = false;
+        if updated.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        let st = &mut self.types[i];
+        let mut sent: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for r in &updated {
+            st.rejected.remove(&r.name);
+            sent.insert(r.name.clone(), Some(r.version.clone()));
+            st.held.insert(r.name.clone(), Arc::clone(r));
+        }
+        for name in &removed {
+            sent.insert(name.clone(), None);
+            st.held.remove(name);
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: type_version(&desired),
+            resources: updated
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: ORDER[i].to_owned(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        st.in_flight.push(InFlight {
+            nonce: nonce.clone(),
+            version: String::new(),
+            sent,
+        });
+        st.last_nonce = nonce;
+        self.cache
+            .stats()
+            .responses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let changed = updated.iter().map(|r| r.name.clone()).collect();
+        Some((Outgoing::Delta(response), changed))
+    }
+}
