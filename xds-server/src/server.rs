@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Node metadata key naming the node group; without it the group is the
 /// node's `cluster`.
@@ -126,6 +126,28 @@ impl AdsResponse for DeltaDiscoveryResponse {
     }
 }
 
+/// Ends a stream on a request that could not be read. If the client went
+/// away (it reset the stream, or the connection was lost) there is nobody to
+/// tell. Otherwise the request itself was bad (not protobuf, not the message
+/// it should be): say so, rather than end the stream with OK and leave the
+/// client guessing.
+async fn unreadable<Resp>(tx: &mpsc::Sender<Result<Resp, Status>>, status: Status) {
+    if matches!(
+        status.code(),
+        Code::Cancelled | Code::Unavailable | Code::Unknown
+    ) {
+        tracing::debug!(%status, "stream ended by the client");
+        return;
+    }
+    tracing::warn!(%status, "closing stream on an unreadable request");
+    let _ = tx
+        .send(Err(Status::invalid_argument(format!(
+            "unreadable request: {}",
+            status.message()
+        ))))
+        .await;
+}
+
 /// Serves one stream until the Envoy goes away or breaks the protocol.
 async fn serve<Req: AdsRequest, Resp: AdsResponse>(
     cache: Cache,
@@ -135,7 +157,8 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
 ) {
     let first = match requests.message().await {
         Ok(Some(r)) => r,
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(status) => return unreadable(&tx, status).await,
     };
     let (group, node) = match group_of(first.node()) {
         Ok(g) => g,
@@ -168,7 +191,8 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
         tokio::select! {
             msg = requests.message() => match msg {
                 Ok(Some(req)) => next = Some(req),
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(status) => return unreadable(&tx, status).await,
             },
             changed = changes.changed() => {
                 if changed.is_err() {

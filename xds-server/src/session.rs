@@ -42,9 +42,15 @@ fn wildcard_by_default(type_url: &str) -> bool {
     type_url == CLUSTER || type_url == LISTENER
 }
 
-/// Types that listeners and routes refer to by name.
-fn referenced(type_url: &str) -> bool {
-    type_url == CLUSTER || type_url == SECRET
+/// Types whose resources are kept, while listeners and routes are being
+/// replaced, for as long as the Envoy still subscribes to them: clusters and
+/// secrets, which listeners and routes refer to by name, and in delta the
+/// endpoints of the clusters so kept. xDS removes stale clusters "and related
+/// EDS endpoints" only once nothing refers to them; a delta
+/// `removed_resources` says an assignment is gone, while a
+/// state-of-the-world EDS response that lacks one changes nothing.
+fn kept_until_settled(mode: Mode, type_url: &str) -> bool {
+    type_url == CLUSTER || type_url == SECRET || (mode == Mode::Delta && type_url == ENDPOINT)
 }
 
 /// Whether the stream speaks state-of-the-world or delta xDS.
@@ -161,8 +167,12 @@ impl Session {
         let st = &mut self.types[i];
         if !req.response_nonce.is_empty() {
             // Only an answer to our latest response counts; older ones are
-            // stale and say nothing about what the Envoy holds now.
-            if req.response_nonce != st.last_nonce {
+            // stale and say nothing about what the Envoy holds now. Nonces
+            // belong to a stream: before this stream has sent anything of
+            // this type, a nonce (carried over from an earlier stream by the
+            // client) answers nothing, and the request is a plain
+            // subscription; ignoring it would leave the client waiting.
+            if !st.last_nonce.is_empty() && req.response_nonce != st.last_nonce {
                 return Ok(());
             }
             if let Some(pos) = st
@@ -217,9 +227,13 @@ impl Session {
                 let f = st.in_flight.remove(pos);
                 if let Some(err) = &req.error_detail {
                     // The Envoy keeps what it had: forget what we sent, and
-                    // do not send those versions again.
+                    // do not send those versions again. Delta responses are
+                    // applied independently, so a later response may already
+                    // have replaced a rejected resource; that one stays held.
                     for (name, version) in &f.sent {
-                        st.held.remove(name);
+                        if st.held.get(name).map(|h| &h.version) == version.as_ref() {
+                            st.held.remove(name);
+                        }
                         if let Some(v) = version {
                             st.rejected.insert(name.clone(), v.clone());
                         }
@@ -292,6 +306,44 @@ impl Session {
         }
     }
 
+    /// Whether the clusters the Envoy holds are warm, so listeners and routes
+    /// that send traffic to them can go out. Envoy only asks for a new
+    /// cluster's endpoints once it has processed the CDS response, and a
+    /// route to a cluster that is still warming answers 503 ("no cluster").
+    /// Warm here means: the latest CDS response is answered, and every held
+    /// cluster with an assignment of the same name (clusters name their
+    /// assignment after themselves) has been sent it and the Envoy has
+    /// answered that. Where waiting could last forever (a rejected CDS or
+    /// EDS response, EDS never requested) it does not wait.
+    fn clusters_warm(&self, resources: &Resources) -> bool {
+        let cds = &self.types[known(CLUSTER).unwrap_or_default()];
+        let eds = &self.types[known(ENDPOINT).unwrap_or_default()];
+        if !cds.requested {
+            return true;
+        }
+        if !cds.in_flight.is_empty() {
+            return false;
+        }
+        if cds.rejected_version.is_some()
+            || !eds.requested
+            || eds.rejected_version.is_some()
+            || !eds.rejected.is_empty()
+        {
+            return true;
+        }
+        let Some(assignments) = resources.of_type(ENDPOINT) else {
+            return true;
+        };
+        cds.held
+            .keys()
+            .filter(|cluster| assignments.contains_key(*cluster))
+            .all(|cluster| {
+                eds.wants(cluster)
+                    && eds.held.contains_key(cluster)
+                    && !eds.in_flight.iter().any(|f| f.sent.contains_key(cluster))
+            })
+    }
+
     /// Whether listeners and routes are in their final state, so clusters and
     /// secrets they used to need can go.
     fn referrers_settled(&self, resources: &Resources) -> bool {
@@ -302,9 +354,13 @@ impl Session {
                 return true;
             }
             let desired = self.desired(i, resources);
+            // A state-of-the-world NACK leaves `held` at what was rejected,
+            // hence the version check. A delta NACK drops the rejected
+            // resources from `held`, so the comparison below covers it; a
+            // rejection that a later accepted response superseded must not
+            // keep old clusters forever.
             st.in_flight.is_empty()
                 && st.rejected_version.is_none()
-                && st.rejected.is_empty()
                 && desired.len() == st.held.len()
                 && desired
                     .iter()
@@ -315,12 +371,23 @@ impl Session {
     /// Everything to send now, in push order.
     pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
         let mut out = Vec::new();
+        // Listeners and routes come after clusters, endpoints and secrets in
+        // ORDER, so this is worked out once, after those have been pushed.
+        let mut warm = None;
         for (i, type_url) in ORDER.iter().enumerate() {
             if !self.types[i].requested {
                 continue;
             }
+            if (*type_url == LISTENER || *type_url == ROUTE)
+                && !*warm.get_or_insert_with(|| self.clusters_warm(resources))
+            {
+                // Make before break: what listeners and routes point at must
+                // be in place first. The answer that warms the clusters
+                // comes back as a request, and that push sends them.
+                continue;
+            }
             let mut desired = self.desired(i, resources);
-            if referenced(type_url) && !self.referrers_settled(resources) {
+            if kept_until_settled(self.mode, type_url) && !self.referrers_settled(resources) {
                 // Make before break: keep what listeners and routes may
                 // still point at until they are replaced.
                 for (name, r) in &self.types[i].held {
@@ -422,8 +489,13 @@ impl Session {
             .filter(|n| !desired.contains_key(*n))
             .cloned()
             .collect();
+        // The first answer to a wildcard subscription goes out even when it
+        // is empty (nothing exists, or a reconnecting client already holds
+        // it all): the Envoy waits for its first CDS and LDS responses
+        // before it finishes initialising.
+        let first_wildcard = st.wildcard && st.last_nonce.is_empty();
         self.types[i].force = false;
-        if updated.is_empty() && removed.is_empty() {
+        if updated.is_empty() && removed.is_empty() && !first_wildcard {
             return None;
         }
         let nonce = self.next_nonce();
