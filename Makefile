@@ -51,6 +51,7 @@ golden: envoy
 
 bench:
 	$(CARGO) bench -p gatewright-translator
+	$(CARGO) bench -p gatewright-xds --bench ads
 
 # Refreshes the upstream Gateway API CRDs from the Go module of that version.
 crds:
