@@ -24,7 +24,9 @@ pub type TypeResources = BTreeMap<String, Arc<Resource>>;
 /// All resources of one node group, by type URL then name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    by_type: BTreeMap<String, TypeResources>,
+    /// Shared, so a type whose content did not change keeps its identity
+    /// across [`Cache::set`] calls and streams can skip it cheaply.
+    by_type: BTreeMap<String, Arc<TypeResources>>,
 }
 
 fn content_version(bytes: &[u8]) -> String {
@@ -66,20 +68,34 @@ impl Resources {
                 value,
             },
         };
-        self.by_type
-            .entry(type_url)
-            .or_default()
-            .insert(name, Arc::new(resource));
+        Arc::make_mut(self.by_type.entry(type_url).or_default()).insert(name, Arc::new(resource));
     }
 
     /// The resources of one type (empty if there are none).
     pub fn of_type(&self, type_url: &str) -> Option<&TypeResources> {
+        self.by_type.get(type_url).map(|t| &**t)
+    }
+
+    /// The shared map of one type, whose identity changes only with its
+    /// content.
+    pub(crate) fn shared_type(&self, type_url: &str) -> Option<&Arc<TypeResources>> {
         self.by_type.get(type_url)
+    }
+
+    /// Takes over `old`'s map for every type whose content is the same.
+    fn share_unchanged(&mut self, old: &Resources) {
+        for (type_url, mine) in &mut self.by_type {
+            if let Some(theirs) = old.by_type.get(type_url)
+                && same_type_content(mine, theirs)
+            {
+                *mine = Arc::clone(theirs);
+            }
+        }
     }
 
     /// Number of resources of all types.
     pub fn len(&self) -> usize {
-        self.by_type.values().map(BTreeMap::len).sum()
+        self.by_type.values().map(|t| t.len()).sum()
     }
 
     /// Whether there are no resources at all.
@@ -96,15 +112,19 @@ impl Resources {
                 .iter()
                 .filter(|(_, m)| !m.is_empty())
                 .all(|(t, mine)| {
-                    other.by_type.get(t).is_some_and(|theirs| {
-                        mine.len() == theirs.len()
-                            && mine
-                                .iter()
-                                .zip(theirs)
-                                .all(|((a, ra), (b, rb))| a == b && ra.version == rb.version)
-                    })
+                    other
+                        .by_type
+                        .get(t)
+                        .is_some_and(|theirs| same_type_content(mine, theirs))
                 })
     }
+}
+
+fn same_type_content(a: &TypeResources, b: &TypeResources) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
 }
 
 /// A configuration an Envoy rejected.
@@ -201,6 +221,8 @@ impl Cache {
         if g.resources.same_content(&resources) {
             return false;
         }
+        let mut resources = resources;
+        resources.share_unchanged(&g.resources);
         g.resources = Arc::new(resources);
         g.notify.send_modify(|generation| *generation += 1);
         true

@@ -1,7 +1,7 @@
 //! The state of one ADS stream: subscriptions per type, what the Envoy holds,
 //! nonces, ACKs and NACKs; and the decision of what to send next.
 
-use crate::cache::{Cache, Nack, Resource, Resources};
+use crate::cache::{Cache, Nack, Resource, Resources, TypeResources};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     Resource as DeltaResource,
@@ -111,6 +111,12 @@ pub(crate) struct Session {
     group: String,
     node: String,
     types: [TypeState; 5],
+    /// Types whose answer may have changed since they were last worked out.
+    /// Re-deriving a type costs time in proportion to its size, and every
+    /// ACK is a request: this keeps an ACK from re-deriving its own type.
+    dirty: [bool; 5],
+    /// Per type, the resources the last push worked from.
+    seen: [Option<Arc<TypeResources>>; 5],
     nonce: u64,
 }
 
@@ -137,12 +143,30 @@ impl Session {
             group,
             node,
             types: Default::default(),
+            dirty: [false; 5],
+            seen: Default::default(),
             nonce: 0,
         }
     }
 
     pub(crate) fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Marks the types whose decisions read type `i`'s state: listeners and
+    /// routes wait for warm clusters and endpoints; clusters, secrets and
+    /// (delta) endpoints are kept until listeners and routes settle.
+    fn mark_dependents(&mut self, i: usize) {
+        let dependents: &[&str] = match ORDER[i] {
+            CLUSTER | ENDPOINT => &[LISTENER, ROUTE],
+            LISTENER | ROUTE => &[CLUSTER, ENDPOINT, SECRET],
+            _ => &[],
+        };
+        for t in dependents {
+            if let Some(j) = known(t) {
+                self.dirty[j] = true;
+            }
+        }
     }
 
     fn next_nonce(&mut self) -> String {
@@ -189,6 +213,9 @@ impl Session {
                     }
                     None => st.rejected_version = None,
                 }
+                // An answer changes nothing this type would send, but it can
+                // open the way for the types that wait on it.
+                self.mark_dependents(i);
             }
         }
         let st = &mut self.types[i];
@@ -205,6 +232,7 @@ impl Session {
                 && (!st.requested || st.wildcard));
         if !st.requested || wildcard != st.wildcard || names != st.names {
             st.force = true;
+            self.dirty[i] = true;
         }
         st.requested = true;
         st.wildcard = wildcard;
@@ -247,8 +275,18 @@ impl Session {
                         .join(",");
                     let message = err.message.clone();
                     self.nack(type_url, version, message);
+                    // What this type holds changed; rare, so look again.
+                    self.dirty[i] = true;
                 }
+                // An answer can open the way for the types that wait on it.
+                self.mark_dependents(i);
             }
+        }
+        if first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            self.dirty[i] = true;
         }
         let st = &mut self.types[i];
         for name in &req.resource_names_subscribe {
@@ -370,22 +408,39 @@ impl Session {
 
     /// Everything to send now, in push order.
     pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
+        // A type whose content changed (a new shared map) is looked at
+        // again, with the types that depend on it.
+        for (i, type_url) in ORDER.iter().enumerate() {
+            let now = resources.shared_type(type_url);
+            let same = match (&self.seen[i], now) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.seen[i] = now.cloned();
+                self.dirty[i] = true;
+                self.mark_dependents(i);
+            }
+        }
         let mut out = Vec::new();
         // Listeners and routes come after clusters, endpoints and secrets in
         // ORDER, so this is worked out once, after those have been pushed.
         let mut warm = None;
         for (i, type_url) in ORDER.iter().enumerate() {
-            if !self.types[i].requested {
+            if !self.types[i].requested || !self.dirty[i] {
                 continue;
             }
             if (*type_url == LISTENER || *type_url == ROUTE)
                 && !*warm.get_or_insert_with(|| self.clusters_warm(resources))
             {
+                // Still dirty: looked at again on the next event.
                 // Make before break: what listeners and routes point at must
                 // be in place first. The answer that warms the clusters
                 // comes back as a request, and that push sends them.
                 continue;
             }
+            self.dirty[i] = false;
             let mut desired = self.desired(i, resources);
             if kept_until_settled(self.mode, type_url) && !self.referrers_settled(resources) {
                 // Make before break: keep what listeners and routes may
@@ -404,13 +459,16 @@ impl Session {
                 // A changed cluster warms again and needs its endpoints, even
                 // if they did not change.
                 if *type_url == CLUSTER && !changed.is_empty() {
-                    let eds = &mut self.types[known(ENDPOINT).unwrap_or_default()];
+                    let e = known(ENDPOINT).unwrap_or_default();
+                    self.dirty[e] = true;
+                    let eds = &mut self.types[e];
                     eds.force = true;
                     for name in &changed {
                         eds.held.remove(name);
                     }
                 }
                 out.push(response);
+                self.mark_dependents(i);
             }
         }
         out
