@@ -37,10 +37,13 @@ envoy:
 	  echo "error: $(ENVOY) is not Envoy $(ENVOY_VERSION)" >&2; exit 1; \
 	fi
 
+# Ends with one line totalling every test binary's result, so the outcome
+# does not hang on whichever binary happened to run last.
 test: envoy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace
+	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace 2>&1 | tee .tools/test.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed; exit (failed > 0 || passed == 0) }' .tools/test.log
 
 # Regenerates every golden snapshot (testdata/translator/<case>.snap) without
 # needing cargo-insta; review the result with `git diff testdata`.
