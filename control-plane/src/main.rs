@@ -1,0 +1,246 @@
+//! The `gatewright` command line.
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use gatewright::run::{RunOptions, run};
+use gatewright::source::FileSource;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Gatewright: a Gateway API implementation that programs Envoy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run standalone: translate a directory of YAML, serve it to one Envoy
+    /// child process per Gateway, and follow changes to the files.
+    Run(RunArgs),
+    /// Print the statuses and Envoy configuration for some objects, in the
+    /// golden files' format, without starting anything.
+    Translate(TranslateArgs),
+    /// Print the status of a running Gatewright, read from its admin server.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Directory (or file) of Gateway API YAML; may be given several times.
+    #[arg(long = "config-dir", short = 'd', required = true)]
+    config: Vec<PathBuf>,
+    /// Folder to write one status file per object into
+    /// (`KIND/NAMESPACE/NAME.yaml`).
+    #[arg(long)]
+    status_dir: Option<PathBuf>,
+    /// Folder for Envoy bootstraps and logs, and the `admin-address` file
+    /// [default: a `gatewright-PID` folder in the temp directory].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Address the ADS server listens on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_address: SocketAddr,
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
+    /// /debug/status, /debug/config_dump).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    admin_address: SocketAddr,
+    /// The Envoy binary [default: $ENVOY_BIN, `envoy` on PATH, or the
+    /// project's .tools/envoy/bin/envoy].
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// controllerName of the GatewayClasses this instance owns.
+    #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    /// Milliseconds the files must be quiet before a change is applied.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// Envoy's log level.
+    #[arg(long, default_value = "warning")]
+    envoy_log_level: String,
+    /// Envoy worker threads per Gateway.
+    #[arg(long, default_value_t = 1)]
+    envoy_concurrency: u32,
+    /// Seconds Envoy's listeners drain before it is stopped.
+    #[arg(long, default_value_t = 1.0)]
+    drain_seconds: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct TranslateArgs {
+    /// YAML files or directories to translate.
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// The time written on conditions (RFC 3339) [default: now].
+    #[arg(long)]
+    now: Option<String>,
+    /// controllerName of the GatewayClasses to translate for.
+    #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Admin address of the running Gatewright.
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    admin_address: SocketAddr,
+    /// Print the raw JSON of /debug/status.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Translate(args) => translate_command(args),
+        Command::Status(args) => status_command(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
+    let envoy = find_envoy(args.envoy)?;
+    for dir in &args.config {
+        if !dir.exists() {
+            bail!("config path {} does not exist", dir.display());
+        }
+    }
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("gatewright-{}", std::process::id())));
+    if !(args.drain_seconds.is_finite() && (0.0..=600.0).contains(&args.drain_seconds)) {
+        bail!("--drain-seconds must be between 0 and 600");
+    }
+    let options = RunOptions {
+        config: args.config,
+        status_dir: args.status_dir,
+        state_dir,
+        xds_address: args.xds_address,
+        admin_address: args.admin_address,
+        controller_name: args.controller_name,
+        debounce: Duration::from_millis(args.debounce_ms),
+        envoy,
+        envoy_log_level: args.envoy_log_level,
+        envoy_concurrency: args.envoy_concurrency.max(1),
+        drain: Duration::from_secs_f64(args.drain_seconds),
+    };
+    runtime()?.block_on(run(options))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The Envoy binary: the flag, `$ENVOY_BIN`, `envoy` on PATH, then the
+/// project-local install next to the working directory or this binary.
+fn find_envoy(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("--envoy {}: no such file", path.display());
+    }
+    if let Some(path) = std::env::var_os("ENVOY_BIN").map(PathBuf::from) {
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("ENVOY_BIN={}: no such file", path.display());
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.parent().map(Path::to_path_buf));
+    }
+    for root in roots {
+        for dir in root.ancestors() {
+            let candidate = dir.join(".tools/envoy/bin/envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!(
+        "no Envoy found: pass --envoy PATH, set ENVOY_BIN, put envoy on PATH, or run `make envoy` in the project"
+    )
+}
+
+fn translate_command(args: TranslateArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut source = FileSource::new(args.files);
+    let mut snapshot = source.load(&args.controller_name);
+    let now = match args.now {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("--now {text}: not an RFC 3339 time"))?,
+        None => k8s_openapi::jiff::Timestamp::now(),
+    };
+    snapshot.input.now = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    let output = gatewright_translator::translate(&snapshot.input);
+    print!("{}", gatewright_render::render(&output));
+    for problem in &snapshot.problems {
+        eprintln!("{problem}");
+    }
+    Ok(if snapshot.problems.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(2)
+    })
+}
+
+fn status_command(args: StatusArgs) -> anyhow::Result<std::process::ExitCode> {
+    let body = runtime()?.block_on(async {
+        let (code, body) =
+            gatewright::host::admin_request(args.admin_address, "GET", "/debug/status")
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach Gatewright's admin server at {} (is `gatewright run` running? pass --admin-address)",
+                        args.admin_address
+                    )
+                })?;
+        if code != 200 {
+            bail!("admin server answered {code}: {body}");
+        }
+        anyhow::Ok(body)
+    })?;
+    if args.json {
+        println!("{body}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&body).context("admin server sent invalid JSON")?;
+    let mut out = String::new();
+    gatewright::status::print_human(&value, &mut out).context("formatting status")?;
+    print!("{out}");
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,428 @@
+//! The file provider's reading side: YAML files and directories of them,
+//! split into documents that remember where they came from.
+//!
+//! Bad input never stops a load. A file that does not parse keeps the
+//! documents it had at its last good load; an object that the translator
+//! cannot read keeps its last good version. Every such case is reported as
+//! a [`Problem`] naming the file and line.
+
+use gatewright_translator::Input;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a document starts: file and 1-based line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line of the document's first line (or of the error).
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// The identity of a Kubernetes object: API group, kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ObjectId {
+    /// API group ("" for the core group).
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// Kinds that live outside namespaces.
+const CLUSTER_SCOPED: &[&str] = &["GatewayClass", "Namespace"];
+
+impl ObjectId {
+    /// The identity of a document, if it has kind and name. Namespaced kinds
+    /// without a namespace get `default`, as kubectl would.
+    pub fn of(doc: &Value) -> Option<Self> {
+        let api_version = doc.get("apiVersion")?.as_str()?;
+        let kind = doc.get("kind")?.as_str()?.to_owned();
+        let metadata = doc.get("metadata")?;
+        let name = metadata.get("name")?.as_str()?.to_owned();
+        let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
+            String::new()
+        } else {
+            match metadata.get("namespace").and_then(Value::as_str) {
+                Some(ns) if !ns.is_empty() => ns.to_owned(),
+                _ => "default".to_owned(),
+            }
+        };
+        let group = api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g)
+            .to_owned();
+        Some(Self {
+            group,
+            kind,
+            namespace,
+            name,
+        })
+    }
+}
+
+/// Something wrong with the input, and where.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// `file:line`.
+    pub location: String,
+    /// The object concerned, when the document names one.
+    pub object: Option<ObjectId>,
+    /// What is wrong, and what was done about it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.object {
+            Some(object) => write!(f, "{}: {object}: {}", self.location, self.message),
+            None => write!(f, "{}: {}", self.location, self.message),
+        }
+    }
+}
+
+/// One YAML document of a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// Where it starts.
+    pub location: Location,
+    /// The document as JSON.
+    pub value: Value,
+}
+
+/// Everything read, ready to translate.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The objects, one per identity.
+    pub input: Input,
+    /// What was wrong, in file order.
+    pub problems: Vec<Problem>,
+    /// The identities that made it into `input`, with where they came from.
+    pub objects: BTreeMap<ObjectId, Location>,
+}
+
+/// Reads YAML from files and directories, remembering the last good content
+/// of each file and object across loads.
+#[derive(Debug, Default)]
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    last_good_files: HashMap<PathBuf, Vec<Document>>,
+    last_good_objects: HashMap<ObjectId, Value>,
+}
+
+impl FileSource {
+    /// A source over these files and directories (directories are read
+    /// recursively, `*.yaml` and `*.yml` only).
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            ..Self::default()
+        }
+    }
+
+    /// Reads everything now.
+    pub fn load(&mut self, controller_name: &str) -> Snapshot {
+        let mut problems = Vec::new();
+        let mut files = Vec::new();
+        for path in &self.paths {
+            collect_files(path, &mut files, &mut problems);
+        }
+        files.sort();
+        files.dedup();
+
+        let mut documents = Vec::new();
+        let mut seen_files = HashMap::new();
+        for file in files {
+            let docs = match read_file(&file) {
+                Ok(docs) => docs,
+                Err(problem) => {
+                    let kept = self.last_good_files.get(&file).cloned();
+                    let mut problem = problem;
+                    problem.message.push_str(match kept {
+                        Some(_) => "; keeping the file's last good content",
+                        None => "; file skipped",
+                    });
+                    problems.push(*problem);
+                    kept.unwrap_or_default()
+                }
+            };
+            seen_files.insert(file, docs.clone());
+            documents.extend(docs);
+        }
+        self.last_good_files = seen_files;
+
+        let mut input = Input::new();
+        input.controller_name = controller_name.to_owned();
+        let mut objects: BTreeMap<ObjectId, Location> = BTreeMap::new();
+        let mut good_objects = HashMap::new();
+        for doc in documents {
+            let location = doc.location.to_string();
+            let Some(id) = ObjectId::of(&doc.value) else {
+                problems.push(Problem {
+                    location,
+                    object: None,
+                    message: "document has no apiVersion, kind or metadata.name; skipped".into(),
+                });
+                continue;
+            };
+            if let Some(first) = objects.get(&id) {
+                problems.push(Problem {
+                    location,
+                    object: Some(id),
+                    message: format!("duplicate object, already defined at {first}; skipped"),
+                });
+                continue;
+            }
+            match input.add_document(doc.value.clone()) {
+                Ok(()) => {
+                    good_objects.insert(id.clone(), doc.value);
+                    objects.insert(id, doc.location);
+                }
+                Err(e) => {
+                    let kept = self.last_good_objects.get(&id).cloned();
+                    let suffix = if kept.is_some() {
+                        "; keeping its last good version"
+                    } else {
+                        "; skipped"
+                    };
+                    problems.push(Problem {
+                        location,
+                        object: Some(id.clone()),
+                        message: format!("{e}{suffix}"),
+                    });
+                    if let Some(value) = kept {
+                        // It was accepted before, so it is accepted again.
+                        if input.add_document(value.clone()).is_ok() {
+                            good_objects.insert(id.clone(), value);
+                            objects.insert(id, doc.location);
+                        }
+                    }
+                }
+            }
+        }
+        self.last_good_objects = good_objects;
+        Snapshot {
+            input,
+            problems,
+            objects,
+        }
+    }
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(Problem {
+                location: path.display().to_string(),
+                object: None,
+                message: format!("cannot read: {e}"),
+            });
+            return;
+        }
+    };
+    if metadata.is_file() {
+        files.push(path.to_owned());
+        return;
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(Problem {
+                location: path.display().to_string(),
+                object: None,
+                message: format!("cannot list directory: {e}"),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Editors' swap and backup files, and hidden files, are not config.
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            collect_files(&p, files, problems);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            files.push(p);
+        }
+    }
+}
+
+/// Reads one file into its documents. Any YAML error fails the whole file,
+/// so a half-edited file never replaces its last good content.
+pub fn read_file(file: &Path) -> Result<Vec<Document>, Box<Problem>> {
+    let text = std::fs::read_to_string(file).map_err(|e| Problem {
+        location: file.display().to_string(),
+        object: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_documents(file, &text)
+}
+
+/// Splits `text` at `---` lines and parses each document.
+pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Document>, Box<Problem>> {
+    let mut docs = Vec::new();
+    for (start_line, chunk) in split_documents(text) {
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&chunk).map_err(|e| {
+            let line = e
+                .location()
+                .map_or(start_line, |l| start_line + l.line() - 1);
+            Problem {
+                location: Location {
+                    file: file.to_owned(),
+                    line,
+                }
+                .to_string(),
+                object: None,
+                message: format!("invalid YAML: {e}"),
+            }
+        })?;
+        if yaml.is_null() {
+            continue;
+        }
+        let location = Location {
+            file: file.to_owned(),
+            line: start_line,
+        };
+        let value = serde_json::to_value(&yaml).map_err(|e| Problem {
+            location: location.to_string(),
+            object: None,
+            message: format!("cannot convert YAML to JSON: {e}"),
+        })?;
+        if !value.is_object() {
+            return Err(Box::new(Problem {
+                location: location.to_string(),
+                object: None,
+                message: "document is not a mapping".into(),
+            }));
+        }
+        docs.push(Document { location, value });
+    }
+    Ok(docs)
+}
+
+/// Documents of a YAML stream with the 1-based line each starts on. Lines
+/// before a document's first content line are kept (as blank lines) so
+/// parser error lines stay right.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line == "...";
+        if is_marker {
+            out.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            // `--- ` may carry content after the marker.
+            if let Some(rest) = line.strip_prefix("--- ") {
+                current.push_str(rest);
+                current.push('\n');
+                start = i + 1;
+            }
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    out.push((start, current));
+    out.into_iter()
+        .map(|(start, chunk)| {
+            // Report a document at its first non-blank, non-comment line.
+            let skip = chunk
+                .lines()
+                .take_while(|l| {
+                    let t = l.trim();
+                    t.is_empty() || t.starts_with('#')
+                })
+                .count();
+            let kept: String = chunk.lines().skip(skip).fold(String::new(), |mut s, l| {
+                s.push_str(l);
+                s.push('\n');
+                s
+            });
+            (start + skip, kept)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_carry_their_start_line() {
+        let text = "# header\n\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n\nkind: Namespace\napiVersion: v1\nmetadata: {name: b}\n";
+        let docs = parse_documents(Path::new("f.yaml"), text).expect("parses");
+        let lines: Vec<usize> = docs.iter().map(|d| d.location.line).collect();
+        assert_eq!(lines, vec![3, 9]);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_file_and_line() {
+        let text =
+            "apiVersion: v1\nkind: Namespace\n---\napiVersion: v1\nkind: [unclosed\nmetadata: {}\n";
+        let err = parse_documents(Path::new("bad.yaml"), text).expect_err("must fail");
+        assert!(
+            err.location.starts_with("bad.yaml:5") || err.location.starts_with("bad.yaml:6"),
+            "location was {}",
+            err.location
+        );
+    }
+
+    #[test]
+    fn duplicates_and_bad_objects_are_reported_and_last_good_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.yaml");
+        let svc = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  ports: [{{port: {port}}}]\n"
+            )
+        };
+        std::fs::write(&file, format!("{}---\n{}", svc("80"), svc("81"))).expect("write");
+        let mut source = FileSource::new(vec![dir.path().to_owned()]);
+        let snap = source.load("c");
+        assert_eq!(snap.input.services.len(), 1);
+        assert_eq!(snap.problems.len(), 1, "{:?}", snap.problems);
+        assert!(snap.problems[0].message.contains("duplicate"));
+        assert_eq!(snap.problems[0].location, format!("{}:7", file.display()));
+
+        // An invalid version of the object keeps the last good one.
+        std::fs::write(&file, svc("\"eighty\"")).expect("write");
+        let snap = source.load("c");
+        assert_eq!(snap.input.services.len(), 1);
+        let port = &snap.input.services[0].spec.as_ref().expect("spec").ports;
+        assert_eq!(port.as_ref().expect("ports")[0].port, 80);
+        assert!(snap.problems[0].message.contains("last good"));
+
+        // A file that does not parse keeps its last good documents.
+        std::fs::write(&file, "kind: [\n").expect("write");
+        let snap = source.load("c");
+        assert_eq!(snap.input.services.len(), 1);
+        assert!(snap.problems[0].message.contains("invalid YAML"));
+    }
+}

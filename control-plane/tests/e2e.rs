@@ -1,0 +1,1059 @@
+//! End-to-end tests of standalone mode: a real `gatewright run` on a
+//! directory of YAML, the Envoy processes it starts, and `gatewright-echo`
+//! backends, all on loopback.
+//!
+//! Each test has its own temp dir, its own gatewright, and its own Gateway
+//! address (127.77.N.1) and listener ports (20000 + 10 N ..), so tests run in
+//! parallel. Tests that measure time or push load run alone (an exclusive
+//! lock); the rest share.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The Gateway file: GatewayClass, Namespace and Gateway.
+fn gateway_file(info: &WorldInfo, listeners: &[String]) -> (String, String) {
+    (
+        "gateway.yaml".into(),
+        docs(&[gateway_class(), gateway(info.ip, listeners)]),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 1. Routing by path prefix, exact path and header.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routing_by_path_and_header() {
+    let Some((envoy, _slot)) = begin("http_routing_by_path_and_header", Slot::Shared).await else {
+        return;
+    };
+    let exact_rule = "  - matches:
+    - path:
+        type: Exact
+        value: /exact
+    backendRefs:
+    - name: svc-exact
+      port: 8080
+";
+    let header_rule = "  - matches:
+    - headers:
+      - name: X-Canary
+        value: 'yes'
+    backendRefs:
+    - name: svc-header
+      port: 8080
+";
+    let rules = [
+        prefix_rule("/api", "svc-prefix", ""),
+        exact_rule.into(),
+        header_rule.into(),
+        to_service("svc-fallback"),
+    ]
+    .concat();
+    let w = World::http(
+        &envoy,
+        1,
+        &[
+            ("svc-prefix", "prefix"),
+            ("svc-exact", "exact"),
+            ("svc-header", "header"),
+            ("svc-fallback", "fallback"),
+        ],
+        &[("route.yaml", http_route("routing", &rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    w.gw.wait("the route to serve /api", async || {
+        served_by(&c, &format!("{base}/api"), &[], "prefix").await
+    })
+    .await;
+
+    // (path, request headers, expected backend)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("/api", &[], "prefix"),
+        ("/api/users/7?x=1", &[], "prefix"),
+        ("/apiary", &[], "fallback"),
+        ("/exact", &[], "exact"),
+        ("/exact/more", &[], "fallback"),
+        ("/", &[("X-Canary", "yes")], "header"),
+        ("/anything", &[("X-Canary", "yes")], "header"),
+        ("/anything", &[("X-Canary", "no")], "fallback"),
+        ("/", &[], "fallback"),
+        // A longer path prefix outranks a header match.
+        ("/api/x", &[("X-Canary", "yes")], "prefix"),
+    ];
+    for (path, headers, want) in cases {
+        let r = get(&c, &format!("{base}{path}"), headers).await.unwrap();
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, *want),
+            "GET {path} with {headers:?}: expected 200 from {want}, got {}",
+            r.summary()
+        );
+        let json = r.json.as_ref().expect("echo answers JSON");
+        assert_eq!(json["backend"], *want, "JSON backend of GET {path}");
+        assert_eq!(json["path"], *path, "the backend saw another path");
+    }
+
+    // The admin endpoints answer.
+    for path in ["/healthz", "/readyz", "/metrics", "/debug/status"] {
+        let (status, body) = w.gw.admin_get(path).await.unwrap();
+        assert_eq!(status, 200, "admin {path}: {body}");
+    }
+    let (_, metrics) = w.gw.admin_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("# TYPE"),
+        "/metrics should be Prometheus text; got {}",
+        clip(&metrics, 500)
+    );
+    let (status, dump) =
+        w.gw.admin_get("/debug/config_dump?gateway=default/gw")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "config_dump: {dump}");
+    assert!(
+        dump.contains("svc-prefix"),
+        "config_dump for default/gw should name the svc-prefix cluster; got {}",
+        clip(&dump, 1000)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Request and response header modifiers.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_modifiers() {
+    let Some((envoy, _slot)) = begin("header_modifiers", Slot::Shared).await else {
+        return;
+    };
+    let modifiers = "    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set:
+        - name: X-Set
+          value: set-value
+        add:
+        - name: X-Add
+          value: add-value
+        remove:
+        - X-Remove
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set:
+        - name: X-Resp-Set
+          value: resp-set
+        add:
+        - name: X-Resp-Add
+          value: resp-add
+        remove:
+        - X-Echo-Backend
+";
+    let rules = [
+        prefix_rule("/mod", "echo", modifiers),
+        prefix_rule("/plain", "echo", ""),
+    ]
+    .concat();
+    let w = World::http(
+        &envoy,
+        2,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("headers", &rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    w.gw.wait("the route to serve /plain", async || {
+        served_by(&c, &format!("{base}/plain"), &[], "echo").await
+    })
+    .await;
+
+    let sent = [
+        ("X-Set", "client-set"),
+        ("X-Add", "client-add"),
+        ("X-Remove", "client-remove"),
+        ("X-Keep", "kept"),
+    ];
+    let r = get(&c, &format!("{base}/mod/x"), &sent).await.unwrap();
+    assert_eq!(r.status, 200, "GET /mod/x: {}", r.summary());
+    let json = r.json.as_ref().expect("JSON from echo");
+    assert_eq!(json["backend"], "echo", "{}", r.summary());
+    assert_eq!(
+        r.echoed_header("x-set").as_deref(),
+        Some("set-value"),
+        "set replaces the client's value; echo saw {}",
+        json["headers"]
+    );
+    let add = r.echoed_header("x-add").unwrap_or_default();
+    assert!(
+        add.contains("client-add") && add.contains("add-value"),
+        "add keeps the client's value and appends; echo saw x-add {add:?}"
+    );
+    assert_eq!(
+        r.echoed_header("x-remove"),
+        None,
+        "remove drops the header; echo saw {}",
+        json["headers"]
+    );
+    assert_eq!(r.echoed_header("x-keep").as_deref(), Some("kept"));
+    assert_eq!(r.header("x-resp-set"), Some("resp-set"), "{:?}", r.headers);
+    assert_eq!(r.header("x-resp-add"), Some("resp-add"), "{:?}", r.headers);
+    assert_eq!(
+        r.header("x-echo-backend"),
+        None,
+        "ResponseHeaderModifier remove should drop x-echo-backend; headers {:?}",
+        r.headers
+    );
+
+    // Another rule of the same route is untouched.
+    let r = get(&c, &format!("{base}/plain"), &sent).await.unwrap();
+    assert_eq!(r.backend(), "echo", "{}", r.summary());
+    assert_eq!(r.echoed_header("x-set").as_deref(), Some("client-set"));
+    assert_eq!(
+        r.echoed_header("x-remove").as_deref(),
+        Some("client-remove")
+    );
+    assert_eq!(r.header("x-resp-set"), None);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Redirects.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_redirects() {
+    let Some((envoy, _slot)) = begin("request_redirects", Slot::Shared).await else {
+        return;
+    };
+    let rules = "  - matches:
+    - path:
+        type: PathPrefix
+        value: /old
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        scheme: https
+        hostname: new.example.test
+        path:
+          type: ReplacePrefixMatch
+          replacePrefixMatch: /new
+        statusCode: 301
+  - matches:
+    - path:
+        type: Exact
+        value: /moved
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        hostname: elsewhere.example.test
+        path:
+          type: ReplaceFullPath
+          replaceFullPath: /landing
+  - matches:
+    - path:
+        type: PathPrefix
+        value: /port
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        port: 8443
+        statusCode: 308
+";
+    let rules = format!("{rules}{}", to_service("echo"));
+    let w = World::http(
+        &envoy,
+        3,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("redirects", &rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    let host = [("Host", "shop.example.test")];
+    w.gw.wait("the redirect route", async || {
+        let r = get(&c, &format!("{base}/old/page?x=1"), &host).await?;
+        if r.status == 301 {
+            Ok(())
+        } else {
+            Err(format!("expected 301, got {}", r.summary()))
+        }
+    })
+    .await;
+
+    let port = w.port;
+    let cases = [
+        (
+            "/old/page?x=1",
+            301,
+            "https://new.example.test/new/page?x=1".to_string(),
+        ),
+        (
+            "/moved",
+            302,
+            // No scheme: the redirect keeps the listener's port.
+            format!("http://elsewhere.example.test:{port}/landing"),
+        ),
+        (
+            "/port/a",
+            308,
+            "http://shop.example.test:8443/port/a".to_string(),
+        ),
+    ];
+    for (path, status, location) in cases {
+        let r = get(&c, &format!("{base}{path}"), &host).await.unwrap();
+        assert_eq!(
+            (r.status, r.header("location")),
+            (status, Some(location.as_str())),
+            "GET {path} (Host shop.example.test): expected {status} to {location}, got {} \
+             with headers {:?}",
+            r.status,
+            r.headers
+        );
+        assert_eq!(r.backend(), "", "a redirect must not reach a backend");
+    }
+    let r = get(&c, &format!("{base}/other"), &host).await.unwrap();
+    assert_eq!((r.status, r.backend()), (200, "echo"), "{}", r.summary());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Weighted split.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split() {
+    let Some((envoy, _slot)) = begin("weighted_split", Slot::Shared).await else {
+        return;
+    };
+    let rules = "  - backendRefs:
+    - name: heavy
+      port: 8080
+      weight: 80
+    - name: light
+      port: 8080
+      weight: 20
+";
+    let w = World::http(
+        &envoy,
+        4,
+        &[("heavy", "heavy"), ("light", "light")],
+        &[("route.yaml", http_route("split", rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/split", w.base());
+    w.gw.wait("the split route", async || {
+        let r = get(&c, &url, &[]).await?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.summary())
+        }
+    })
+    .await;
+
+    // 600 requests at p = 0.8: sigma = sqrt(600 * 0.8 * 0.2) = 9.8 requests
+    // = 1.63 points; +-8 points is 4.9 sigma, a false failure about once in
+    // a million runs.
+    const N: usize = 600;
+    let (mut heavy, mut light) = (0usize, 0usize);
+    for _ in 0..N {
+        let r = get(&c, &url, &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.summary());
+        match r.backend() {
+            "heavy" => heavy += 1,
+            "light" => light += 1,
+            other => panic!("unexpected backend {other:?}: {}", r.summary()),
+        }
+    }
+    let share = heavy as f64 / N as f64 * 100.0;
+    println!("weighted split 80/20 over {N} requests: heavy {heavy}, light {light} ({share:.1}%)");
+    assert!(light > 0 && heavy > 0, "both backends must be seen");
+    assert!(
+        (72.0..=88.0).contains(&share),
+        "expected 80% +- 8 to heavy, got {share:.1}% ({heavy} of {N})"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. HTTPS termination.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_termination() {
+    let Some((envoy, _slot)) = begin("https_termination", Slot::Shared).await else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let host = "secure.e2e.test";
+    let cert = pki.server_cert(certs.path(), host);
+    let w = World::start(&envoy, 5, &["secure"], &[], |i| {
+        vec![
+            gateway_file(i, &[https_listener("https", i.port, host, "secure-cert")]),
+            (
+                "backends.yaml".into(),
+                docs(&[
+                    i.backend("secure", "secure"),
+                    tls_secret("secure-cert", &cert.cert_pem, &cert.key_pem),
+                ]),
+            ),
+            (
+                "route.yaml".into(),
+                route("HTTPRoute", "secure", &[host], &to_service("secure")),
+            ),
+        ]
+    });
+    w.gw.wait_ready().await;
+    let c = tls_client(&pki.ca_pem, host, w.addr(w.port));
+    let url = format!("https://{host}:{}/hello", w.port);
+    let r =
+        w.gw.wait("HTTPS to answer", async || {
+            served_by(&c, &url, &[], "secure").await
+        })
+        .await;
+    let json = r.json.as_ref().expect("JSON");
+    // Envoy may strip the port from the host; the name must be the client's.
+    let seen_host = json["host"].as_str().unwrap_or("");
+    assert!(
+        seen_host == host || seen_host == format!("{host}:{}", w.port),
+        "the backend should see the client's host {host}; got {}",
+        r.body
+    );
+    assert_eq!(json["path"], "/hello");
+    assert_eq!(
+        json["tls"], false,
+        "TLS ends at Envoy; the backend is plain HTTP"
+    );
+
+    // A client that does not trust our CA fails the handshake.
+    let untrusting = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .resolve(host, w.addr(w.port))
+        .build()
+        .unwrap();
+    let err = untrusting.get(&url).send().await;
+    assert!(
+        err.is_err(),
+        "a client without the test CA must not accept the certificate; got {err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. TLS passthrough by SNI.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_by_sni() {
+    let Some((envoy, _slot)) = begin("tls_passthrough_by_sni", Slot::Shared).await else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let a = pki.server_cert(certs.path(), "a.pass.test");
+    let b = pki.server_cert(certs.path(), "b.pass.test");
+    let w = World::start(
+        &envoy,
+        6,
+        &[],
+        &[
+            ("tls-a", &a.cert_file, &a.key_file),
+            ("tls-b", &b.cert_file, &b.key_file),
+        ],
+        |i| {
+            vec![
+                gateway_file(i, &[passthrough_listener("tls", i.port)]),
+                (
+                    "backends.yaml".into(),
+                    docs(&[i.backend("tls-a", "tls-a"), i.backend("tls-b", "tls-b")]),
+                ),
+                (
+                    "routes.yaml".into(),
+                    docs(&[
+                        route("TLSRoute", "a", &["a.pass.test"], &to_service("tls-a")),
+                        route("TLSRoute", "b", &["b.pass.test"], &to_service("tls-b")),
+                    ]),
+                ),
+            ]
+        },
+    );
+    w.gw.wait_ready().await;
+    for (host, backend) in [("a.pass.test", "tls-a"), ("b.pass.test", "tls-b")] {
+        let c = tls_client(&pki.ca_pem, host, w.addr(w.port));
+        let url = format!("https://{host}:{}/via-sni", w.port);
+        let r =
+            w.gw.wait(&format!("SNI {host} to reach {backend}"), async || {
+                served_by(&c, &url, &[], backend).await
+            })
+            .await;
+        let json = r.json.as_ref().expect("JSON");
+        assert_eq!(
+            (&json["backend"], &json["tls"]),
+            (&serde_json::json!(backend), &serde_json::json!(true)),
+            "SNI {host}: expected the TLS backend {backend} to terminate TLS; got {}",
+            r.body
+        );
+    }
+    // An SNI no route names gets no backend.
+    let c = tls_client(&pki.ca_pem, "c.pass.test", w.addr(w.port));
+    let r = c
+        .get(format!("https://c.pass.test:{}/", w.port))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "SNI c.pass.test matches no TLSRoute and must not connect; got {r:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7. gRPC via GRPCRoute.
+
+/// alpha serves all of pkg.Alpha, beta-special one method of pkg.Beta,
+/// beta the rest of pkg.Beta.
+const GRPC_RULES: &str = "  - matches:
+    - method:
+        service: pkg.Alpha
+    backendRefs:
+    - name: alpha
+      port: 8080
+  - matches:
+    - method:
+        service: pkg.Beta
+        method: Special
+    backendRefs:
+    - name: beta-special
+      port: 8080
+  - matches:
+    - method:
+        service: pkg.Beta
+    backendRefs:
+    - name: beta
+      port: 8080
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routing() {
+    let Some((envoy, _slot)) = begin("grpc_routing", Slot::Shared).await else {
+        return;
+    };
+    let w = World::start(&envoy, 7, &["alpha", "beta", "beta-special"], &[], |i| {
+        vec![
+            gateway_file(i, &[http_listener("http", i.port)]),
+            (
+                "backends.yaml".into(),
+                docs(&[
+                    i.backend("alpha", "alpha"),
+                    i.backend("beta", "beta"),
+                    service_for(
+                        "beta-special",
+                        "default",
+                        i.echoes["beta-special"],
+                        Some("kubernetes.io/h2c"),
+                    ),
+                ]),
+            ),
+            (
+                "route.yaml".into(),
+                route("GRPCRoute", "rpc", &[], GRPC_RULES),
+            ),
+        ]
+    });
+    w.gw.wait_ready().await;
+    let addr = w.addr(w.port);
+    w.gw.wait("the GRPCRoute to serve", async || {
+        let r = grpc_call(addr, "/pkg.Alpha/Get").await?;
+        if r.backend() == "alpha" {
+            Ok(())
+        } else {
+            Err(r.summary())
+        }
+    })
+    .await;
+    for (path, backend) in [
+        ("/pkg.Alpha/Get", "alpha"),
+        ("/pkg.Alpha/Put", "alpha"),
+        ("/pkg.Beta/Special", "beta-special"),
+        ("/pkg.Beta/Other", "beta"),
+    ] {
+        let r = grpc_call(addr, path).await.unwrap();
+        assert_eq!(
+            (r.http_status, r.backend(), r.grpc_status().as_deref()),
+            (200, backend, Some("0")),
+            "gRPC {path}: expected 200, backend {backend}, grpc-status 0; got {}",
+            r.summary()
+        );
+        let msg = r
+            .message_json()
+            .unwrap_or_else(|| panic!("gRPC {path}: no JSON message in the body: {}", r.summary()));
+        assert_eq!(msg["path"], path, "{msg}");
+        assert_eq!(
+            msg["protocol"], "HTTP/2",
+            "gRPC must reach the backend over HTTP/2; got {msg}"
+        );
+        assert_eq!(msg["headers"]["content-type"], "application/grpc", "{msg}");
+    }
+    // A service no rule matches is not routed: HTTP 404, or grpc-status 12
+    // (UNIMPLEMENTED) if Envoy answers in gRPC form.
+    let r = grpc_call(addr, "/pkg.Gamma/Get").await.unwrap();
+    assert_eq!(r.backend(), "", "{}", r.summary());
+    assert!(
+        r.http_status == 404 || r.grpc_status().as_deref() == Some("12"),
+        "an unmatched gRPC service should be 404 / UNIMPLEMENTED; got {}",
+        r.summary()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. A live change takes effect within a second.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_change_within_one_second() {
+    let Some((envoy, _slot)) = begin("live_change_within_one_second", Slot::Exclusive).await else {
+        return;
+    };
+    let route = |svc: &str| http_route("live", &prefix_rule("/live", svc, ""));
+    let w = World::http(
+        &envoy,
+        8,
+        &[("svc-one", "one"), ("svc-two", "two")],
+        &[("route.yaml", route("svc-one"))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/live", w.base());
+    w.gw.wait("/live on svc-one", async || {
+        served_by(&c, &url, &[], "one").await
+    })
+    .await;
+
+    // Edit the file in place, as an editor without atomic saves does.
+    let start = Instant::now();
+    w.gw.write_in_place("route.yaml", &route("svc-two"));
+    let r =
+        w.gw.wait("/live to move to svc-two", async || {
+            served_by(&c, &url, &[], "two").await
+        })
+        .await;
+    let elapsed = start.elapsed();
+    println!("live change: /live served by svc-two {elapsed:?} after the write");
+    assert_eq!(r.status, 200);
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "the change took {elapsed:?}; expected under 1 s"
+    );
+
+    // And back, with an atomic rename this time.
+    let start = Instant::now();
+    w.gw.write("route.yaml", &route("svc-one"));
+    w.gw.wait("/live to move back to svc-one", async || {
+        served_by(&c, &url, &[], "one").await
+    })
+    .await;
+    let elapsed = start.elapsed();
+    println!("live change: back to svc-one {elapsed:?} after the rename");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "the change back took {elapsed:?}; expected under 1 s"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 9. Changes under load.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_under_load() {
+    let Some((envoy, _slot)) = begin("changes_under_load", Slot::Exclusive).await else {
+        return;
+    };
+    // An HTTPRoute `name` for prefix `path` to `svc`, optionally setting
+    // X-Version on the request.
+    let path_route = |name: &str, path: &str, svc: &str, version: Option<&str>| {
+        let filter = version.map_or_else(String::new, |v| {
+            format!(
+                "    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set:
+        - name: X-Version
+          value: {v}
+"
+            )
+        });
+        http_route(name, &prefix_rule(path, svc, &filter))
+    };
+    let w = World::http(
+        &envoy,
+        9,
+        &[("svc-a", "a"), ("svc-b", "b"), ("svc-c", "c")],
+        &[
+            (
+                "stable.yaml",
+                path_route("stable", "/stable", "svc-a", None),
+            ),
+            (
+                "switch.yaml",
+                path_route("switch", "/switch", "svc-a", None),
+            ),
+            (
+                "header.yaml",
+                path_route("header", "/header", "svc-a", Some("v1")),
+            ),
+        ],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    for path in ["/stable", "/switch", "/header"] {
+        w.gw.wait(&format!("{path} on svc-a"), async || {
+            served_by(&c, &format!("{base}{path}"), &[], "a").await
+        })
+        .await;
+    }
+
+    const MAX_REQUESTS: u64 = 20_000;
+    const MAX_TIME: Duration = Duration::from_secs(20);
+    const NEW_ROUTES: usize = 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let visible_new = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for worker in 0..4u64 {
+        let (stop, sent, visible_new, failures) = (
+            stop.clone(),
+            sent.clone(),
+            visible_new.clone(),
+            failures.clone(),
+        );
+        let base = base.clone();
+        clients.push(tokio::spawn(async move {
+            let c = plain_client();
+            let started = Instant::now();
+            let mut i = worker;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_TIME {
+                if sent.fetch_add(1, Ordering::Relaxed) >= MAX_REQUESTS {
+                    break;
+                }
+                let new = visible_new.load(Ordering::Relaxed);
+                // Each path with the backends that may answer it.
+                let (path, allowed): (String, &[&str]) = match i % (3 + new as u64) {
+                    0 => ("/stable".into(), &["a"]),
+                    1 => ("/switch".into(), &["a", "b"]),
+                    2 => ("/header".into(), &["a"]),
+                    k => (format!("/new-{}", k - 3), &["c"]),
+                };
+                i += 1;
+                match get(&c, &format!("{base}{path}"), &[]).await {
+                    Ok(r) if (200..300).contains(&r.status) && allowed.contains(&r.backend()) => {}
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("GET {path}: {}", r.summary())),
+                    Err(e) => failures.lock().unwrap().push(format!("GET {path}: {e}")),
+                }
+            }
+        }));
+    }
+    let load_started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // (a) New routes, one file each, to a Service no route used before.
+    for k in 0..NEW_ROUTES {
+        let t = Instant::now();
+        w.gw.write(
+            &format!("new-{k}.yaml"),
+            &path_route(&format!("new-{k}"), &format!("/new-{k}"), "svc-c", None),
+        );
+        w.gw.wait(&format!("/new-{k} on svc-c"), async || {
+            served_by(&c, &format!("{base}/new-{k}"), &[], "c").await
+        })
+        .await;
+        visible_new.store(k + 1, Ordering::Relaxed);
+        println!(
+            "under load: new route /new-{k} served after {:?}",
+            t.elapsed()
+        );
+    }
+
+    // (b) Switch /switch from svc-a to svc-b.
+    let t = Instant::now();
+    w.gw.write(
+        "switch.yaml",
+        &path_route("switch", "/switch", "svc-b", None),
+    );
+    w.gw.wait("/switch on svc-b", async || {
+        served_by(&c, &format!("{base}/switch"), &[], "b").await
+    })
+    .await;
+    println!("under load: /switch moved to svc-b after {:?}", t.elapsed());
+
+    // (c) Change the RequestHeaderModifier value of /header.
+    let t = Instant::now();
+    w.gw.write(
+        "header.yaml",
+        &path_route("header", "/header", "svc-a", Some("v2")),
+    );
+    w.gw.wait("/header to set X-Version v2", async || {
+        let r = served_by(&c, &format!("{base}/header"), &[], "a").await?;
+        match r.echoed_header("x-version").as_deref() {
+            Some("v2") => Ok(()),
+            other => Err(format!("x-version {other:?}")),
+        }
+    })
+    .await;
+    println!("under load: /header sets v2 after {:?}", t.elapsed());
+
+    let changes_done = load_started.elapsed();
+    let sent_at_changes_done = sent.load(Ordering::Relaxed);
+    // Keep the load on a little longer: old clusters and routes drain now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in clients {
+        h.await.expect("a load client panicked");
+    }
+    let total = sent.load(Ordering::Relaxed).min(MAX_REQUESTS);
+    let elapsed = load_started.elapsed();
+    let failures = failures.lock().unwrap();
+    println!(
+        "under load: {total} requests in {elapsed:?} (changes done after {changes_done:?}), \
+         {} failures",
+        failures.len()
+    );
+    assert!(
+        sent_at_changes_done < MAX_REQUESTS,
+        "the load hit its cap of {MAX_REQUESTS} requests before the changes were done, so \
+         some changes ran without load; lower the client count or raise the cap"
+    );
+    assert!(
+        failures.is_empty(),
+        "expected zero non-2xx answers, zero answers from a wrong backend and zero \
+         connection errors under load; got {}:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 10. Bad input.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_skipped_and_reported() {
+    let Some((envoy, _slot)) = begin("bad_input_is_skipped_and_reported", Slot::Shared).await
+    else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let host = "bad.e2e.test";
+    let cert = pki.server_cert(certs.path(), host);
+    let route = |name: &str, path: &str| http_route(name, &prefix_rule(path, "echo", ""));
+    let broken = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: [unclosed\n  name: : :\n";
+    let w = World::start(&envoy, 10, &["echo"], &[], |i| {
+        vec![
+            gateway_file(
+                i,
+                &[
+                    http_listener("http", i.port),
+                    https_listener("https", i.port + 1, host, "missing-cert"),
+                ],
+            ),
+            ("backends.yaml".into(), i.backend("echo", "echo")),
+            ("good.yaml".into(), route("good", "/good")),
+            // The same object twice, in another file and in the same file.
+            (
+                "dup.yaml".into(),
+                docs(&[route("good", "/good"), route("good", "/good")]),
+            ),
+            ("broken.yaml".into(), broken.into()),
+            (
+                "unknown.yaml".into(),
+                "apiVersion: example.com/v1\nkind: Frobnicator\nmetadata:\n  name: x\n  namespace: default\nspec: {}\n"
+                    .into(),
+            ),
+        ]
+    });
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    w.gw.wait("the good route to serve despite bad input", async || {
+        served_by(&c, &format!("{base}/good"), &[], "echo").await
+    })
+    .await;
+
+    // The HTTPS listener's missing Secret shows in the status file.
+    let gw_status = w
+        .gw
+        .wait("Gateway status with listener https ResolvedRefs=False", async || {
+            let s = w
+                .gw
+                .status_file("Gateway", "default", "gw")
+                .ok_or("no status file Gateway/default/gw.yaml yet")?;
+            let l = listener_status(&s, "https")
+                .ok_or_else(|| format!("no listener https in {}", yaml_summary(&s)))?;
+            match condition(l, "ResolvedRefs") {
+                Some((st, reason)) if st == "False" && reason == "InvalidCertificateRef" => {
+                    Ok(s)
+                }
+                other => Err(format!(
+                    "listener https ResolvedRefs is {other:?}, expected False/InvalidCertificateRef"
+                )),
+            }
+        })
+        .await;
+    let http = listener_status(&gw_status, "http").expect("listener http in the status");
+    assert_eq!(
+        condition(http, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into())),
+        "listener http is fine: {}",
+        yaml_summary(http)
+    );
+    let route_status =
+        w.gw.status_file("HTTPRoute", "default", "good")
+            .expect("status file HTTPRoute/default/good.yaml");
+    let accepted = route_status
+        .get("parents")
+        .and_then(|p| p.as_sequence())
+        .and_then(|p| p.first())
+        .and_then(|p| condition(p, "Accepted"));
+    assert_eq!(
+        accepted,
+        Some(("True".into(), "Accepted".into())),
+        "HTTPRoute good should be accepted: {}",
+        yaml_summary(&route_status)
+    );
+    let route_file = w.gw.status_file_text("HTTPRoute", "default", "good");
+    assert!(
+        route_file.contains("duplicate"),
+        "the status file of HTTPRoute default/good should mention its duplicates; got\n{route_file}"
+    );
+    let (code, debug) = w.gw.admin_get("/debug/status").await.unwrap();
+    assert_eq!(code, 200, "/debug/status: {debug}");
+    let debug_json: serde_json::Value =
+        serde_json::from_str(&debug).expect("/debug/status is JSON");
+    assert!(
+        debug.contains("InvalidCertificateRef"),
+        "/debug/status should report InvalidCertificateRef; got {}",
+        clip(&debug, 2000)
+    );
+    drop(debug_json);
+    let (code, _) = w.gw.admin_get("/healthz").await.unwrap();
+    assert_eq!(code, 200, "gatewright stays healthy with bad input");
+
+    // Fix the broken file: its route takes effect.
+    w.gw.write("broken.yaml", &route("fixed", "/fixed"));
+    w.gw.wait("the fixed file's route to serve", async || {
+        served_by(&c, &format!("{base}/fixed"), &[], "echo").await
+    })
+    .await;
+
+    // Break it again: its last good content stays in force.
+    w.gw.write("broken.yaml", broken);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = get(&c, &format!("{base}/fixed"), &[]).await.unwrap();
+    assert_eq!(
+        (r.status, r.backend()),
+        (200, "echo"),
+        "an unparseable file must keep its last good content; /fixed got {}",
+        r.summary()
+    );
+
+    // Add the missing Secret: the listener resolves and HTTPS serves.
+    w.gw.write(
+        "secret.yaml",
+        &tls_secret("missing-cert", &cert.cert_pem, &cert.key_pem),
+    );
+    w.gw.wait("listener https ResolvedRefs=True", async || {
+        let s =
+            w.gw.status_file("Gateway", "default", "gw")
+                .ok_or("no status file")?;
+        let l = listener_status(&s, "https").ok_or("no listener https")?;
+        match condition(l, "ResolvedRefs") {
+            Some((st, _)) if st == "True" => Ok(()),
+            other => Err(format!("ResolvedRefs {other:?}")),
+        }
+    })
+    .await;
+    let tc = tls_client(&pki.ca_pem, host, w.addr(w.port + 1));
+    let url = format!("https://{host}:{}/good", w.port + 1);
+    w.gw.wait("HTTPS on the repaired listener", async || {
+        served_by(&tc, &url, &[], "echo").await
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 11. Clean shutdown.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_envoys_and_exits_zero() {
+    let Some((envoy, _slot)) = begin("sigterm_stops_envoys_and_exits_zero", Slot::Shared).await
+    else {
+        return;
+    };
+    let mut w = World::http(
+        &envoy,
+        11,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("web", &to_service("echo")))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    w.gw.wait("traffic through the Gateway", async || {
+        served_by(&c, &format!("{base}/"), &[], "echo").await
+    })
+    .await;
+
+    let children = w.gw.note_children();
+    let envoys: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|&p| comm(p).contains("envoy"))
+        .collect();
+    assert!(
+        !envoys.is_empty(),
+        "expected an Envoy among gatewright's descendants; found {:?}",
+        children.iter().map(|&p| (p, comm(p))).collect::<Vec<_>>()
+    );
+
+    w.gw.proc.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let status =
+        w.gw.proc
+            .wait_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|| {
+                panic!(
+                    "gatewright did not exit within 15 s of SIGTERM; log:\n{}",
+                    w.gw.log_tail(40)
+                )
+            });
+    println!(
+        "gatewright exited {:?} after SIGTERM with {status}",
+        t.elapsed()
+    );
+    assert!(
+        status.success(),
+        "gatewright should exit 0 on SIGTERM; got {status}; log:\n{}",
+        w.gw.log_tail(40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while envoys.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    let left: Vec<_> = envoys.iter().filter(|&&p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "Envoy children {left:?} still run after gatewright exited"
+    );
+    let refused = tokio::net::TcpStream::connect(w.addr(w.port)).await;
+    assert!(
+        refused.is_err(),
+        "the Gateway's port {} still accepts connections after shutdown",
+        w.addr(w.port)
+    );
+}
