@@ -295,16 +295,23 @@ async fn supervise(
                 continue;
             }
         };
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         state.pid.store(pid, Ordering::Relaxed);
         tracing::info!(gateway = %group, pid, address = %state.address, "Envoy started");
         let admin_file = dir.join("admin-address");
-        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        // The child is polled rather than awaited: it is a std child (see
+        // `spawn_from_stable_thread`), and polling also drives readiness.
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
         let exited = loop {
             tokio::select! {
-                status = child.wait() => break Some(status),
                 _ = stop.changed() => break None,
-                _ = poll.tick() => poll_ready(&state, &admin_file).await,
+                _ = poll.tick() => {
+                    match child.try_wait() {
+                        Ok(Some(status)) => break Some(Ok(status)),
+                        Ok(None) => poll_ready(&state, &admin_file).await,
+                        Err(e) => break Some(Err(e)),
+                    }
+                }
             }
         };
         state.live.store(false, Ordering::Relaxed);
@@ -343,7 +350,7 @@ fn spawn_envoy(
     config: &HostConfig,
     dir: &Path,
     state: &EnvoyState,
-) -> anyhow::Result<tokio::process::Child> {
+) -> anyhow::Result<std::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -357,7 +364,7 @@ fn spawn_envoy(
         .admin
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    let mut command = tokio::process::Command::new(&config.envoy);
+    let mut command = std::process::Command::new(&config.envoy);
     command
         .arg("--config-path")
         .arg(dir.join("bootstrap.json"))
@@ -370,21 +377,55 @@ fn spawn_envoy(
         .arg(&config.log_level)
         .stdin(std::process::Stdio::null())
         .stdout(log)
-        .stderr(log2)
-        .kill_on_drop(true);
+        .stderr(log2);
     // SAFETY: prctl is async-signal-safe and only touches the child. It makes
     // the kernel stop Envoy if this process dies without cleaning up.
     unsafe {
-        command.pre_exec(|| {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    command
-        .spawn()
-        .with_context(|| format!("running {}", config.envoy.display()))
+    spawn_from_stable_thread(command).with_context(|| format!("running {}", config.envoy.display()))
+}
+
+type SpawnRequest = (
+    std::process::Command,
+    std::sync::mpsc::SyncSender<std::io::Result<std::process::Child>>,
+);
+
+/// Starts `command` from a thread that lives as long as the process.
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+/// not the process, and the async runtime's threads come and go; forking
+/// from one of those would stop Envoys at random.
+fn spawn_from_stable_thread(command: std::process::Command) -> anyhow::Result<std::process::Child> {
+    static SPAWNER: std::sync::OnceLock<Result<std::sync::mpsc::Sender<SpawnRequest>, String>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("envoy-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map(|_| tx)
+            .map_err(|e| format!("cannot start the process-spawning thread: {e}"))
+    });
+    let spawner = spawner.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (reply, result) = std::sync::mpsc::sync_channel(1);
+    spawner
+        .send((command, reply))
+        .map_err(|_| anyhow::anyhow!("the process-spawning thread is gone"))?;
+    // fork+exec takes about a millisecond; blocking this thread that long is
+    // cheaper than a round trip through the blocking pool.
+    let child = result
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the process-spawning thread is gone"))??;
+    Ok(child)
 }
 
 async fn poll_ready(state: &EnvoyState, admin_file: &Path) {
@@ -442,7 +483,7 @@ pub async fn admin_request(
 }
 
 async fn stop_envoy(
-    child: &mut tokio::process::Child,
+    child: &mut std::process::Child,
     state: &EnvoyState,
     drain: Duration,
     group: &str,
@@ -459,22 +500,28 @@ async fn stop_envoy(
             tokio::time::sleep(drain).await;
         }
     }
-    if let Some(pid) = child.id()
-        && let Ok(pid) = i32::try_from(pid)
-    {
-        // SAFETY: kill(2) on our own child's pid, which has not been
-        // reaped yet (we still hold it), so it cannot be a reused pid.
+    if let Ok(Some(_)) = child.try_wait() {
+        tracing::info!(gateway = %group, "Envoy stopped");
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped
+        // (try_wait just saw it running), so it cannot be a reused pid.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
     }
-    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-        Ok(_) => tracing::info!(gateway = %group, "Envoy stopped"),
-        Err(_) => {
-            tracing::warn!(gateway = %group, "Envoy ignored SIGTERM; killing it");
-            let _ = child.kill().await;
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            tracing::info!(gateway = %group, "Envoy stopped");
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tracing::warn!(gateway = %group, "Envoy ignored SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -813,7 +813,7 @@ async fn changes_under_load() {
     }
     let total = sent.load(Ordering::Relaxed).min(MAX_REQUESTS);
     let elapsed = load_started.elapsed();
-    let failures = failures.lock().unwrap();
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
     println!(
         "under load: {total} requests in {elapsed:?} (changes done after {changes_done:?}), \
          {} failures",
@@ -833,6 +833,20 @@ async fn changes_under_load() {
             .iter()
             .take(20)
             .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every reload ran while Envoy kept running: it was never restarted.
+    let (code, metrics) = w.gw.admin_get("/metrics").await.expect("admin /metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gatewright_envoy_restarts_total 0"),
+        "expected no Envoy restarts during the run; /metrics says:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("restarts"))
             .collect::<Vec<_>>()
             .join("\n")
     );
