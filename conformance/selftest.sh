@@ -53,6 +53,7 @@ cargo build -p gatewright-node-agent
 
 # The suite's base manifests, from the conformance module of our version.
 export GOFLAGS=-modcacherw
+(cd conformance/suite && go mod download sigs.k8s.io/gateway-api/conformance)
 module_dir=$(cd conformance/suite && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)
 manifests=$module_dir/base/manifests.yaml
 [[ -f $manifests ]] || fail "no base manifests at $manifests"
