@@ -12,17 +12,9 @@ CLUSTER=conformance/cluster.sh
 LOG=conformance/reports/last-run.log
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-log() { printf '==> %s\n' "$*"; }
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  log "tearing the cluster down"
-  "$CLUSTER" down >/dev/null 2>&1 || "$CLUSTER" down || true
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=conformance/lib.sh
+. conformance/lib.sh
+cluster_down_on_exit
 
 started=$SECONDS
 log "building (only what is missing)"

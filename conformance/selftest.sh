@@ -21,28 +21,24 @@ CLUSTER=conformance/cluster.sh
 GATEWAY_API_VERSION=v1.5.1
 WAIT=300s # per wait; the first start of ~30 pods on 2 cores is slow
 
-log() { printf '==> %s\n' "$*"; }
+# shellcheck source=conformance/lib.sh
+. conformance/lib.sh
 fail() {
   printf 'SELFTEST FAILED: %s\n' "$*" >&2
   exit 1
 }
 k() { "$CLUSTER" exec kubectl "$@"; }
 
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  if ((status != 0)); then
+work=$(mktemp -d)
+before_down() {
+  rm -rf "$work"
+  if (($1 != 0)); then
     log "diagnostics"
     k get pods -A -o wide 2>&1 | tail -n 40 || true
     tail -n 30 .tools/k8s/run/*agent*.log 2>/dev/null || true
   fi
-  log "tearing the cluster down"
-  "$CLUSTER" down >/dev/null 2>&1 || "$CLUSTER" down || true
-  exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cluster_down_on_exit
 
 started=$SECONDS
 log "building (only what is missing)"
@@ -58,8 +54,6 @@ module_dir=$(cd conformance/suite && go list -m -f '{{.Dir}}' sigs.k8s.io/gatewa
 manifests=$module_dir/base/manifests.yaml
 [[ -f $manifests ]] || fail "no base manifests at $manifests"
 
-work=$(mktemp -d)
-trap 'rc=$?; rm -rf "$work"; (exit "$rc"); cleanup' EXIT
 sed 's/{GATEWAY_CLASS_NAME}/gatewright-selftest/g' "$manifests" >"$work/base.yaml"
 
 log "applying the base manifests and the TLS Secrets the suite would create"

@@ -449,7 +449,9 @@ async fn poll_ready(state: &EnvoyState, admin_file: &Path) {
     state.live.store(live, Ordering::Relaxed);
 }
 
-/// A minimal HTTP/1.1 request (one per connection) to Envoy's admin interface: status and body.
+/// A minimal HTTP/1.1 request (one per connection) to an admin interface on
+/// loopback (Envoy's, or Gatewright's own for `gatewright status`): status
+/// and body.
 pub async fn admin_request(
     admin: SocketAddr,
     method: &str,
@@ -468,13 +470,13 @@ pub async fn admin_request(
     };
     let response = tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
-        .context("Envoy admin timed out")??;
+        .context("admin request timed out")??;
     let text = String::from_utf8_lossy(&response);
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .context("malformed HTTP response from Envoy admin")?;
+        .context("malformed HTTP response from the admin server")?;
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)

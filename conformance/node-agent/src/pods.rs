@@ -236,13 +236,19 @@ fn wants_binding(pod: &Pod) -> bool {
         && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-async fn bind(ctx: &Ctx, pod: &Pod) -> Result<()> {
+/// The pod's namespace and name, which every API call on it needs.
+fn namespace_and_name(pod: &Pod) -> Result<(&str, &str)> {
     let ns = pod
         .metadata
         .namespace
         .as_deref()
         .context("pod has no namespace")?;
     let name = pod.metadata.name.as_deref().context("pod has no name")?;
+    Ok((ns, name))
+}
+
+async fn bind(ctx: &Ctx, pod: &Pod) -> Result<()> {
+    let (ns, name) = namespace_and_name(pod)?;
     let binding = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Binding",
@@ -390,12 +396,7 @@ async fn run_worker(ctx: Arc<Ctx>, pod: Pod, mut stop: watch::Receiver<Option<St
 }
 
 async fn delete_pod(ctx: &Ctx, pod: &Pod) -> Result<()> {
-    let ns = pod
-        .metadata
-        .namespace
-        .as_deref()
-        .context("pod has no namespace")?;
-    let name = pod.metadata.name.as_deref().context("pod has no name")?;
+    let (ns, name) = namespace_and_name(pod)?;
     let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
