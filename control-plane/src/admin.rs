@@ -10,11 +10,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gatewright_translator::{ObjectKey, Output};
+use gatewright_translator::Output;
 use gatewright_xds::Cache;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -29,8 +28,6 @@ pub struct View {
     pub statuses: BTreeMap<ObjectId, ObjectStatus>,
     /// Problems that name no object.
     pub loose_problems: Vec<String>,
-    /// Each Gateway's address.
-    pub addresses: BTreeMap<ObjectKey, IpAddr>,
 }
 
 /// State shared by the run loop and the admin server.
@@ -190,7 +187,18 @@ async fn config_dump(
         )
             .into_response();
     };
-    let mut dump = gatewright_render::render_gateway(resources);
+    // The translator only emits types the embedded descriptor pool knows, so
+    // this fails only on a bug; answer 500 rather than panic the handler.
+    let mut dump = match gatewright_render::try_render_gateway(resources) {
+        Ok(dump) => dump,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": format!("cannot render {wanted}: {e}")})),
+            )
+                .into_response();
+        }
+    };
     if let Value::Object(map) = &mut dump {
         map.insert("gateway".into(), json!(group_of(key)));
         let nacks: Vec<Value> = shared

@@ -271,7 +271,6 @@ async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &m
     shared.publish(View {
         applied: true,
         loose_problems: loose_problems(&snapshot.problems),
-        addresses: wanted,
         statuses,
         output,
     });
