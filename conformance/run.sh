@@ -27,9 +27,33 @@ SUITE_BIN=$PWD/.tools/k8s/bin/conformance.test
 "$CLUSTER" up
 "$CLUSTER" crds
 
-# Gatewright's Kubernetes provider is not written yet, so nothing will
-# accept the GatewayClass and the suite stops at that wait.
-log "Gatewright has no Kubernetes provider yet: the suite will wait for GatewayClass gatewright and stop"
+# Gatewright runs inside the cluster's network namespace with host
+# infrastructure: one Envoy child process per Gateway on a 127.0.1.x address
+# there, which is what the suite reads from Gateway status.addresses and
+# sends traffic to. Pods' 10.244.x.y addresses are reachable from there.
+GWR_STATE=$PWD/.tools/k8s/run/gatewright
+GWR_LOG=conformance/reports/gatewright.log
+mkdir -p "$GWR_STATE" conformance/reports
+"$CLUSTER" exec kubectl create namespace gatewright-system >/dev/null
+log "starting gatewright controller --infrastructure host (log in $GWR_LOG)"
+"$CLUSTER" exec "$PWD/target/debug/gatewright" controller \
+  --infrastructure host --namespace gatewright-system \
+  --xds-address 127.0.0.1:18000 --admin-address 127.0.0.1:18001 \
+  --state-dir "$GWR_STATE" --envoy "$PWD/.tools/envoy/bin/envoy" \
+  >"$GWR_LOG" 2>&1 </dev/null &
+gwr_pid=$!
+# The controller lives in the cluster's namespace, so `cluster.sh down`
+# stops it with everything else; stopping it first lets it drain its Envoys.
+before_down() {
+  if kill -0 "$gwr_pid" 2>/dev/null; then
+    kill -TERM "$gwr_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$gwr_pid" 2>/dev/null || break; sleep 0.2; done
+  fi
+  if (($1 != 0)); then
+    log "last lines of $GWR_LOG"
+    tail -n 20 "$GWR_LOG" || true
+  fi
+}
 
 mkdir -p conformance/reports
 log "running the suite (output in $LOG)"

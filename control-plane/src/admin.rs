@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
 
 /// What the last translation produced.
 #[derive(Debug, Default)]
@@ -23,7 +24,7 @@ pub struct View {
     /// Whether a translation has been published yet.
     pub applied: bool,
     /// The translator's output.
-    pub output: Output,
+    pub output: Arc<Output>,
     /// Status of every object.
     pub statuses: BTreeMap<ObjectId, ObjectStatus>,
     /// Problems that name no object.
@@ -41,6 +42,11 @@ pub struct Shared {
     pub envoys: Envoys,
     /// The last translation.
     pub view: RwLock<Arc<View>>,
+    /// Whether this replica leads, when replicas elect a leader.
+    pub leader: Option<watch::Receiver<bool>>,
+    /// Envoys run elsewhere (Kubernetes Deployments), so readiness does not
+    /// wait for local ones.
+    pub remote_envoys: bool,
 }
 
 impl Shared {
@@ -73,6 +79,9 @@ impl Shared {
             .envoys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.remote_envoys {
+            return true;
+        }
         view.output.gateways.keys().all(|key| {
             envoys
                 .get(key)
@@ -111,12 +120,16 @@ impl Shared {
                 })
                 .collect()
         };
-        json!({
+        let mut out = json!({
             "ready": self.ready(),
             "envoys": envoys,
             "objects": view.statuses.values().collect::<Vec<_>>(),
             "problems": view.loose_problems,
-        })
+        });
+        if let Some(leader) = &self.leader {
+            out["leader"] = json!(*leader.borrow());
+        }
+        out
     }
 }
 

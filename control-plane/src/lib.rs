@@ -3,8 +3,12 @@
 //! The `gatewright` binary is a thin CLI over this library.
 
 pub mod admin;
+pub mod controller;
 pub mod host;
+pub mod infra;
+pub mod k8s;
 pub mod metrics;
+pub mod pki;
 pub mod run;
 pub mod source;
 pub mod status;

@@ -2,6 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use gatewright::controller::{ControllerOptions, Infrastructure};
 use gatewright::run::{RunOptions, run};
 use gatewright::source::FileSource;
 use std::net::SocketAddr;
@@ -12,6 +13,10 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// Log filter, e.g. `info` or `gatewright=debug,info` [default:
+    /// $RUST_LOG, else info].
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +31,71 @@ enum Command {
     Translate(TranslateArgs),
     /// Print the status of a running Gatewright, read from its admin server.
     Status(StatusArgs),
+    /// Run as a Kubernetes controller: watch the API server, serve xDS,
+    /// write status and run Envoys (as Deployments, or as local processes).
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ControllerArgs {
+    /// kubeconfig file [default: $KUBECONFIG, ~/.kube/config, or the
+    /// in-cluster service account].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where Envoys run: Deployments per Gateway, or child processes of
+    /// this controller on loopback addresses.
+    #[arg(long, value_enum, default_value = "kubernetes")]
+    infrastructure: Infrastructure,
+    /// The controller's namespace: its Lease and xDS CA Secret live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gatewright-system")]
+    namespace: String,
+    /// This replica's identity in leader election [default: host name and
+    /// process id].
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Name of the coordination.k8s.io Lease replicas elect a leader on.
+    #[arg(long, default_value = "gatewright-controller")]
+    lease_name: String,
+    /// Seconds a Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Address the ADS server listens on.
+    #[arg(long, default_value = "0.0.0.0:18000")]
+    xds_address: SocketAddr,
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
+    /// /debug/status, /debug/config_dump).
+    #[arg(long, default_value = "0.0.0.0:18001")]
+    admin_address: SocketAddr,
+    /// Folder for the listen-address files and, on host infrastructure,
+    /// Envoy bootstraps and logs [default: a `gatewright-PID` folder in the
+    /// temp directory].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// controllerName of the GatewayClasses this controller owns.
+    #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    /// Milliseconds the input must be quiet before a change is applied.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// The Envoy binary, for host infrastructure [default: as for `run`].
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+    /// Envoy's log level (host infrastructure).
+    #[arg(long, default_value = "warning")]
+    envoy_log_level: String,
+    /// Envoy worker threads per Gateway (host infrastructure).
+    #[arg(long, default_value_t = 1)]
+    envoy_concurrency: u32,
+    /// Seconds Envoy's listeners drain before it is stopped (host).
+    #[arg(long, default_value_t = 1.0)]
+    drain_seconds: f64,
+    /// The Service in front of this controller's xDS port: provisioned
+    /// Envoys dial `<xds-service>.<namespace>.svc` (kubernetes).
+    #[arg(long, default_value = "gatewright-xds")]
+    xds_service: String,
+    /// Envoy image of provisioned Deployments (kubernetes).
+    #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
+    envoy_image: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,18 +163,28 @@ struct StatusArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = match &cli.log_level {
+        Some(level) => match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("error: --log-level {level}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Translate(args) => translate_command(args),
         Command::Status(args) => status_command(args),
+        Command::Controller(args) => controller_command(args),
     };
     match result {
         Ok(code) => code,
@@ -149,6 +229,49 @@ fn run_command(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         drain: Duration::from_secs_f64(args.drain_seconds),
     };
     runtime()?.block_on(run(options))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::ExitCode> {
+    let envoy = match args.infrastructure {
+        Infrastructure::Host => Some(find_envoy(args.envoy)?),
+        Infrastructure::Kubernetes => None,
+    };
+    if !(args.drain_seconds.is_finite() && (0.0..=600.0).contains(&args.drain_seconds)) {
+        bail!("--drain-seconds must be between 0 and 600");
+    }
+    if !(1..=3600).contains(&args.lease_seconds) {
+        bail!("--lease-seconds must be between 1 and 3600");
+    }
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "gatewright".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("gatewright-{}", std::process::id())));
+    let options = ControllerOptions {
+        kubeconfig: args.kubeconfig,
+        infrastructure: args.infrastructure,
+        namespace: args.namespace,
+        identity,
+        lease_name: args.lease_name,
+        lease_duration: Duration::from_secs(args.lease_seconds),
+        xds_address: args.xds_address,
+        admin_address: args.admin_address,
+        state_dir,
+        controller_name: args.controller_name,
+        debounce: Duration::from_millis(args.debounce_ms),
+        envoy,
+        envoy_log_level: args.envoy_log_level,
+        envoy_concurrency: args.envoy_concurrency.max(1),
+        drain: Duration::from_secs_f64(args.drain_seconds),
+        xds_service: args.xds_service,
+        envoy_image: args.envoy_image,
+    };
+    runtime()?.block_on(gatewright::controller::run(options))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

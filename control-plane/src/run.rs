@@ -9,7 +9,7 @@ use crate::source::FileSource;
 use crate::status::{StatusWriter, collect, loose_problems};
 use anyhow::Context as _;
 use gateway_api::gateways::GatewayStatusAddresses;
-use gatewright_translator::{GatewayResources, Input, ObjectKey, translate};
+use gatewright_translator::{GatewayResources, Input, ObjectKey, Output, translate};
 use gatewright_xds::{AdsServer, Cache, Resources};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use notify::Watcher as _;
@@ -58,6 +58,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         metrics: Metrics::new(cache.clone(), Arc::clone(&envoys)),
         envoys,
         view: RwLock::new(Arc::new(View::default())),
+        leader: None,
+        remote_envoys: false,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -65,49 +67,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS address {}", options.xds_address))?;
     let xds_address = xds_listener.local_addr()?;
-    let xds = {
-        let mut stop = shutdown_rx.clone();
-        let service = AdsServer::new(cache.clone()).into_service();
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!("xDS server failed: {e}");
-            }
-        })
-    };
-
+    let xds = serve_xds(
+        xds_listener,
+        AdsServer::new(cache.clone()),
+        shutdown_rx.clone(),
+    );
     let admin_listener = tokio::net::TcpListener::bind(options.admin_address)
         .await
         .with_context(|| format!("binding the admin address {}", options.admin_address))?;
     let admin_address = admin_listener.local_addr()?;
-    let admin = {
-        let mut stop = shutdown_rx.clone();
-        let router = crate::admin::router(Arc::clone(&shared));
-        tokio::spawn(async move {
-            let result = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!("admin server failed: {e}");
-            }
-        })
-    };
-    write_atomically(
-        &options.state_dir.join("admin-address"),
-        &admin_address.to_string(),
-    )?;
-    write_atomically(
-        &options.state_dir.join("xds-address"),
-        &xds_address.to_string(),
-    )?;
+    let admin = serve_admin(admin_listener, Arc::clone(&shared), shutdown_rx.clone());
+    write_addresses(&options.state_dir, xds_address, admin_address)?;
     tracing::info!(%xds_address, %admin_address, state_dir = %options.state_dir.display(), "Gatewright running");
 
     // File changes wake the loop; the watcher runs on its own thread.
@@ -171,8 +141,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let _ = admin.await;
     })
     .await;
-    let _ = std::fs::remove_file(options.state_dir.join("admin-address"));
-    let _ = std::fs::remove_file(options.state_dir.join("xds-address"));
+    remove_addresses(&options.state_dir);
     tracing::info!("stopped");
     Ok(())
 }
@@ -182,6 +151,46 @@ struct LoopState {
     status: Option<StatusWriter>,
     groups: BTreeSet<String>,
     last_problems: Vec<String>,
+}
+
+/// Serves ADS on `listener` until `stop` turns true.
+pub fn serve_xds(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let service = server.into_service();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("xDS server failed: {e}");
+        }
+    })
+}
+
+/// Serves the admin HTTP API on `listener` until `stop` turns true.
+pub fn serve_admin(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let router = crate::admin::router(shared);
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("admin server failed: {e}");
+        }
+    })
 }
 
 /// Loads, translates and publishes once.
@@ -200,16 +209,7 @@ async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &m
             .map(|(k, ip)| (k.clone(), ip.to_string()))
             .collect();
         let mut output = translate(&snapshot.input);
-        for (key, status) in &mut output.statuses.gateways {
-            if let Some(ip) = addresses.get(key)
-                && output.gateways.contains_key(key)
-            {
-                status.addresses = Some(vec![GatewayStatusAddresses {
-                    r#type: Some("IPAddress".to_owned()),
-                    value: ip.to_string(),
-                }]);
-            }
-        }
+        set_host_addresses(&mut output, &addresses);
         (snapshot, output, addresses)
     });
 
@@ -222,16 +222,7 @@ async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &m
         state.last_problems = problems;
     }
 
-    let mut groups = BTreeSet::new();
-    for (key, resources) in &output.gateways {
-        let group = group_of(key);
-        shared.cache.set(&group, to_xds(resources));
-        groups.insert(group);
-    }
-    for gone in state.groups.difference(&groups) {
-        shared.cache.clear(gone);
-    }
-    state.groups = groups;
+    publish_to_cache(&shared.cache, &output, &mut state.groups);
 
     let wanted: BTreeMap<ObjectKey, IpAddr> = addresses
         .into_iter()
@@ -272,13 +263,43 @@ async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &m
         applied: true,
         loose_problems: loose_problems(&snapshot.problems),
         statuses,
-        output,
+        output: Arc::new(output),
     });
+}
+
+/// Writes each programmed Gateway's host address into its status.
+pub fn set_host_addresses(output: &mut Output, addresses: &BTreeMap<ObjectKey, IpAddr>) {
+    for (key, status) in &mut output.statuses.gateways {
+        if let Some(ip) = addresses.get(key)
+            && output.gateways.contains_key(key)
+        {
+            status.addresses = Some(vec![GatewayStatusAddresses {
+                r#type: Some("IPAddress".to_owned()),
+                value: ip.to_string(),
+            }]);
+        }
+    }
+}
+
+/// Serves each Gateway's resources to its node group and stops serving the
+/// groups of Gateways that are gone; `groups` is the set served before and
+/// is updated.
+pub fn publish_to_cache(cache: &Cache, output: &Output, groups: &mut BTreeSet<String>) {
+    let mut next = BTreeSet::new();
+    for (key, resources) in &output.gateways {
+        let group = group_of(key);
+        cache.set(&group, to_xds(resources));
+        next.insert(group);
+    }
+    for gone in groups.difference(&next) {
+        cache.clear(gone);
+    }
+    *groups = next;
 }
 
 /// The address each Gateway asks for in `spec.addresses` (the first
 /// IPAddress one), or none.
-fn requested_addresses(input: &Input) -> BTreeMap<ObjectKey, Option<IpAddr>> {
+pub fn requested_addresses(input: &Input) -> BTreeMap<ObjectKey, Option<IpAddr>> {
     input
         .gateways
         .iter()
@@ -317,8 +338,25 @@ pub fn to_xds(resources: &GatewayResources) -> Resources {
     out
 }
 
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+pub(crate) fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+/// Writes the `xds-address` and `admin-address` files tests and
+/// `gatewright status` read.
+pub(crate) fn write_addresses(
+    dir: &Path,
+    xds: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
+    write_atomically(&dir.join("admin-address"), &admin.to_string())?;
+    write_atomically(&dir.join("xds-address"), &xds.to_string())
+}
+
+/// Removes what [`write_addresses`] wrote.
+pub(crate) fn remove_addresses(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("admin-address"));
+    let _ = std::fs::remove_file(dir.join("xds-address"));
 }
 
 /// Writes a small file so that readers never see it half-written.

@@ -117,7 +117,8 @@ pub fn collect(
 /// Carries `lastTransitionTime` over from `old` to every condition in `new`
 /// whose status did not change, so that re-translating unchanged input
 /// leaves status unchanged. Conditions are matched by `type`; list items
-/// (listeners, route parents) by `name` or `parentRef`.
+/// (listeners, route parents, policy ancestors) by `name`, `parentRef` or
+/// `ancestorRef`.
 pub fn keep_transition_times(new: &mut Value, old: &Value) {
     match (new, old) {
         (Value::Object(n), Value::Object(o)) => {
@@ -138,7 +139,7 @@ pub fn keep_transition_times(new: &mut Value, old: &Value) {
         (Value::Array(n), Value::Array(o)) => {
             for item in n.iter_mut() {
                 let same = |candidate: &&Value| {
-                    ["type", "name", "parentRef"]
+                    ["type", "name", "parentRef", "ancestorRef"]
                         .iter()
                         .find_map(|k| Some(item.get(*k)? == candidate.get(*k)?))
                         .unwrap_or(false)

@@ -6,10 +6,11 @@ use crate::backend::ClusterRef;
 use crate::gateway::{GatewayInfo, Protocol};
 use crate::hostname;
 use crate::index::Index;
+use crate::input::ObjectKey;
 use crate::model::{
     Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, ValueMatch, regex_escape,
 };
-use crate::output::GatewayResources;
+use crate::output::{GatewayResources, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue,
@@ -168,7 +169,20 @@ impl Emitter<'_, '_> {
         out.endpoints.reserve_exact(clusters.len());
         for c in &clusters {
             out.clusters.push(cluster(c));
-            out.endpoints.push(self.load_assignment(c));
+            out.endpoints.push(load_assignment(
+                self.index,
+                c.name(),
+                &c.namespace,
+                &c.service,
+                c.port,
+            ));
+            out.backends.insert(
+                c.name().to_owned(),
+                ServicePort {
+                    service: ObjectKey::new(c.namespace.as_str(), c.service.as_str()),
+                    port: c.port,
+                },
+            );
         }
         out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
         out.routes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -411,6 +425,9 @@ impl Emitter<'_, '_> {
             virtual_hosts,
             // Invalid backends point at a cluster that never exists.
             validate_clusters: Some(BoolValue { value: false }),
+            // Hostnames match whatever port a client puts in Host, and the
+            // backend still sees the Host header as sent.
+            ignore_port_in_host_matching: true,
             ..Default::default()
         }
     }
@@ -500,65 +517,74 @@ impl Emitter<'_, '_> {
         });
         out
     }
+}
 
-    fn load_assignment(&self, c: &ClusterRef) -> ClusterLoadAssignment {
-        let port_name = self
-            .index
-            .service(&c.namespace, &c.service)
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|ps| ps.iter().find(|p| p.port == c.port))
-            .and_then(|p| p.name.as_deref())
-            .unwrap_or("");
-        let mut addrs: BTreeSet<(&str, u32)> = BTreeSet::new();
-        for slice in self.index.slices(&c.namespace, &c.service) {
-            if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+/// The endpoints of cluster `cluster_name`, fed by port `service_port` of Service
+/// `namespace/service`: the ready addresses of the Service's EndpointSlices
+/// at the slice port named like the Service port. Used both by a full
+/// translation and by [`crate::refresh_endpoints`], so the two cannot drift.
+pub(crate) fn load_assignment(
+    index: &Index<'_>,
+    cluster_name: &str,
+    namespace: &str,
+    service: &str,
+    service_port: i32,
+) -> ClusterLoadAssignment {
+    let port_name = index
+        .service(namespace, service)
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.port == service_port))
+        .and_then(|p| p.name.as_deref())
+        .unwrap_or("");
+    let mut addrs: BTreeSet<(&str, u32)> = BTreeSet::new();
+    for slice in index.slices(namespace, service) {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u32::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            // An unknown readiness counts as ready, as Kubernetes says.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            let Some(port) = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
-                .and_then(|p| p.port)
-                .and_then(|p| u32::try_from(p).ok())
-            else {
-                continue;
-            };
-            for e in &slice.endpoints {
-                // An unknown readiness counts as ready, as Kubernetes says.
-                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                for a in &e.addresses {
-                    if a.parse::<std::net::IpAddr>().is_ok() {
-                        addrs.insert((a.as_str(), port));
-                    }
+            for a in &e.addresses {
+                if a.parse::<std::net::IpAddr>().is_ok() {
+                    addrs.insert((a.as_str(), port));
                 }
             }
         }
-        let lb_endpoints: Vec<LbEndpoint> = addrs
-            .into_iter()
-            .map(|(a, p)| LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket(a, p)),
-                    ..Default::default()
-                })),
+    }
+    let lb_endpoints: Vec<LbEndpoint> = addrs
+        .into_iter()
+        .map(|(a, p)| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket(a, p)),
                 ..Default::default()
-            })
-            .collect();
-        ClusterLoadAssignment {
-            cluster_name: c.name().to_owned(),
-            endpoints: if lb_endpoints.is_empty() {
-                vec![]
-            } else {
-                vec![LocalityLbEndpoints {
-                    lb_endpoints,
-                    ..Default::default()
-                }]
-            },
+            })),
             ..Default::default()
-        }
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints: if lb_endpoints.is_empty() {
+            vec![]
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
     }
 }
 
@@ -632,10 +658,6 @@ fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
             upgrade_type: "websocket".to_owned(),
             ..Default::default()
         }],
-        // Hostnames are matched without the port a client may send.
-        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
-            true,
-        )),
         ..Default::default()
     };
     NetworkFilter {

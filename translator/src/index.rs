@@ -1,12 +1,12 @@
 //! Look-ups over the input: objects by key, EndpointSlices by Service,
 //! Namespace labels and ReferenceGrants.
 
-use crate::input::Input;
+use crate::input::{Input, ObjectKey};
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The API group of Gateway API objects.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -43,6 +43,42 @@ fn insert_unique<'a, K: std::hash::Hash + Eq, T: serde::Serialize>(
     }
 }
 
+/// Services by key and EndpointSlices by the Service they belong to (their
+/// `kubernetes.io/service-name` label), for the Services `keep(namespace,
+/// name)` accepts: one definition for a full and a partial [`Index`], so
+/// both resolve duplicates and orphan slices alike.
+fn services_and_slices<'a>(
+    input: &'a Input,
+    keep: impl Fn(&str, &str) -> bool,
+) -> (NsMap<'a, &'a Service>, NsMap<'a, Vec<&'a EndpointSlice>>) {
+    let mut services: NsMap<'a, &'a Service> = HashMap::new();
+    for s in &input.services {
+        let (ns, name) = key_of(&s.metadata);
+        if keep(ns, name) {
+            insert_unique(services.entry(ns).or_default(), name, s);
+        }
+    }
+    let mut slices: NsMap<'a, Vec<&'a EndpointSlice>> = HashMap::new();
+    for s in &input.endpoint_slices {
+        let ns = s.metadata.namespace.as_deref().unwrap_or("");
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .filter(|svc| keep(ns, svc))
+        {
+            slices
+                .entry(ns)
+                .or_default()
+                .entry(svc.as_str())
+                .or_default()
+                .push(s);
+        }
+    }
+    (services, slices)
+}
+
 /// Read-only indexes built once per translation.
 pub(crate) struct Index<'a> {
     services: NsMap<'a, &'a Service>,
@@ -51,15 +87,12 @@ pub(crate) struct Index<'a> {
     config_maps: NsMap<'a, &'a ConfigMap>,
     namespaces: HashMap<&'a str, &'a Namespace>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    proxy_parameters: &'a std::collections::BTreeSet<crate::ObjectKey>,
 }
 
 impl<'a> Index<'a> {
     pub(crate) fn new(input: &'a Input) -> Self {
-        let mut services: NsMap<'a, &'a Service> = HashMap::new();
-        for s in &input.services {
-            let (ns, name) = key_of(&s.metadata);
-            insert_unique(services.entry(ns).or_default(), name, s);
-        }
+        let (services, slices) = services_and_slices(input, |_, _| true);
         let mut secrets: NsMap<'a, &'a Secret> = HashMap::new();
         for s in &input.secrets {
             let (ns, name) = key_of(&s.metadata);
@@ -73,23 +106,6 @@ impl<'a> Index<'a> {
         let mut namespaces = HashMap::with_capacity(input.namespaces.len());
         for n in &input.namespaces {
             insert_unique(&mut namespaces, n.metadata.name.as_deref().unwrap_or(""), n);
-        }
-        let mut slices: NsMap<'a, Vec<&'a EndpointSlice>> = HashMap::new();
-        for s in &input.endpoint_slices {
-            let ns = s.metadata.namespace.as_deref().unwrap_or("");
-            if let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-            {
-                slices
-                    .entry(ns)
-                    .or_default()
-                    .entry(svc.as_str())
-                    .or_default()
-                    .push(s);
-            }
         }
         let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
         for g in &input.reference_grants {
@@ -105,6 +121,34 @@ impl<'a> Index<'a> {
             config_maps,
             namespaces,
             grants,
+            proxy_parameters: &input.proxy_parameters,
+        }
+    }
+
+    /// An index of only the Services in `only` and their EndpointSlices,
+    /// with every other look-up empty: all that computing a cluster's
+    /// endpoints reads, built without scanning the other lists of `input`
+    /// (which [`crate::refresh_endpoints`] allows to be empty).
+    pub(crate) fn for_services(input: &'a Input, only: &BTreeSet<ObjectKey>) -> Self {
+        // Nested like the maps, so the filter needs no allocation per object.
+        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for key in only {
+            wanted
+                .entry(key.namespace.as_str())
+                .or_default()
+                .insert(key.name.as_str());
+        }
+        let (services, slices) = services_and_slices(input, |ns, name| {
+            wanted.get(ns).is_some_and(|names| names.contains(name))
+        });
+        Self {
+            services,
+            slices,
+            secrets: HashMap::new(),
+            config_maps: HashMap::new(),
+            namespaces: HashMap::new(),
+            grants: HashMap::new(),
+            proxy_parameters: &input.proxy_parameters,
         }
     }
 
@@ -114,6 +158,12 @@ impl<'a> Index<'a> {
 
     pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<&'a Secret> {
         self.secrets.get(ns).and_then(|m| m.get(name)).copied()
+    }
+
+    /// Whether a Gatewright ProxyParameters object exists.
+    pub(crate) fn proxy_parameters(&self, ns: &str, name: &str) -> bool {
+        self.proxy_parameters
+            .contains(&crate::ObjectKey::new(ns, name))
     }
 
     pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {

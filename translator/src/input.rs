@@ -86,6 +86,10 @@ pub struct Input {
     pub config_maps: Vec<ConfigMap>,
     /// Namespaces (their labels feed allowedRoutes selectors).
     pub namespaces: Vec<Namespace>,
+    /// Gatewright `ProxyParameters` objects (group `gatewright.dev`) that
+    /// exist, by key: a GatewayClass `parametersRef` to one is valid. Their
+    /// content only matters to infrastructure, not to translation.
+    pub proxy_parameters: std::collections::BTreeSet<ObjectKey>,
 }
 
 /// Why a document could not be added to an [`Input`].
@@ -174,6 +178,23 @@ impl Input {
             ("", "Secret") => push!(secrets, namespaced),
             ("", "ConfigMap") => push!(config_maps, namespaced),
             ("", "Namespace") => push!(namespaces),
+            ("gatewright.dev", "ProxyParameters") => {
+                let meta = doc.get("metadata");
+                let field = |f: &str| {
+                    meta.and_then(|m| m.get(f))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let (namespace, name) = (field("namespace"), field("name"));
+                let namespace = if namespace.is_empty() {
+                    "default".to_owned()
+                } else {
+                    namespace
+                };
+                self.proxy_parameters
+                    .insert(ObjectKey::new(namespace, name));
+            }
             _ => return Err(InputError::UnsupportedKind { api_version, kind }),
         }
         Ok(())

@@ -19,14 +19,29 @@ mod validate;
 
 pub use envoy::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
-pub use output::{GatewayResources, Output, Statuses};
+pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
 use attach::ParentStatus;
 use conditions::{Conditions, reason};
-use gateway_api::gatewayclasses::GatewayClassStatus;
+use gateway_api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The API group of Gatewright's own parameters kind, `ProxyParameters`.
+pub const PROXY_PARAMETERS_GROUP: &str = "gatewright.dev";
+
+/// The Gateway API conformance features Gatewright implements, as written
+/// in GatewayClass `status.supportedFeatures` (sorted, as the spec asks).
+/// A feature is listed only once the upstream conformance tests for it pass
+/// (`make conformance`).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "GRPCRoute",
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "TLSRoute",
+];
 
 /// Translates one snapshot of objects into Envoy resources and statuses.
 pub fn translate(input: &Input) -> Output {
@@ -84,7 +99,14 @@ pub fn translate(input: &Input) -> Output {
             name.to_owned(),
             GatewayClassStatus {
                 conditions: Some(c.into_vec()),
-                supported_features: None,
+                supported_features: Some(
+                    SUPPORTED_FEATURES
+                        .iter()
+                        .map(|name| GatewayClassStatusSupportedFeatures {
+                            name: (*name).to_owned(),
+                        })
+                        .collect(),
+                ),
             },
         );
     }
@@ -222,6 +244,69 @@ pub fn translate(input: &Input) -> Output {
     out
 }
 
+/// Recomputes, in `output`, the endpoints (ClusterLoadAssignments) of every
+/// cluster fed by one of `services`, from `input`'s Services and
+/// EndpointSlices (the other lists of `input` may be empty: only these two
+/// are read). Returns the Gateways whose resources changed.
+///
+/// `output` must be what [`translate`] gave for an input that differs from
+/// `input` only in the EndpointSlices of `services`; the result is then
+/// exactly `translate(input)`, statuses included (no status depends on
+/// endpoints), at the cost of the changed Services' slices instead of a
+/// whole translation. A change to anything else, a Service included (its
+/// ports decide which clusters exist), needs [`translate`].
+pub fn refresh_endpoints(
+    input: &Input,
+    output: &mut Output,
+    services: &BTreeSet<ObjectKey>,
+) -> BTreeSet<ObjectKey> {
+    let mut changed = BTreeSet::new();
+    if services.is_empty() {
+        return changed;
+    }
+    let index = Index::for_services(input, services);
+    for (key, resources) in &mut output.gateways {
+        let GatewayResources {
+            backends,
+            endpoints,
+            ..
+        } = resources;
+        let mut differs = false;
+        for (cluster, backend) in backends.iter() {
+            if !services.contains(&backend.service) {
+                continue;
+            }
+            let fresh = envoy::load_assignment(
+                &index,
+                cluster,
+                &backend.service.namespace,
+                &backend.service.name,
+                backend.port,
+            );
+            // `endpoints` is sorted by cluster name (see GatewayResources).
+            match endpoints.binary_search_by(|e| e.cluster_name.as_str().cmp(cluster)) {
+                // Unchanged assignments are left alone, so only Gateways
+                // whose endpoints really moved are reported (and re-sent).
+                Ok(i) if endpoints[i] == fresh => {}
+                Ok(i) => {
+                    endpoints[i] = fresh;
+                    differs = true;
+                }
+                // Not produced by `translate`, which emits one assignment
+                // per cluster; filled in rather than left inconsistent.
+                Err(i) => {
+                    endpoints.insert(i, fresh);
+                    differs = true;
+                }
+            }
+        }
+        if differs {
+            changed.insert(key.clone());
+        }
+    }
+    changed
+}
+
 /// Builds a kind's `status.parents` list from kind-agnostic parent statuses.
 macro_rules! route_parents {
     ($parents:expr, $controller:expr, $P:ident, $R:ident) => {
@@ -252,6 +337,22 @@ fn class_parameters(
     p: &gateway_api::gatewayclasses::GatewayClassParametersRef,
 ) -> Result<(), String> {
     let ns = p.namespace.as_deref().unwrap_or("");
+    if p.group == PROXY_PARAMETERS_GROUP && p.kind == "ProxyParameters" {
+        if ns.is_empty() {
+            return Err(format!(
+                "parametersRef to ProxyParameters {} needs a namespace",
+                p.name
+            ));
+        }
+        return if index.proxy_parameters(ns, &p.name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "parametersRef ProxyParameters {ns}/{} does not exist",
+                p.name
+            ))
+        };
+    }
     if !p.group.is_empty() || p.kind != "ConfigMap" {
         return Err(format!(
             "parametersRef kind {}/{} is not supported",

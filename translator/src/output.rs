@@ -30,6 +30,21 @@ pub struct GatewayResources {
     pub endpoints: Vec<ClusterLoadAssignment>,
     /// SDS resources.
     pub secrets: Vec<Secret>,
+    /// The Service port behind each cluster of `clusters`, by cluster name:
+    /// what [`crate::refresh_endpoints`] recomputes, without re-translating,
+    /// when that Service's EndpointSlices change. Every cluster is fed by a
+    /// Service, so the keys are exactly the names of `clusters`.
+    pub backends: BTreeMap<String, ServicePort>,
+}
+
+/// A port of a Kubernetes Service: the source of one cluster's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// The Service.
+    pub service: ObjectKey,
+    /// The Service port number (`spec.ports[].port`), not the target port:
+    /// the EndpointSlice port is found through the Service port's name.
+    pub port: i32,
 }
 
 /// Status of every object the translator has an opinion on, by object.

@@ -12,7 +12,9 @@
 //!   invariants of [`check_invariants`] (256 cases);
 //! - the output loads in a real Envoy (`support::envoy_validate`; 24 cases,
 //!   about half a second each);
-//! - shuffling the input does not change the output (64 cases).
+//! - shuffling the input does not change the output (64 cases);
+//! - after replacing one Service's EndpointSlices, `refresh_endpoints` on
+//!   the previous output gives the output of a full translation (64 cases).
 //!
 //! `PROPTEST_CASES` overrides every case count (e.g. for a long fuzzing
 //! run). Failures are persisted in `tests/proptest-regressions/proptest.txt`
@@ -1178,6 +1180,12 @@ fn check_resources(resources: &GatewayResources, error: &mut dyn FnMut(String)) 
             "a cluster is named {INVALID_BACKEND_CLUSTER:?}, the name reserved for invalid backends"
         ));
     }
+    let backends: BTreeSet<&str> = resources.backends.keys().map(String::as_str).collect();
+    if clusters != backends {
+        error(format!(
+            "clusters {clusters:?} but Service ports recorded for {backends:?}"
+        ));
+    }
     if clusters != endpoints {
         let without: Vec<_> = clusters.difference(&endpoints).collect();
         let orphans: Vec<_> = endpoints.difference(&clusters).collect();
@@ -1707,6 +1715,61 @@ proptest! {
         shuffle::shuffle_input(&mut shuffled, &mut Xoshiro256PlusPlus::seed_from_u64(seed), true);
         let actual = translate(&shuffled);
         shuffle::compare_outputs(&expected, &actual).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(64, 256))]
+
+    /// Replacing the EndpointSlices of one Service (by a random set of
+    /// slices, possibly none) and refreshing the previous output with
+    /// `refresh_endpoints` gives what a full translation gives, and reports
+    /// exactly the Gateways whose resources changed.
+    #[test]
+    fn refreshed_endpoints_match_a_full_translation(
+        scenario in scenario(),
+        replacement in service(),
+    ) {
+        let (input, before) = translate_checked(&scenario)?;
+        // `service()` yields the Service first, then its slices: keep the
+        // scenario's Service (only slices change), take the new slices.
+        let (namespace, name) = {
+            let (_, namespace, name) = identity(&replacement[0]);
+            (namespace, name)
+        };
+        let target = ObjectKey::new(namespace.as_str(), name.as_str());
+        let mut after = input.clone();
+        after.endpoint_slices.retain(|s| {
+            s.metadata.namespace.as_deref() != Some(namespace.as_str())
+                || s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    != Some(&name)
+        });
+        for doc in &replacement[1..] {
+            workload::add(&mut after, doc.clone());
+        }
+        let expected = translate(&after);
+        let mut actual = before.clone();
+        let slim = Input {
+            services: after.services.clone(),
+            endpoint_slices: after.endpoint_slices.clone(),
+            ..Input::default()
+        };
+        let reported = gatewright_translator::refresh_endpoints(
+            &slim,
+            &mut actual,
+            &BTreeSet::from([target]),
+        );
+        shuffle::compare_outputs(&expected, &actual).map_err(TestCaseError::fail)?;
+        let differing: BTreeSet<ObjectKey> = before
+            .gateways
+            .iter()
+            .filter(|(key, resources)| expected.gateways.get(*key) != Some(*resources))
+            .map(|(key, _)| key.clone())
+            .collect();
+        prop_assert_eq!(reported, differing);
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Stats {
     pub responses: AtomicU64,
     /// NACKs received.
     pub nacks: AtomicU64,
+    /// Streams refused by the authorizer (see `AdsServer::with_authorizer`).
+    pub denied: AtomicU64,
 }
 
 /// The cache every stream reads from. Cheap to clone; clones share state.

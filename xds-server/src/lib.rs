@@ -12,11 +12,25 @@
 //!   route needs them.
 //! - NACKs are recorded per group with Envoy's message ([`Cache::nacks`],
 //!   [`Cache::nack_events`]) and a rejected version is not sent again.
+//! - Optionally authenticated and authorised: [`serve_tls`] (or
+//!   [`TlsIncoming`]) accepts only clients with a certificate the
+//!   configuration's verifier accepts ([`mtls_server_config`]: signed by a
+//!   given CA), and an [`Authorizer`] set with [`AdsServer::with_authorizer`]
+//!   decides from that certificate's names which node group a client may
+//!   subscribe as. Without one, any client may fetch any group (host mode,
+//!   on loopback).
 
+mod auth;
 mod cache;
 mod server;
 mod session;
+mod tls;
 
+pub use auth::{Authorizer, IdentityError, PeerIdentity};
 pub use cache::{Cache, Nack, Resource, Resources, Stats, TypeResources};
 pub use server::{AdsServer, GROUP_METADATA_KEY};
 pub use session::type_url;
+pub use tls::{
+    ConnectionInfo, ReloadableServerConfig, TlsConnection, TlsIncoming, TlsSetupError,
+    mtls_server_config, serve_tls,
+};

@@ -1,8 +1,10 @@
 //! The AggregatedDiscoveryService: one task per stream, reading requests
 //! and cache changes and writing responses.
 
+use crate::auth::{Authorizer, PeerIdentity};
 use crate::cache::Cache;
 use crate::session::{Mode, Outgoing, Session};
+use crate::tls::ConnectionInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -12,8 +14,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -29,12 +32,50 @@ const STREAM_BUFFER: usize = 16;
 #[derive(Clone)]
 pub struct AdsServer {
     cache: Cache,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    pub(crate) stop: Option<watch::Receiver<bool>>,
 }
 
 impl AdsServer {
-    /// A server answering from `cache`.
+    /// A server answering from `cache`, to any client, for any node group.
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            authorizer: None,
+            stop: None,
+        }
+    }
+
+    /// Ends every open stream with `UNAVAILABLE` once `stop` turns true, so
+    /// that clients reconnect (to another replica) and a graceful shutdown
+    /// of the server, which waits for open streams, can finish. Without it
+    /// streams last as long as their clients keep them. [`crate::serve_tls`]
+    /// sets it from its shutdown signal if it is not set.
+    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Asks `authorizer` whether each stream may subscribe as the node
+    /// group its first request names; a stream it refuses is closed with
+    /// the authorizer's status (counted in [`crate::Stats::denied`]) before
+    /// anything is sent on it. The identity it is given comes from the
+    /// connection's verified client certificate (see
+    /// [`crate::TlsIncoming`]); over plain TCP there is none.
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Who is asking, and who decides, for a new stream.
+    fn access<T>(&self, request: &Request<T>) -> Access {
+        Access {
+            authorizer: self.authorizer.clone(),
+            identity: request
+                .extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|c| c.identity.clone()),
+        }
     }
 
     /// The tonic service, ready to add to a `tonic::transport::Server`.
@@ -66,6 +107,39 @@ fn group_of(node: Option<&Node>) -> Result<(String, String), Status> {
         ))
     })?;
     Ok((group, node.id.clone()))
+}
+
+/// The authorisation context of one stream.
+struct Access {
+    authorizer: Option<Arc<dyn Authorizer>>,
+    identity: Option<Arc<PeerIdentity>>,
+}
+
+impl Access {
+    fn check(&self, group: &str) -> Result<(), Status> {
+        match &self.authorizer {
+            Some(a) => a.authorize(self.identity.as_deref(), group),
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.identity {
+            Some(id) => id.to_string(),
+            None => "no client certificate".to_owned(),
+        }
+    }
+}
+
+/// Completes once `stop` turns true; never if there is no signal or its
+/// sender is gone without having said stop.
+async fn stopping(stop: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = stop
+        && rx.wait_for(|s| *s).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Counts a stream for as long as it lives.
@@ -151,6 +225,8 @@ async fn unreadable<Resp>(tx: &mpsc::Sender<Result<Resp, Status>>, status: Statu
 /// Serves one stream until the Envoy goes away or breaks the protocol.
 async fn serve<Req: AdsRequest, Resp: AdsResponse>(
     cache: Cache,
+    access: Access,
+    mut stop: Option<watch::Receiver<bool>>,
     mode: Mode,
     mut requests: Streaming<Req>,
     tx: mpsc::Sender<Result<Resp, Status>>,
@@ -167,6 +243,14 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
             return;
         }
     };
+    // Before anything is sent or watched: a refused client learns nothing
+    // of the group but the refusal.
+    if let Err(status) = access.check(&group) {
+        cache.stats().denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%group, %node, identity = %access.describe(), %status, "refused an Envoy");
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     cache.stats().streams.fetch_add(1, Ordering::Relaxed);
     let _guard = StreamGuard(cache.clone());
     tracing::info!(%group, %node, ?mode, "Envoy connected");
@@ -200,6 +284,13 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
                 }
                 resources = cache.resources(session.group());
             }
+            () = stopping(&mut stop) => {
+                tracing::debug!(group = %session.group(), "closing stream: the server is shutting down");
+                let _ = tx
+                    .send(Err(Status::unavailable("the xDS server is shutting down")))
+                    .await;
+                return;
+            }
         }
     }
 }
@@ -218,6 +309,8 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(serve(
             self.cache.clone(),
+            self.access(&request),
+            self.stop.clone(),
             Mode::Sotw,
             request.into_inner(),
             tx,
@@ -232,6 +325,8 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(serve(
             self.cache.clone(),
+            self.access(&request),
+            self.stop.clone(),
             Mode::Delta,
             request.into_inner(),
             tx,

@@ -28,6 +28,7 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
         controller_name: _,
         now: _,
         bind_addresses: _,
+        proxy_parameters: _,
         gateway_classes,
         gateways,
         listener_sets,
@@ -104,6 +105,7 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
             clusters,
             endpoints,
             secrets,
+            backends,
         } = resources;
         for r in listeners {
             out.push((
@@ -130,6 +132,13 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
             out.push((
                 format!("gateway {key} secret {}", r.name),
                 r.encode_to_vec(),
+            ));
+        }
+        // Not an Envoy resource, but part of the output all the same.
+        for (cluster, backend) in backends {
+            out.push((
+                format!("gateway {key} backend {cluster}"),
+                format!("{} {}", backend.service, backend.port).into_bytes(),
             ));
         }
     }

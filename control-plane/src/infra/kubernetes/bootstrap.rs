@@ -1,0 +1,265 @@
+//! Envoy bootstraps, shared by both infrastructures: the node identity
+//! (which xDS group the Envoy belongs to), the admin interface and the
+//! delta-ADS connection to Gatewright.
+//!
+//! `crate::host::bootstrap_json` builds the host-mode bootstrap by hand; a
+//! unit test below checks that [`bootstrap_json`] with
+//! [`XdsEndpoint::Static`] and an ephemeral admin port yields exactly the
+//! same document, so host.rs can be switched over to this function without
+//! any behaviour change.
+
+use gatewright_translator::ObjectKey;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+
+/// The name of the bootstrap cluster that reaches Gatewright's xDS server.
+pub const XDS_CLUSTER: &str = "gatewright-xds";
+/// The name of the bootstrap cluster that reaches Envoy's own admin
+/// interface (only used by the readiness listener).
+pub const ADMIN_CLUSTER: &str = "gatewright-admin";
+/// The name of the static readiness listener.
+pub const READY_LISTENER: &str = "gatewright-ready";
+
+/// Where an Envoy finds Gatewright's ADS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdsEndpoint {
+    /// A fixed address, plaintext (host mode: Gatewright on loopback).
+    Static(SocketAddr),
+    /// A DNS name (a Kubernetes Service), resolved continuously, over
+    /// mutual TLS.
+    Dns {
+        /// The host name, e.g. `gatewright.gatewright-system.svc`.
+        host: String,
+        /// The gRPC port.
+        port: u16,
+        /// The client certificate and the server's CA.
+        tls: XdsTls,
+    },
+}
+
+/// The files of an Envoy's xDS client TLS, and the name the server's
+/// certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsTls {
+    /// PEM client certificate chain.
+    pub cert_file: String,
+    /// PEM client private key.
+    pub key_file: String,
+    /// PEM CA bundle the server certificate must chain to.
+    pub ca_file: String,
+    /// The DNS SAN the server certificate must hold (also sent as SNI).
+    pub server_san: String,
+}
+
+/// What varies between bootstraps besides the Gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapOptions {
+    /// Envoy's admin port on 127.0.0.1 (0: any free port, which
+    /// `--admin-address-path` then reports).
+    pub admin_port: u16,
+    /// If set, a static listener on `0.0.0.0:<port>` that answers
+    /// `GET /ready` by asking the admin interface, and nothing else. This is
+    /// how a kubelet probes readiness without the admin interface (which
+    /// can drain, quit or reconfigure Envoy) being reachable off the pod.
+    pub readiness_port: Option<u16>,
+    /// The ADS server.
+    pub xds: XdsEndpoint,
+}
+
+/// The xDS node group of a Gateway (`<namespace>/<name>`).
+pub fn group_of(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
+}
+
+/// The Envoy bootstrap for a Gateway's Envoy: node identity and group
+/// metadata, the admin interface on loopback, delta ADS to Gatewright, and
+/// optionally the readiness listener.
+pub fn bootstrap_json(key: &ObjectKey, options: &BootstrapOptions) -> Value {
+    let group = group_of(key);
+    let mut clusters = vec![xds_cluster(&options.xds)];
+    let mut bootstrap = json!({
+        "node": {
+            "id": format!("gatewright/{group}"),
+            "cluster": group,
+            "metadata": { gatewright_xds::GROUP_METADATA_KEY: group },
+        },
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port } }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+    });
+    let mut static_resources = serde_json::Map::new();
+    if let Some(port) = options.readiness_port {
+        clusters.push(static_cluster(
+            ADMIN_CLUSTER,
+            "127.0.0.1",
+            options.admin_port,
+            false,
+        ));
+        static_resources.insert("listeners".into(), json!([readiness_listener(port)]));
+    }
+    static_resources.insert("clusters".into(), Value::Array(clusters));
+    bootstrap["static_resources"] = Value::Object(static_resources);
+    bootstrap
+}
+
+/// A cluster with one fixed endpoint, plaintext, optionally HTTP/2.
+fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
+    let mut cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": address, "port_value": port
+            } } } }] }]
+        }
+    });
+    if http2 {
+        cluster["typed_extension_protocol_options"] = http2_options();
+    }
+    cluster
+}
+
+fn http2_options() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} }
+        }
+    })
+}
+
+fn xds_cluster(xds: &XdsEndpoint) -> Value {
+    match xds {
+        XdsEndpoint::Static(address) => {
+            // Key order matches host.rs's hand-written bootstrap so that the
+            // two serialise identically.
+            json!({
+                "name": XDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": http2_options(),
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                        "address": address.ip().to_string(), "port_value": address.port()
+                    } } } }] }]
+                }
+            })
+        }
+        XdsEndpoint::Dns { host, port, tls } => json!({
+            "name": XDS_CLUSTER,
+            // STRICT_DNS re-resolves the Service name, so a changed
+            // ClusterIP (Service re-created) is picked up without a restart.
+            "type": "STRICT_DNS",
+            "connect_timeout": "5s",
+            "typed_extension_protocol_options": http2_options(),
+            // The ADS stream is long-lived and mostly idle; keepalives find
+            // a controller that vanished without closing the connection.
+            "upstream_connection_options": {
+                "tcp_keepalive": { "keepalive_time": 30, "keepalive_interval": 10, "keepalive_probes": 3 }
+            },
+            "load_assignment": {
+                "cluster_name": XDS_CLUSTER,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                    "address": host, "port_value": port
+                } } } }] }]
+            },
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": tls.server_san,
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2"],
+                        "tls_certificates": [{
+                            "certificate_chain": { "filename": tls.cert_file },
+                            "private_key": { "filename": tls.key_file }
+                        }],
+                        "validation_context": {
+                            "trusted_ca": { "filename": tls.ca_file },
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": { "exact": tls.server_san }
+                            }]
+                        }
+                    }
+                }
+            }
+        }),
+    }
+}
+
+/// A listener that forwards exactly `GET /ready` to the admin interface and
+/// answers everything else with 404, so probing readiness exposes nothing
+/// else of the admin API. Like every listener, it only starts accepting once
+/// Envoy has finished initialising (first CDS/LDS answer or their timeout).
+fn readiness_listener(port: u16) -> Value {
+    json!({
+        "name": READY_LISTENER,
+        "address": { "socket_address": { "address": "0.0.0.0", "port_value": port } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "gatewright_ready",
+                "route_config": {
+                    "name": READY_LISTENER,
+                    "virtual_hosts": [{
+                        "name": "ready",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {
+                                    "path": "/ready",
+                                    "headers": [{ "name": ":method", "string_match": { "exact": "GET" } }]
+                                },
+                                "route": { "cluster": ADMIN_CLUSTER, "timeout": "2s" }
+                            },
+                            {
+                                "match": { "prefix": "/" },
+                                "direct_response": { "status": 404 }
+                            }
+                        ]
+                    }]
+                },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+                }]
+            }
+        }] }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mode_bootstrap_is_identical_to_host_rs() {
+        let key = ObjectKey::new("ns", "gw");
+        let xds: SocketAddr = "127.0.0.1:18000".parse().expect("address");
+        let ours = bootstrap_json(
+            &key,
+            &BootstrapOptions {
+                admin_port: 0,
+                readiness_port: None,
+                xds: XdsEndpoint::Static(xds),
+            },
+        );
+        assert_eq!(ours, crate::host::bootstrap_json(&key, xds));
+        assert_eq!(group_of(&key), crate::host::group_of(&key));
+    }
+}

@@ -1,0 +1,619 @@
+//! The Kubernetes provider: reflectors (kube-runtime watchers feeding
+//! in-memory stores) for every kind the translator reads, and a
+//! [`Provider::snapshot`] that turns their contents into a translator
+//! [`Input`].
+//!
+//! Secrets and ConfigMaps are not watched cluster-wide: only the ones that
+//! Gateways, ListenerSets and BackendTLSPolicies reference get a watch of
+//! their own (by name), so the controller never holds every Secret of the
+//! cluster in memory.
+
+use crate::infra::kubernetes::ProxyParameters;
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
+use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
+use gatewright_translator::{Input, ObjectKey};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt as _, reflector::ObjectRef};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The Gateway API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// What changed; sent to the control loop.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Changed {
+    /// Objects of this kind (or the first full list of its watch).
+    Kind(&'static str),
+    /// EndpointSlices of this Service, and nothing else about it.
+    Endpoints(ObjectKey),
+}
+
+/// How a watch names its changes: by kind, or by object.
+type Describe<K> = fn(&'static str, &K) -> Changed;
+
+fn by_kind<K>(kind: &'static str, _: &K) -> Changed {
+    Changed::Kind(kind)
+}
+
+/// An EndpointSlice change names its Service (the
+/// `kubernetes.io/service-name` label); a slice without one counts as a
+/// change of the kind.
+fn by_service(kind: &'static str, slice: &EndpointSlice) -> Changed {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"));
+    match (slice.metadata.namespace.as_deref(), service) {
+        (Some(ns), Some(service)) => Changed::Endpoints(ObjectKey::new(ns, service.as_str())),
+        _ => Changed::Kind(kind),
+    }
+}
+
+/// Which optional Gateway API kinds the API server serves (CRDs installed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Kinds {
+    /// ListenerSet.
+    pub listener_sets: bool,
+    /// GRPCRoute.
+    pub grpc_routes: bool,
+    /// TLSRoute (v1).
+    pub tls_routes: bool,
+    /// ReferenceGrant (v1).
+    pub reference_grants: bool,
+    /// BackendTLSPolicy (v1).
+    pub backend_tls_policies: bool,
+    /// Gatewright's ProxyParameters (gatewright.dev/v1alpha1).
+    pub proxy_parameters: bool,
+}
+
+impl Kinds {
+    /// Asks the API server which Gateway API v1 resources it serves. The
+    /// GatewayClass, Gateway and HTTPRoute CRDs are required.
+    pub async fn discover(client: &Client) -> anyhow::Result<Self> {
+        let list = client
+            .list_api_group_resources(&format!("{GATEWAY_GROUP}/v1"))
+            .await
+            .context(
+                "the API server does not serve gateway.networking.k8s.io/v1: \
+                 install the Gateway API CRDs (v1.5.1)",
+            )?;
+        let served: BTreeSet<&str> = list.resources.iter().map(|r| r.name.as_str()).collect();
+        for required in ["gatewayclasses", "gateways", "httproutes"] {
+            if !served.contains(required) {
+                anyhow::bail!(
+                    "the API server does not serve {GATEWAY_GROUP}/v1 {required}: \
+                     install the Gateway API CRDs (v1.5.1)"
+                );
+            }
+        }
+        // Gatewright's own CRD is optional too: without it, parametersRef
+        // to a ProxyParameters is simply reported as not found.
+        let proxy_parameters = client
+            .list_api_group_resources(&format!(
+                "{}/v1alpha1",
+                gatewright_translator::PROXY_PARAMETERS_GROUP
+            ))
+            .await
+            .is_ok_and(|l| l.resources.iter().any(|r| r.name == "proxyparameters"));
+        Ok(Self {
+            proxy_parameters,
+            listener_sets: served.contains("listenersets"),
+            grpc_routes: served.contains("grpcroutes"),
+            tls_routes: served.contains("tlsroutes"),
+            reference_grants: served.contains("referencegrants"),
+            backend_tls_policies: served.contains("backendtlspolicies"),
+        })
+    }
+}
+
+/// A reflector's store plus the task driving its watch.
+struct Reflected<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    task: JoinHandle<()>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Drop for Reflected<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K> Reflected<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts watching `api` and tells `changed` (tagged `kind`) after the
+    /// first full list and after every change.
+    fn start(
+        api: Api<K>,
+        config: watcher::Config,
+        kind: &'static str,
+        changed: mpsc::UnboundedSender<Changed>,
+    ) -> Self {
+        Self::start_with(api, config, kind, by_kind, changed)
+    }
+
+    /// Like [`Reflected::start`], with changes of single objects named by
+    /// `describe`.
+    fn start_with(
+        api: Api<K>,
+        config: watcher::Config,
+        kind: &'static str,
+        describe: Describe<K>,
+        changed: mpsc::UnboundedSender<Changed>,
+    ) -> Self {
+        let (store, writer) = reflector::store();
+        // managedFields are never read and are often the largest part of an
+        // object: drop them before they reach the store.
+        let stream = watcher::watcher(api, config).default_backoff().modify(|o| {
+            o.managed_fields_mut().clear();
+        });
+        let stream = reflector::reflector(writer, stream);
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let what = match &event {
+                    Ok(Event::Apply(o) | Event::Delete(o)) => Some(describe(kind, o)),
+                    Ok(Event::InitDone) => Some(Changed::Kind(kind)),
+                    _ => None,
+                };
+                if let Some(what) = what
+                    && changed.send(what).is_err()
+                {
+                    return;
+                }
+                match event {
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(kind, "watch failed, retrying: {e}"),
+                }
+            }
+        });
+        Self { store, task }
+    }
+
+    fn objects(&self) -> Vec<K> {
+        self.store.state().iter().map(|o| K::clone(o)).collect()
+    }
+
+    fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        let mut r = ObjectRef::new(name);
+        if let Some(ns) = namespace {
+            r = r.within(ns);
+        }
+        self.store.get(&r)
+    }
+}
+
+/// One watch per named object, started and stopped as references come and
+/// go.
+struct Named<K: Resource<DynamicType = ()> + Clone + 'static> {
+    kind: &'static str,
+    watches: BTreeMap<ObjectKey, Reflected<K>>,
+}
+
+impl<K> Named<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            watches: BTreeMap::new(),
+        }
+    }
+
+    /// Watches exactly `wanted`; returns whether anything was started.
+    fn sync(
+        &mut self,
+        client: &Client,
+        wanted: &BTreeSet<ObjectKey>,
+        changed: &mpsc::UnboundedSender<Changed>,
+    ) -> bool {
+        self.watches.retain(|key, _| wanted.contains(key));
+        let mut started = false;
+        for key in wanted {
+            if self.watches.contains_key(key) {
+                continue;
+            }
+            let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+            self.watches.insert(
+                key.clone(),
+                Reflected::start(api, config, self.kind, changed.clone()),
+            );
+            started = true;
+        }
+        started
+    }
+
+    fn objects(&self) -> Vec<K> {
+        self.watches.values().flat_map(Reflected::objects).collect()
+    }
+
+    /// Whether every watch has listed once.
+    fn ready(&self) -> bool {
+        self.watches.values().all(|w| is_ready(&w.store))
+    }
+}
+
+fn is_ready<K: Resource<DynamicType = ()> + Clone + 'static>(store: &Store<K>) -> bool {
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some()
+}
+
+/// Every store the translator's input is built from.
+pub struct Provider {
+    client: Client,
+    kinds: Kinds,
+    changed_tx: mpsc::UnboundedSender<Changed>,
+    gateway_classes: Reflected<GatewayClass>,
+    gateways: Reflected<Gateway>,
+    listener_sets: Option<Reflected<ListenerSet>>,
+    http_routes: Reflected<HttpRoute>,
+    grpc_routes: Option<Reflected<GrpcRoute>>,
+    tls_routes: Option<Reflected<TlsRoute>>,
+    reference_grants: Option<Reflected<ReferenceGrant>>,
+    backend_tls_policies: Option<Reflected<BackendTlsPolicy>>,
+    proxy_parameters: Option<Reflected<ProxyParameters>>,
+    services: Reflected<Service>,
+    endpoint_slices: Reflected<EndpointSlice>,
+    namespaces: Reflected<Namespace>,
+    secrets: Named<Secret>,
+    config_maps: Named<ConfigMap>,
+}
+
+impl Provider {
+    /// Starts every watch. Changes are announced on the returned channel.
+    pub fn start(client: Client, kinds: Kinds) -> (Self, mpsc::UnboundedReceiver<Changed>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let all = watcher::Config::default;
+        macro_rules! cluster {
+            ($kind:literal) => {
+                Reflected::start(Api::all(client.clone()), all(), $kind, tx.clone())
+            };
+        }
+        macro_rules! optional {
+            ($present:expr, $kind:literal) => {
+                $present
+                    .then(|| Reflected::start(Api::all(client.clone()), all(), $kind, tx.clone()))
+            };
+        }
+        let provider = Self {
+            gateway_classes: cluster!("GatewayClass"),
+            gateways: cluster!("Gateway"),
+            listener_sets: optional!(kinds.listener_sets, "ListenerSet"),
+            http_routes: cluster!("HTTPRoute"),
+            grpc_routes: optional!(kinds.grpc_routes, "GRPCRoute"),
+            tls_routes: optional!(kinds.tls_routes, "TLSRoute"),
+            reference_grants: optional!(kinds.reference_grants, "ReferenceGrant"),
+            backend_tls_policies: optional!(kinds.backend_tls_policies, "BackendTLSPolicy"),
+            proxy_parameters: optional!(kinds.proxy_parameters, "ProxyParameters"),
+            services: cluster!("Service"),
+            endpoint_slices: Reflected::start_with(
+                Api::all(client.clone()),
+                all(),
+                "EndpointSlice",
+                by_service,
+                tx.clone(),
+            ),
+            namespaces: cluster!("Namespace"),
+            secrets: Named::new("Secret"),
+            config_maps: Named::new("ConfigMap"),
+            changed_tx: tx,
+            kinds,
+            client,
+        };
+        (provider, rx)
+    }
+
+    /// Which optional kinds are watched.
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
+    }
+
+    /// Waits until every cluster-wide store has its first full list, so
+    /// that the first translation never sees half the cluster.
+    pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        macro_rules! wait {
+            ($r:expr) => {
+                $r.store
+                    .wait_until_ready()
+                    .await
+                    .context("a watch stopped before its first list")?
+            };
+        }
+        macro_rules! wait_optional {
+            ($r:expr) => {
+                if let Some(r) = &$r {
+                    wait!(r);
+                }
+            };
+        }
+        wait!(self.gateway_classes);
+        wait!(self.gateways);
+        wait_optional!(self.listener_sets);
+        wait!(self.http_routes);
+        wait_optional!(self.grpc_routes);
+        wait_optional!(self.tls_routes);
+        wait_optional!(self.reference_grants);
+        wait_optional!(self.backend_tls_policies);
+        wait_optional!(self.proxy_parameters);
+        wait!(self.services);
+        wait!(self.endpoint_slices);
+        wait!(self.namespaces);
+        Ok(())
+    }
+
+    /// Whether the per-object Secret and ConfigMap watches have all listed.
+    pub fn references_ready(&self) -> bool {
+        self.secrets.ready() && self.config_maps.ready()
+    }
+
+    /// The translator's input from the stores' current contents. Also starts
+    /// and stops the Secret and ConfigMap watches to match what the input
+    /// references; returns whether any was started (its first list will
+    /// announce itself on the change channel).
+    pub fn snapshot(&mut self, controller_name: &str) -> (Input, bool) {
+        let mut input = Input {
+            controller_name: controller_name.to_owned(),
+            gateway_classes: self.gateway_classes.objects(),
+            gateways: self.gateways.objects(),
+            listener_sets: optional(&self.listener_sets),
+            http_routes: self.http_routes.objects(),
+            grpc_routes: optional(&self.grpc_routes),
+            tls_routes: optional(&self.tls_routes),
+            reference_grants: optional(&self.reference_grants),
+            backend_tls_policies: optional(&self.backend_tls_policies),
+            services: self.services.objects(),
+            endpoint_slices: self.endpoint_slices.objects(),
+            namespaces: self.namespaces.objects(),
+            proxy_parameters: self
+                .proxy_parameters
+                .iter()
+                .flat_map(|r| r.store.state())
+                .map(|p| {
+                    ObjectKey::new(
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            ..Input::default()
+        };
+        let (secrets, config_maps) = references(&input);
+        let started = self.secrets.sync(&self.client, &secrets, &self.changed_tx)
+            | self
+                .config_maps
+                .sync(&self.client, &config_maps, &self.changed_tx);
+        input.secrets = self.secrets.objects();
+        input.config_maps = self.config_maps.objects();
+        (input, started)
+    }
+
+    /// An input holding only `services` and their EndpointSlices: enough
+    /// for [`gatewright_translator::refresh_endpoints`].
+    pub fn endpoints_input(&self, services: &BTreeSet<ObjectKey>) -> Input {
+        let mut input = Input::default();
+        for key in services {
+            if let Some(s) = self.services.get(Some(&key.namespace), &key.name) {
+                input.services.push(Service::clone(&s));
+            }
+        }
+        input.endpoint_slices = self
+            .endpoint_slices
+            .store
+            .state()
+            .iter()
+            .filter(|slice| match by_service("", slice) {
+                Changed::Endpoints(key) => services.contains(&key),
+                Changed::Kind(_) => false,
+            })
+            .map(|slice| EndpointSlice::clone(slice))
+            .collect();
+        input
+    }
+
+    /// The live GatewayClass, as last seen.
+    pub fn gateway_class(&self, name: &str) -> Option<Arc<GatewayClass>> {
+        self.gateway_classes.get(None, name)
+    }
+
+    /// The live Gateway, as last seen.
+    pub fn gateway(&self, key: &ObjectKey) -> Option<Arc<Gateway>> {
+        self.gateways.get(Some(&key.namespace), &key.name)
+    }
+
+    /// The live ListenerSet, as last seen.
+    pub fn listener_set(&self, key: &ObjectKey) -> Option<Arc<ListenerSet>> {
+        self.listener_sets
+            .as_ref()?
+            .get(Some(&key.namespace), &key.name)
+    }
+
+    /// Every live HTTPRoute.
+    pub fn http_routes(&self) -> Vec<Arc<HttpRoute>> {
+        self.http_routes.store.state()
+    }
+
+    /// Every live GRPCRoute.
+    pub fn grpc_routes(&self) -> Vec<Arc<GrpcRoute>> {
+        self.grpc_routes
+            .as_ref()
+            .map(|r| r.store.state())
+            .unwrap_or_default()
+    }
+
+    /// Every live TLSRoute.
+    pub fn tls_routes(&self) -> Vec<Arc<TlsRoute>> {
+        self.tls_routes
+            .as_ref()
+            .map(|r| r.store.state())
+            .unwrap_or_default()
+    }
+
+    /// Every live BackendTLSPolicy.
+    pub fn backend_tls_policies(&self) -> Vec<Arc<BackendTlsPolicy>> {
+        self.backend_tls_policies
+            .as_ref()
+            .map(|r| r.store.state())
+            .unwrap_or_default()
+    }
+}
+
+fn optional<K>(r: &Option<Reflected<K>>) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    r.as_ref().map(Reflected::objects).unwrap_or_default()
+}
+
+/// The Secrets and ConfigMaps an input references: listener certificates,
+/// frontend CA certificates, the backend client certificate, and
+/// BackendTLSPolicy CA certificates. References the translator will refuse
+/// (e.g. cross-namespace without a ReferenceGrant) are watched anyway: the
+/// translator decides, the provider only fetches.
+pub fn references(input: &Input) -> (BTreeSet<ObjectKey>, BTreeSet<ObjectKey>) {
+    let mut secrets = BTreeSet::new();
+    let mut config_maps = BTreeSet::new();
+    let mut visit = |namespace: &str, spec: Value| {
+        collect_refs(namespace, &spec, None, &mut secrets, &mut config_maps);
+    };
+    for gw in &input.gateways {
+        visit(
+            gw.metadata.namespace.as_deref().unwrap_or("default"),
+            serde_json::to_value(&gw.spec).unwrap_or(Value::Null),
+        );
+    }
+    for ls in &input.listener_sets {
+        visit(
+            ls.metadata.namespace.as_deref().unwrap_or("default"),
+            serde_json::to_value(&ls.spec).unwrap_or(Value::Null),
+        );
+    }
+    for p in &input.backend_tls_policies {
+        visit(
+            p.metadata.namespace.as_deref().unwrap_or("default"),
+            serde_json::to_value(&p.spec).unwrap_or(Value::Null),
+        );
+    }
+    (secrets, config_maps)
+}
+
+/// Walks a spec; under the reference-holding keys, every object reference
+/// to a core Secret or ConfigMap is collected. `default_kind` is the kind
+/// the API gives a reference that names none.
+fn collect_refs(
+    namespace: &str,
+    value: &Value,
+    default_kind: Option<&str>,
+    secrets: &mut BTreeSet<ObjectKey>,
+    config_maps: &mut BTreeSet<ObjectKey>,
+) {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                collect_refs(namespace, item, default_kind, secrets, config_maps);
+            }
+        }
+        Value::Object(map) => {
+            if let Some(default_kind) = default_kind
+                && let Some(name) = map.get("name").and_then(Value::as_str)
+            {
+                let group = map.get("group").and_then(Value::as_str).unwrap_or("");
+                let kind = map
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or(default_kind);
+                let ns = map
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(namespace);
+                let key = ObjectKey::new(ns, name);
+                match (group, kind) {
+                    ("", "Secret") => {
+                        secrets.insert(key);
+                    }
+                    ("", "ConfigMap") => {
+                        config_maps.insert(key);
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            for (key, child) in map {
+                let kind = match key.as_str() {
+                    "certificateRefs" | "clientCertificateRef" => Some("Secret"),
+                    "caCertificateRefs" => Some("ConfigMap"),
+                    _ => None,
+                };
+                collect_refs(namespace, child, kind, secrets, config_maps);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_follow_certificate_refs_with_their_defaults() {
+        let mut input = Input::new();
+        input
+            .add_document(serde_json::json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "gw", "namespace": "infra"},
+                "spec": {
+                    "gatewayClassName": "c",
+                    "listeners": [{
+                        "name": "https", "port": 443, "protocol": "HTTPS",
+                        "tls": {"certificateRefs": [
+                            {"name": "local"},
+                            {"name": "other", "namespace": "certs", "kind": "Secret", "group": ""},
+                            {"name": "not-core", "kind": "Secret", "group": "example.test"}
+                        ]}
+                    }],
+                    "tls": {
+                        "frontend": {"default": {"validation": {"caCertificateRefs": [
+                            {"name": "ca", "kind": "ConfigMap", "group": ""}
+                        ]}}},
+                        "backend": {"clientCertificateRef": {"name": "client"}}
+                    }
+                }
+            }))
+            .expect("a valid Gateway");
+        let (secrets, config_maps) = references(&input);
+        let names = |s: &BTreeSet<ObjectKey>| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            names(&secrets),
+            ["certs/other", "infra/client", "infra/local"]
+        );
+        assert_eq!(names(&config_maps), ["infra/ca"]);
+    }
+}

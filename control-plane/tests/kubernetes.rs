@@ -1,0 +1,1229 @@
+//! Integration tests of Kubernetes mode: real `gatewright controller`
+//! processes against a real, local kube-apiserver (etcd, kube-apiserver and
+//! kube-controller-manager on 127.0.0.1, started once for this binary by
+//! `kube_support` and shared by its tests).
+//!
+//! Each test has its own namespace, its own GatewayClass with a controller
+//! name of its own (only the status test uses the default one), its own
+//! Lease namespace and its own listener ports, so the tests run in parallel
+//! without seeing each other's controllers.
+//!
+//! Needs the Kubernetes binaries (`bash conformance/cluster.sh build`, or
+//! `GATEWRIGHT_K8S_BIN`) and Envoy (`make envoy`, or `ENVOY_BIN`); fails
+//! saying so when they are missing.
+
+mod kube_support;
+
+use std::time::{Duration, Instant};
+
+use kube_support::*;
+use serde_json::{Value, json};
+
+/// The longest any one wait for the controller may take.
+const WAIT: Duration = Duration::from_secs(30);
+/// The default controller name.
+const CONTROLLER_NAME: &str = "gatewright.dev/gateway-controller";
+/// Lease duration the tests give the controllers.
+const LEASE_SECONDS: u32 = 4;
+
+// ---------------------------------------------------------------------------
+// YAML builders.
+
+fn namespace(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+}
+
+fn gateway_class(name: &str, controller: &str, params: Option<(&str, &str, &str, &str)>) -> String {
+    let mut out = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: {name}
+spec:
+  controllerName: {controller}
+"
+    );
+    if let Some((group, kind, ns, pname)) = params {
+        out.push_str(&format!(
+            "  parametersRef:
+    group: {group}
+    kind: {kind}
+    namespace: {ns}
+    name: {pname}
+"
+        ));
+    }
+    out
+}
+
+/// A Gateway with one HTTP listener `http` on `port`; `extra` is appended
+/// to its spec (two-space indented).
+fn gateway(ns: &str, name: &str, class: &str, port: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  gatewayClassName: {class}
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: {port}
+    allowedRoutes:
+      namespaces:
+        from: Same
+{extra}"
+    )
+}
+
+/// A Service with port 8080 and an EndpointSlice with one (non-loopback:
+/// the API server rejects loopback endpoint addresses) address.
+fn service(ns: &str, name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  ports:
+  - name: http
+    port: 8080
+    targetPort: 8080
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {ns}
+  labels:
+    kubernetes.io/service-name: {name}
+addressType: IPv4
+endpoints:
+- addresses: [\"{ip}\"]
+  conditions:
+    ready: true
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+"
+    )
+}
+
+/// An HTTPRoute on Gateway `gw` sending `path` to `backend`:8080.
+fn http_route(ns: &str, name: &str, gw: &str, hostname: &str, path: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  parentRefs:
+  - name: {gw}
+  hostnames: [\"{hostname}\"]
+  rules:
+  - matches:
+    - path:
+        type: PathPrefix
+        value: {path}
+    backendRefs:
+    - name: {backend}
+      port: 8080
+"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Reading objects.
+
+async fn get(
+    kube: &Kube,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, String> {
+    kube.get(api_version, kind, ns, name).await?.ok_or_else(|| {
+        format!(
+            "{kind} {}{name} does not exist",
+            ns.map(|n| format!("{n}/")).unwrap_or_default()
+        )
+    })
+}
+
+async fn gateway_class_obj(kube: &Kube, name: &str) -> Result<Value, String> {
+    get(
+        kube,
+        "gateway.networking.k8s.io/v1",
+        "GatewayClass",
+        None,
+        name,
+    )
+    .await
+}
+
+async fn gateway_obj(kube: &Kube, ns: &str, name: &str) -> Result<Value, String> {
+    get(
+        kube,
+        "gateway.networking.k8s.io/v1",
+        "Gateway",
+        Some(ns),
+        name,
+    )
+    .await
+}
+
+async fn route_obj(kube: &Kube, ns: &str, name: &str) -> Result<Value, String> {
+    get(
+        kube,
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        Some(ns),
+        name,
+    )
+    .await
+}
+
+/// GatewayClass Accepted=True for its generation, supportedFeatures set.
+async fn class_accepted(kube: &Kube, name: &str) -> Result<Value, String> {
+    let gc = gateway_class_obj(kube, name).await?;
+    expect_condition(
+        &gc["status"]["conditions"],
+        "Accepted",
+        "True",
+        None,
+        &gc["metadata"]["generation"],
+    )?;
+    let features = gc["status"]["supportedFeatures"]
+        .as_array()
+        .map_or(0, Vec::len);
+    if features == 0 {
+        return Err(format!(
+            "GatewayClass {name} has no status.supportedFeatures: {}",
+            gc["status"]
+        ));
+    }
+    Ok(gc)
+}
+
+/// Gateway Accepted and Programmed for its generation, with addresses and
+/// `attached` routes on listener `http`.
+async fn gateway_programmed(
+    kube: &Kube,
+    ns: &str,
+    name: &str,
+    attached: u64,
+) -> Result<Value, String> {
+    let gw = gateway_obj(kube, ns, name).await?;
+    let generation = &gw["metadata"]["generation"];
+    let conds = &gw["status"]["conditions"];
+    expect_condition(conds, "Accepted", "True", None, generation)?;
+    expect_condition(conds, "Programmed", "True", None, generation)?;
+    if gw["status"]["addresses"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        return Err(format!(
+            "Gateway {ns}/{name} has no status.addresses: {}",
+            gw["status"]
+        ));
+    }
+    let listener = listener_status(&gw, "http")
+        .ok_or_else(|| format!("no status of listener http: {}", gw["status"]))?;
+    if listener["attachedRoutes"] != attached {
+        return Err(format!(
+            "listener http has attachedRoutes {}, want {attached}",
+            listener["attachedRoutes"]
+        ));
+    }
+    Ok(gw)
+}
+
+/// The route's parent entry for (`controller`, `gw`) with Accepted and
+/// ResolvedRefs as given, for the route's current generation.
+async fn route_status(
+    kube: &Kube,
+    ns: &str,
+    name: &str,
+    controller: &str,
+    gw: &str,
+    resolved: (&str, Option<&str>),
+) -> Result<Value, String> {
+    let route = route_obj(kube, ns, name).await?;
+    let parent = route_parent(&route, controller, gw).ok_or_else(|| {
+        format!(
+            "HTTPRoute {ns}/{name} has no parents entry of {controller} for Gateway {gw}: {}",
+            clip(&route["status"].to_string(), 800)
+        )
+    })?;
+    let generation = &route["metadata"]["generation"];
+    expect_condition(&parent["conditions"], "Accepted", "True", None, generation)?;
+    expect_condition(
+        &parent["conditions"],
+        "ResolvedRefs",
+        resolved.0,
+        resolved.1,
+        generation,
+    )?;
+    Ok(route)
+}
+
+fn resource_version(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Adds a parents entry of another controller to a route's status (retrying
+/// on conflicts with the controller's own writes).
+async fn add_foreign_parent(kube: &Kube, ns: &str, name: &str, foreign: &Value) {
+    for _ in 0..20 {
+        let mut route = route_obj(kube, ns, name).await.expect("reading the route");
+        let parents = route["status"]["parents"]
+            .as_array_mut()
+            .expect("the route has status.parents");
+        parents.retain(|p| p["controllerName"] != foreign["controllerName"]);
+        parents.push(foreign.clone());
+        match kube.replace_status(&route).await {
+            Ok(_) => return,
+            Err(e) if objects::is_code(&e, 409) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("writing the route's status: {}", kube_error(&e)),
+        }
+    }
+    panic!("could not write the route's status: 20 conflicts in a row");
+}
+
+fn controller_spec(
+    cluster: &Cluster,
+    label: &str,
+    ns: &str,
+    controller_name: &str,
+    infra: Infra,
+) -> ControllerSpec {
+    ControllerSpec {
+        label: label.into(),
+        kubeconfig: cluster.kubeconfig.clone(),
+        infrastructure: infra,
+        namespace: ns.into(),
+        identity: format!("{ns}-{label}"),
+        controller_name: controller_name.into(),
+        lease_seconds: LEASE_SECONDS,
+        extra_args: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 0. The harness itself.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_serves_gateway_api() {
+    let t = Instant::now();
+    let cluster = Cluster::shared();
+    eprintln!(
+        "kube harness: waited {:.2} s; cluster start-up took {} in {}",
+        t.elapsed().as_secs_f64(),
+        cluster.timings_summary(),
+        cluster.dir.display()
+    );
+    let kube = cluster.kube().await;
+    // Every CRD is Established (install waited for it), and served.
+    for crd in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "tlsroutes",
+        "listenersets",
+        "referencegrants",
+        "backendtlspolicies",
+    ] {
+        let name = format!("{crd}.gateway.networking.k8s.io");
+        let obj = kube
+            .get(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                &name,
+            )
+            .await
+            .expect("reading a CRD")
+            .unwrap_or_else(|| panic!("CRD {name} is not installed"));
+        expect_condition(
+            &obj["status"]["conditions"],
+            "Established",
+            "True",
+            None,
+            &Value::Null,
+        )
+        .or_else(|e| {
+            if e.contains("observedGeneration") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+    }
+    kube.apply(&namespace("t0-harness"))
+        .await
+        .expect("creating a namespace");
+    let t = Instant::now();
+    kube.apply(
+        &[
+            gateway_class("t0-harness", "example.test/nobody", None),
+            "---\n".into(),
+            gateway("t0-harness", "gw", "t0-harness", 80, ""),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating a Gateway");
+    let gw = gateway_obj(&kube, "t0-harness", "gw")
+        .await
+        .expect("reading the Gateway back");
+    assert_eq!(gw["spec"]["listeners"][0]["port"], 80, "{gw}");
+    assert_eq!(gw["metadata"]["generation"], 1, "{gw}");
+    eprintln!("kube harness: create + read a Gateway: {:?}", t.elapsed());
+
+    // A kubeconfig with `as:` makes kube-rs impersonate: a ServiceAccount
+    // without any RBAC may not list Gateways.
+    let dir = TestDir::new("t0-harness");
+    let path = cluster.impersonating_kubeconfig(
+        &dir.path.join("kubeconfig"),
+        "system:serviceaccount:t0-harness:nobody",
+        &[],
+    );
+    let nobody = Kube::from_kubeconfig(&path)
+        .await
+        .expect("impersonating client");
+    let err = nobody
+        .list(
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            Some("t0-harness"),
+        )
+        .await
+        .expect_err("an impersonated ServiceAccount without RBAC listed Gateways");
+    assert!(
+        err.contains("403") && err.contains("system:serviceaccount:t0-harness:nobody"),
+        "want a 403 naming the impersonated user, got: {err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. Status round trip (host infrastructure).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_round_trip() {
+    const NS: &str = "t1-status";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    kube.apply(
+        &[
+            gateway_class(NS, CONTROLLER_NAME, None),
+            "---\n".into(),
+            gateway(NS, "gw", NS, 28001, ""),
+            "---\n".into(),
+            service(NS, "echo", "10.244.1.10"),
+            "---\n".into(),
+            http_route(NS, "route", "gw", "t1.example.test", "/", "echo"),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating the objects");
+    let _c = Controller::start(
+        &dir.path,
+        controller_spec(cluster, "a", NS, CONTROLLER_NAME, Infra::Host),
+    );
+
+    wait_for("GatewayClass Accepted with supportedFeatures", WAIT, || {
+        class_accepted(&kube, NS)
+    })
+    .await;
+    let gw = wait_for(
+        "Gateway Accepted and Programmed, 1 attached route",
+        WAIT,
+        || gateway_programmed(&kube, NS, "gw", 1),
+    )
+    .await;
+    eprintln!("Gateway status: {}", gw["status"]);
+    wait_for("HTTPRoute Accepted and ResolvedRefs", WAIT, || {
+        route_status(&kube, NS, "route", CONTROLLER_NAME, "gw", ("True", None))
+    })
+    .await;
+
+    // A spec change bumps the generation; observedGeneration follows.
+    let before = route_obj(&kube, NS, "route")
+        .await
+        .expect("reading the route");
+    kube.apply(&http_route(
+        NS,
+        "route",
+        "gw",
+        "t1.example.test",
+        "/v2",
+        "echo",
+    ))
+    .await
+    .expect("changing the route");
+    let route = wait_for(
+        "the route's observedGeneration to follow its generation",
+        WAIT,
+        || route_status(&kube, NS, "route", CONTROLLER_NAME, "gw", ("True", None)),
+    )
+    .await;
+    assert!(
+        route["metadata"]["generation"].as_i64() > before["metadata"]["generation"].as_i64(),
+        "the route's generation did not change: {} then {}",
+        before["metadata"]["generation"],
+        route["metadata"]["generation"]
+    );
+
+    // Another controller's parents entry survives Gatewright's next write.
+    let foreign = json!({
+        "parentRef": {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "other-gw",
+            "namespace": NS,
+        },
+        "controllerName": "example.test/other",
+        "conditions": [{
+            "type": "Accepted", "status": "True", "reason": "Accepted",
+            "message": "accepted by another controller",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": route["metadata"]["generation"],
+        }],
+    });
+    add_foreign_parent(&kube, NS, "route", &foreign).await;
+    kube.apply(&http_route(
+        NS,
+        "route",
+        "gw",
+        "t1.example.test",
+        "/v3",
+        "echo",
+    ))
+    .await
+    .expect("changing the route again");
+    let route = wait_for(
+        "Gatewright's write for the route's third generation",
+        WAIT,
+        || route_status(&kube, NS, "route", CONTROLLER_NAME, "gw", ("True", None)),
+    )
+    .await;
+    let kept = route["status"]["parents"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["controllerName"] == "example.test/other")
+    });
+    assert!(
+        kept,
+        "Gatewright dropped the parents entry of example.test/other: {}",
+        route["status"]
+    );
+
+    // Nothing changes: nothing is written.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read_all = async || {
+        [
+            gateway_class_obj(&kube, NS)
+                .await
+                .expect("reading the GatewayClass"),
+            gateway_obj(&kube, NS, "gw")
+                .await
+                .expect("reading the Gateway"),
+            route_obj(&kube, NS, "route")
+                .await
+                .expect("reading the route"),
+        ]
+    };
+    let first = read_all().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let second = read_all().await;
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(
+            resource_version(a),
+            resource_version(b),
+            "{} {} was written although nothing changed; status before: {}\nstatus after: {}",
+            a["kind"],
+            a["metadata"]["name"],
+            a["status"],
+            b["status"]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Bad input: a missing backend.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_backend_is_reported_and_others_still_work() {
+    const NS: &str = "t2-bad-input";
+    const NAME: &str = "gatewright.dev/t2-bad-input";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    kube.apply(
+        &[
+            gateway_class(NS, NAME, None),
+            "---\n".into(),
+            gateway(NS, "gw", NS, 28002, ""),
+            "---\n".into(),
+            service(NS, "echo", "10.244.2.10"),
+            "---\n".into(),
+            http_route(
+                NS,
+                "missing-backend",
+                "gw",
+                "bad.example.test",
+                "/",
+                "no-such-service",
+            ),
+            "---\n".into(),
+            http_route(NS, "good", "gw", "good.example.test", "/", "echo"),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating the objects");
+    let _c = Controller::start(
+        &dir.path,
+        controller_spec(cluster, "a", NS, NAME, Infra::Host),
+    );
+
+    wait_for(
+        "the route to a missing Service: ResolvedRefs False BackendNotFound",
+        WAIT,
+        || {
+            route_status(
+                &kube,
+                NS,
+                "missing-backend",
+                NAME,
+                "gw",
+                ("False", Some("BackendNotFound")),
+            )
+        },
+    )
+    .await;
+    wait_for("the other route: Accepted and ResolvedRefs", WAIT, || {
+        route_status(&kube, NS, "good", NAME, "gw", ("True", None))
+    })
+    .await;
+    wait_for(
+        "the Gateway: Accepted and Programmed, 2 attached routes",
+        WAIT,
+        || gateway_programmed(&kube, NS, "gw", 2),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. Leader hand-over.
+
+async fn lease_holder(kube: &Kube, ns: &str) -> Result<String, String> {
+    let lease = get(
+        kube,
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some(ns),
+        "gatewright-controller",
+    )
+    .await?;
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("the Lease has no holderIdentity: {}", lease["spec"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_hand_over() {
+    const NS: &str = "t3-leader";
+    const NAME: &str = "gatewright.dev/t3-leader";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    kube.apply(
+        &[
+            gateway_class(NS, NAME, None),
+            "---\n".into(),
+            gateway(NS, "gw", NS, 28003, ""),
+            "---\n".into(),
+            service(NS, "echo", "10.244.3.10"),
+            "---\n".into(),
+            http_route(NS, "before", "gw", "before.example.test", "/", "echo"),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating the objects");
+    let mut controllers = [
+        Controller::start(
+            &dir.path,
+            controller_spec(cluster, "a", NS, NAME, Infra::Host),
+        ),
+        Controller::start(
+            &dir.path,
+            controller_spec(cluster, "b", NS, NAME, Infra::Host),
+        ),
+    ];
+
+    // Exactly one leader, named by the Lease.
+    let leader = wait_for("exactly one leader, named by the Lease", WAIT, async || {
+        let mut leaders = Vec::new();
+        for (i, c) in controllers.iter().enumerate() {
+            if c.is_leader().await? {
+                leaders.push(i);
+            }
+        }
+        let [i] = leaders[..] else {
+            return Err(format!("{} replicas say they lead", leaders.len()));
+        };
+        let holder = lease_holder(&kube, NS).await?;
+        if holder != controllers[i].identity {
+            return Err(format!(
+                "{} says it leads, the Lease names {holder}",
+                controllers[i].identity
+            ));
+        }
+        Ok(i)
+    })
+    .await;
+    let follower = 1 - leader;
+    wait_for("the first route's status", WAIT, || {
+        route_status(&kube, NS, "before", NAME, "gw", ("True", None))
+    })
+    .await;
+    assert!(
+        !controllers[follower]
+            .is_leader()
+            .await
+            .expect("asking the follower"),
+        "both replicas say they lead"
+    );
+
+    // Kill the leader; the other takes over within the lease time + slack.
+    controllers[leader].signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let slack = Duration::from_secs(15);
+    let new_leader = controllers[follower].identity.clone();
+    wait_for(
+        "the follower to take over the Lease",
+        Duration::from_secs(u64::from(LEASE_SECONDS)) + slack,
+        async || {
+            if !controllers[follower].is_leader().await? {
+                return Err("the follower does not say it leads yet".into());
+            }
+            let holder = lease_holder(&kube, NS).await?;
+            if holder != new_leader {
+                return Err(format!("the Lease names {holder}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    eprintln!(
+        "hand-over: {} took over {:.2} s after {} was killed (lease {LEASE_SECONDS} s)",
+        new_leader,
+        killed.elapsed().as_secs_f64(),
+        controllers[leader].identity
+    );
+    controllers[leader].stop();
+
+    // Status writes continue under the new leader.
+    kube.apply(&http_route(
+        NS,
+        "after",
+        "gw",
+        "after.example.test",
+        "/",
+        "echo",
+    ))
+    .await
+    .expect("creating a route after the hand-over");
+    wait_for("the new route's status from the new leader", WAIT, || {
+        route_status(&kube, NS, "after", NAME, "gw", ("True", None))
+    })
+    .await;
+    wait_for("the Gateway to count both routes", WAIT, async || {
+        let gw = gateway_obj(&kube, NS, "gw").await?;
+        let l = listener_status(&gw, "http").ok_or("no listener status")?;
+        if l["attachedRoutes"] == 2 {
+            Ok(())
+        } else {
+            Err(format!("attachedRoutes is {}", l["attachedRoutes"]))
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Provisioned objects and garbage collection (Kubernetes infrastructure).
+
+/// The kinds the Kubernetes infrastructure provisions per Gateway, and
+/// whether each is required.
+const PROVISIONED: [(&str, &str, bool); 5] = [
+    ("v1", "ServiceAccount", true),
+    ("v1", "ConfigMap", true),
+    ("apps/v1", "Deployment", true),
+    ("v1", "Service", true),
+    ("v1", "Secret", false),
+];
+
+/// Every object of [`PROVISIONED`] kinds in `ns` with an ownerReference to
+/// `owner_uid`: (kind, object).
+async fn owned_objects(
+    kube: &Kube,
+    ns: &str,
+    owner_uid: &str,
+) -> Result<Vec<(String, Value)>, String> {
+    let mut out = Vec::new();
+    for (api_version, kind, _) in PROVISIONED {
+        for obj in kube.list(api_version, kind, Some(ns)).await? {
+            let owned = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["uid"] == owner_uid));
+            if owned {
+                out.push((kind.to_string(), obj));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// ProxyParameters from Gatewright's CRD file: (group, version), if the
+/// CRD exists.
+fn proxy_parameters_kind() -> Option<(String, String)> {
+    let dir = repo_root().join("crds/gatewright");
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        for doc in yaml_docs(&text).ok()? {
+            if doc["kind"] == "CustomResourceDefinition"
+                && doc["spec"]["names"]["kind"] == "ProxyParameters"
+            {
+                let group = doc["spec"]["group"].as_str()?.to_string();
+                let version = doc["spec"]["versions"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["storage"] == true)?["name"]
+                    .as_str()?
+                    .to_string();
+                return Some((group, version));
+            }
+        }
+    }
+    None
+}
+
+/// Where the ProxyParameters are referenced from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParamsRef {
+    /// The GatewayClass's `spec.parametersRef`.
+    Class,
+    /// The Gateway's `spec.infrastructure.parametersRef`.
+    Gateway,
+}
+
+/// The provisioning flow: a Gateway with infrastructure labels and
+/// annotations (and ProxyParameters asking for a ClusterIP Service,
+/// referenced from its class or from itself, when the CRD exists) gets a
+/// ServiceAccount, ConfigMap, Deployment and Service owned by it, carrying
+/// them; its status.addresses holds the Service's ClusterIP; an HTTPRoute
+/// on it is Accepted; deleting the Gateway garbage-collects them. The
+/// controller must already run.
+async fn provisioning_flow(
+    kube: &Kube,
+    ns: &str,
+    controller_name: &str,
+    port: u16,
+    at: ParamsRef,
+    controller: &mut Controller,
+    gc_only: bool,
+) {
+    let params = proxy_parameters_kind();
+    let mut objects = vec![namespace(ns)];
+    let mut infrastructure = "  infrastructure:
+    labels:
+      test.gatewright.dev/team: blue
+    annotations:
+      test.gatewright.dev/note: provisioned-by-test
+"
+    .to_string();
+    let mut class_params = None;
+    match &params {
+        Some((group, version)) => {
+            objects.push(format!(
+                "apiVersion: {group}/{version}
+kind: ProxyParameters
+metadata:
+  name: proxy
+  namespace: {ns}
+spec:
+  service:
+    type: ClusterIP
+"
+            ));
+            match at {
+                ParamsRef::Class => {
+                    class_params = Some((group.as_str(), "ProxyParameters", ns, "proxy"));
+                }
+                ParamsRef::Gateway => infrastructure.push_str(&format!(
+                    "    parametersRef:
+      group: {group}
+      kind: ProxyParameters
+      name: proxy
+"
+                )),
+            }
+        }
+        None => {
+            eprintln!("no ProxyParameters CRD in crds/gatewright: the Service type is not set");
+        }
+    }
+    objects.push(gateway_class(ns, controller_name, class_params));
+    objects.push(gateway(ns, "gw", ns, port, &infrastructure));
+    objects.push(service(ns, "echo", "10.244.4.10"));
+    objects.push(http_route(
+        ns,
+        "route",
+        "gw",
+        "prov.example.test",
+        "/",
+        "echo",
+    ));
+    kube.apply(&objects.join("---\n"))
+        .await
+        .expect("creating the objects");
+    let uid = gateway_obj(kube, ns, "gw")
+        .await
+        .expect("reading the Gateway")["metadata"]["uid"]
+        .as_str()
+        .expect("the Gateway has a uid")
+        .to_string();
+
+    wait_for("GatewayClass Accepted with supportedFeatures", WAIT, || {
+        class_accepted(kube, ns)
+    })
+    .await;
+    wait_for("HTTPRoute Accepted and ResolvedRefs", WAIT, || {
+        route_status(kube, ns, "route", controller_name, "gw", ("True", None))
+    })
+    .await;
+    let owned = wait_for(
+        "a ServiceAccount, ConfigMap, Deployment and Service owned by the Gateway",
+        WAIT,
+        async || {
+            let owned = owned_objects(kube, ns, &uid).await?;
+            let missing: Vec<&str> = PROVISIONED
+                .iter()
+                .filter(|(_, kind, required)| *required && !owned.iter().any(|(k, _)| k == kind))
+                .map(|(_, kind, _)| *kind)
+                .collect();
+            if missing.is_empty() {
+                Ok(owned)
+            } else {
+                Err(format!(
+                    "no {} owned by the Gateway yet",
+                    missing.join(", ")
+                ))
+            }
+        },
+    )
+    .await;
+    let names: Vec<String> = owned
+        .iter()
+        .map(|(k, o)| format!("{k} {}", o["metadata"]["name"].as_str().unwrap_or("?")))
+        .collect();
+    eprintln!("{ns}: owned by the Gateway: {}", names.join(", "));
+    for (kind, obj) in &owned {
+        let name = &obj["metadata"]["name"];
+        if *kind == "Secret" {
+            continue;
+        }
+        assert_eq!(
+            obj["metadata"]["labels"]["test.gatewright.dev/team"], "blue",
+            "{kind} {name} lacks the Gateway's infrastructure label: {}",
+            obj["metadata"]
+        );
+        assert_eq!(
+            obj["metadata"]["annotations"]["test.gatewright.dev/note"], "provisioned-by-test",
+            "{kind} {name} lacks the Gateway's infrastructure annotation: {}",
+            obj["metadata"]
+        );
+        let controller_refs = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .map_or(0, |rs| {
+                rs.iter()
+                    .filter(|r| r["uid"] == uid.as_str() && r["controller"] == true)
+                    .count()
+            });
+        assert_eq!(
+            controller_refs, 1,
+            "{kind} {name}: the Gateway is not its controller owner: {}",
+            obj["metadata"]
+        );
+    }
+    let services: Vec<&Value> = owned
+        .iter()
+        .filter(|(k, _)| k == "Service")
+        .map(|(_, o)| o)
+        .collect();
+    if params.is_some() {
+        for s in &services {
+            assert_eq!(
+                s["spec"]["type"], "ClusterIP",
+                "ProxyParameters asked for a ClusterIP Service: {}",
+                s["spec"]
+            );
+        }
+    }
+    let cluster_ips: Vec<String> = services
+        .iter()
+        .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_string))
+        .collect();
+    wait_for(
+        "Gateway Accepted with the Service's ClusterIP in status.addresses",
+        WAIT,
+        async || {
+            let gw = gateway_obj(kube, ns, "gw").await?;
+            expect_condition(
+                &gw["status"]["conditions"],
+                "Accepted",
+                "True",
+                None,
+                &gw["metadata"]["generation"],
+            )?;
+            let addresses: Vec<&str> = gw["status"]["addresses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x["value"].as_str()).collect())
+                .unwrap_or_default();
+            if cluster_ips
+                .iter()
+                .any(|ip| addresses.contains(&ip.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "status.addresses {addresses:?}, the Service's ClusterIP {cluster_ips:?}"
+                ))
+            }
+        },
+    )
+    .await;
+
+    // Deleting the Gateway: its objects are garbage-collected. With
+    // `gc_only` the controller is stopped first, so that only
+    // kube-controller-manager's garbage collector can remove them.
+    if gc_only {
+        controller.stop();
+        let still = owned_objects(kube, ns, &uid)
+            .await
+            .expect("listing the Gateway's objects");
+        assert_eq!(
+            still.len(),
+            owned.len(),
+            "the Gateway's objects changed when the controller stopped"
+        );
+    }
+    kube.delete("gateway.networking.k8s.io/v1", "Gateway", Some(ns), "gw")
+        .await
+        .expect("deleting the Gateway");
+    let t = Instant::now();
+    wait_for("the Gateway and its objects to be gone", WAIT, async || {
+        if let Some(gw) = kube
+            .get("gateway.networking.k8s.io/v1", "Gateway", Some(ns), "gw")
+            .await?
+        {
+            return Err(format!(
+                "the Gateway is still there (finalizers {}, deletionTimestamp {})",
+                gw["metadata"]["finalizers"], gw["metadata"]["deletionTimestamp"]
+            ));
+        }
+        let left = owned_objects(kube, ns, &uid).await?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            let names: Vec<String> = left
+                .iter()
+                .map(|(k, o)| format!("{k} {}", o["metadata"]["name"]))
+                .collect();
+            Err(format!("still there: {}", names.join(", ")))
+        }
+    })
+    .await;
+    eprintln!(
+        "{ns}: the Gateway's {} objects were gone {:.2} s after it was deleted ({})",
+        owned.len(),
+        t.elapsed().as_secs_f64(),
+        if gc_only {
+            "controller stopped: garbage collector"
+        } else {
+            "controller running"
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_objects_and_garbage_collection() {
+    const NS: &str = "t4-provision";
+    const NAME: &str = "gatewright.dev/t4-provision";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    let mut c = Controller::start(
+        &dir.path,
+        controller_spec(cluster, "a", NS, NAME, Infra::Kubernetes),
+    );
+    provisioning_flow(&kube, NS, NAME, 28004, ParamsRef::Gateway, &mut c, true).await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Least-privilege RBAC: only the chart's.
+
+/// Renders the chart and returns its RBAC objects and ServiceAccount.
+fn chart_rbac(dir: &std::path::Path, ns: &str) -> Vec<Value> {
+    let helm = repo_root().join(".tools/helm/bin/helm");
+    let chart = repo_root().join("charts/gatewright");
+    assert!(
+        helm.is_file(),
+        "no Helm at {}: run `bash charts/check.sh` (or `make chart`) to build it",
+        helm.display()
+    );
+    assert!(
+        chart.join("Chart.yaml").is_file(),
+        "no chart at {}",
+        chart.display()
+    );
+    let out = std::process::Command::new(&helm)
+        .args(["template", "gatewright"])
+        .arg(&chart)
+        .args(["--namespace", ns])
+        .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+        .env("HELM_DATA_HOME", dir.join("helm/data"))
+        .output()
+        .expect("running helm template");
+    assert!(
+        out.status.success(),
+        "helm template failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("helm's output is UTF-8");
+    let docs = yaml_docs(&text).expect("the rendered chart parses");
+    let kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    let picked: Vec<Value> = docs
+        .into_iter()
+        .filter(|d| kinds.iter().any(|k| d["kind"] == *k))
+        .collect();
+    for k in kinds {
+        assert!(
+            picked.iter().any(|d| d["kind"] == k),
+            "the rendered chart has no {k}"
+        );
+    }
+    picked
+}
+
+/// Whether `line` has `403` as a number of its own (an HTTP status).
+fn has_403(line: &str) -> bool {
+    line.match_indices("403").any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + 3..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_rbac_of_the_chart() {
+    const NS: &str = "gatewright-system";
+    const NAME: &str = "gatewright.dev/t5-rbac";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new("t5-rbac");
+    let rbac = chart_rbac(&dir.path, NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    for obj in &rbac {
+        kube.apply_value(obj)
+            .await
+            .expect("applying the chart's RBAC");
+    }
+    let sa = rbac
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("the ServiceAccount has a name");
+    let user = format!("system:serviceaccount:{NS}:{sa}");
+    let kubeconfig = cluster.impersonating_kubeconfig(&dir.path.join("kubeconfig"), &user, &[]);
+    let mut spec = controller_spec(cluster, "a", NS, NAME, Infra::Kubernetes);
+    spec.kubeconfig = kubeconfig;
+    // The kubeconfig really is limited to the chart's RBAC.
+    let limited = Kube::from_kubeconfig(&spec.kubeconfig)
+        .await
+        .expect("a client as the chart's ServiceAccount");
+    let err = limited
+        .list("v1", "Pod", Some("default"))
+        .await
+        .expect_err("the chart's ServiceAccount may list Pods");
+    assert!(
+        err.contains("403"),
+        "want 403 listing Pods as {user}, got: {err}"
+    );
+    let mut c = Controller::start(&dir.path, spec);
+
+    // The status and provisioning flows, in a namespace of their own.
+    provisioning_flow(
+        &kube,
+        "t5-rbac",
+        NAME,
+        28005,
+        ParamsRef::Class,
+        &mut c,
+        false,
+    )
+    .await;
+    assert!(
+        c.is_leader().await.expect("asking the controller"),
+        "the controller does not lead"
+    );
+    let log = c.log_text();
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Forbidden") || l.contains("forbidden") || has_403(l))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the controller was denied something with the chart's RBAC ({user}):\n{}",
+        denied.join("\n")
+    );
+}
