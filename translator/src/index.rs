@@ -6,7 +6,7 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The API group of Gateway API objects.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -130,17 +130,15 @@ impl<'a> Index<'a> {
     /// endpoints reads, built without scanning the other lists of `input`
     /// (which [`crate::refresh_endpoints`] allows to be empty).
     pub(crate) fn for_services(input: &'a Input, only: &BTreeSet<ObjectKey>) -> Self {
-        // Nested like the maps, so the filter needs no allocation per object.
-        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for key in only {
-            wanted
-                .entry(key.namespace.as_str())
-                .or_default()
-                .insert(key.name.as_str());
-        }
-        let (services, slices) = services_and_slices(input, |ns, name| {
-            wanted.get(ns).is_some_and(|names| names.contains(name))
-        });
+        // Every Service and slice of the input is tested against this set,
+        // usually of one key: a few string comparisons (name first, as it
+        // tells objects apart sooner) cost less than hashing each object.
+        let wanted: BTreeSet<(&str, &str)> = only
+            .iter()
+            .map(|key| (key.name.as_str(), key.namespace.as_str()))
+            .collect();
+        let (services, slices) =
+            services_and_slices(input, |ns, name| wanted.contains(&(name, ns)));
         Self {
             services,
             slices,
