@@ -37,8 +37,30 @@ pub const PROXY_PARAMETERS_GROUP: &str = "gatewright.dev";
 /// (`make conformance`).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
     "TLSRoute",
 ];
@@ -379,4 +401,16 @@ fn json_cmp<T: serde::Serialize>(a: &T, b: &T) -> std::cmp::Ordering {
     serde_json::to_string(a)
         .unwrap_or_default()
         .cmp(&serde_json::to_string(b).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod supported_features_tests {
+    #[test]
+    fn supported_features_are_sorted_and_unique() {
+        // The spec asks for status.supportedFeatures in ascending order.
+        assert!(
+            super::SUPPORTED_FEATURES.windows(2).all(|w| w[0] < w[1]),
+            "SUPPORTED_FEATURES must be sorted and free of duplicates"
+        );
+    }
 }
