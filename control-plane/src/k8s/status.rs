@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use gatewright_translator::{ObjectKey, Output};
 use kube::api::PostParams;
+use kube::core::object::HasStatus;
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -123,6 +124,7 @@ impl StatusWriter {
         list: &'static str,
     ) where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + HasStatus
             + Clone
             + Serialize
             + DeserializeOwned
@@ -130,6 +132,7 @@ impl StatusWriter {
             + Send
             + Sync
             + 'static,
+        K::Status: Serialize + DeserializeOwned + Send,
         S: Serialize,
     {
         for object in live {
@@ -169,6 +172,7 @@ impl StatusWriter {
     fn job<K>(&self, api: Api<K>, live: Arc<K>, desired: Value) -> BoxFuture<'static, Outcome>
     where
         K: Resource<DynamicType = ()>
+            + HasStatus
             + Clone
             + Serialize
             + DeserializeOwned
@@ -176,6 +180,7 @@ impl StatusWriter {
             + Send
             + Sync
             + 'static,
+        K::Status: Serialize + DeserializeOwned + Send,
     {
         Box::pin(write_one(api, live, desired))
     }
@@ -183,7 +188,15 @@ impl StatusWriter {
 
 async fn write_one<K>(api: Api<K>, live: Arc<K>, mut desired: Value) -> Outcome
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync,
+    K: Resource<DynamicType = ()>
+        + HasStatus
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync,
+    K::Status: Serialize + DeserializeOwned,
 {
     let current = status_of(&*live);
     keep_transition_times(&mut desired, &current);
@@ -192,25 +205,17 @@ where
     }
     let name = live.meta().name.clone().unwrap_or_default();
     let kind = K::kind(&());
-    let mut object = match serde_json::to_value(&*live) {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(%kind, %name, "cannot encode the object: {e}");
-            return Outcome::Failed;
-        }
-    };
-    object["status"] = desired;
-    // Our store holds no managedFields; sending none leaves them as they are.
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-    }
-    let body: K = match serde_json::from_value(object) {
-        Ok(b) => b,
+    let status: K::Status = match serde_json::from_value(desired) {
+        Ok(status) => status,
         Err(e) => {
             tracing::error!(%kind, %name, "cannot encode the status: {e}");
             return Outcome::Failed;
         }
     };
+    let mut body = K::clone(&live);
+    *body.status_mut() = Some(status);
+    // Our store holds no managedFields; sending none leaves them as they are.
+    body.meta_mut().managed_fields = None;
     match api
         .replace_status(&name, &PostParams::default(), &body)
         .await
@@ -235,10 +240,16 @@ fn to_json<S: Serialize>(status: &S) -> Value {
     serde_json::to_value(status).unwrap_or(Value::Null)
 }
 
-fn status_of<K: Serialize>(object: &K) -> Value {
-    serde_json::to_value(object)
-        .ok()
-        .and_then(|mut v| v.get_mut("status").map(Value::take))
+/// The object's status as JSON (only the status is encoded: this runs for
+/// every Route on every round).
+fn status_of<K>(object: &K) -> Value
+where
+    K: HasStatus,
+    K::Status: Serialize,
+{
+    object
+        .status()
+        .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or(Value::Null)
 }
 
