@@ -268,7 +268,6 @@ fn is_ready<K: Resource<DynamicType = ()> + Clone + 'static>(store: &Store<K>) -
 /// Every store the translator's input is built from.
 pub struct Provider {
     client: Client,
-    kinds: Kinds,
     changed_tx: mpsc::UnboundedSender<Changed>,
     gateway_classes: Reflected<GatewayClass>,
     gateways: Reflected<Gateway>,
@@ -324,15 +323,9 @@ impl Provider {
             secrets: Named::new("Secret"),
             config_maps: Named::new("ConfigMap"),
             changed_tx: tx,
-            kinds,
             client,
         };
         (provider, rx)
-    }
-
-    /// Which optional kinds are watched.
-    pub fn kinds(&self) -> &Kinds {
-        &self.kinds
     }
 
     /// Waits until every cluster-wide store has its first full list, so
