@@ -423,15 +423,9 @@ async fn round(
     }
 
     let statuses = collect(&output, &Snapshot::default(), &shared.view().statuses);
-    shared.metrics.translations.inc();
     shared
         .metrics
-        .translation_seconds
-        .observe(started.elapsed().as_secs_f64());
-    shared
-        .metrics
-        .gateways
-        .set(i64::try_from(output.gateways.len()).unwrap_or(i64::MAX));
+        .record_translation(started.elapsed(), output.gateways.len());
     tracing::debug!(
         gateways = output.gateways.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,

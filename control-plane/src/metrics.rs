@@ -72,6 +72,15 @@ impl Metrics {
         }
     }
 
+    /// Records one applied translation: its duration and how many Gateways
+    /// it programmed.
+    pub fn record_translation(&self, elapsed: std::time::Duration, gateways: usize) {
+        self.translations.inc();
+        self.translation_seconds.observe(elapsed.as_secs_f64());
+        self.gateways
+            .set(i64::try_from(gateways).unwrap_or(i64::MAX));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();

@@ -240,19 +240,13 @@ async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &m
     {
         tracing::error!("cannot write status files: {e:#}");
     }
-    shared.metrics.translations.inc();
     shared
         .metrics
-        .translation_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .record_translation(started.elapsed(), output.gateways.len());
     shared
         .metrics
         .config_problems
         .set(i64::try_from(snapshot.problems.len()).unwrap_or(i64::MAX));
-    shared
-        .metrics
-        .gateways
-        .set(i64::try_from(output.gateways.len()).unwrap_or(i64::MAX));
     tracing::info!(
         gateways = output.gateways.len(),
         problems = snapshot.problems.len(),
