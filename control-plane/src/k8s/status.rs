@@ -47,6 +47,33 @@ enum Outcome {
     Failed,
 }
 
+/// A kind whose status this writer can read, compare and replace.
+trait StatusObject:
+    Resource<DynamicType = ()>
+    + HasStatus<Status: Serialize + DeserializeOwned + Send>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> StatusObject for K where
+    K: Resource<DynamicType = ()>
+        + HasStatus<Status: Serialize + DeserializeOwned + Send>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Writes statuses for one controllerName.
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -123,16 +150,7 @@ impl StatusWriter {
         ours: &BTreeMap<ObjectKey, S>,
         list: &'static str,
     ) where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + HasStatus
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-        K::Status: Serialize + DeserializeOwned + Send,
+        K: StatusObject + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         S: Serialize,
     {
         for object in live {
@@ -171,16 +189,7 @@ impl StatusWriter {
 
     fn job<K>(&self, api: Api<K>, live: Arc<K>, desired: Value) -> BoxFuture<'static, Outcome>
     where
-        K: Resource<DynamicType = ()>
-            + HasStatus
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-        K::Status: Serialize + DeserializeOwned + Send,
+        K: StatusObject,
     {
         Box::pin(write_one(api, live, desired))
     }
@@ -188,15 +197,7 @@ impl StatusWriter {
 
 async fn write_one<K>(api: Api<K>, live: Arc<K>, mut desired: Value) -> Outcome
 where
-    K: Resource<DynamicType = ()>
-        + HasStatus
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync,
-    K::Status: Serialize + DeserializeOwned,
+    K: StatusObject,
 {
     let current = status_of(&*live);
     keep_transition_times(&mut desired, &current);
