@@ -20,7 +20,7 @@ use crate::source::Snapshot;
 use crate::status::collect;
 use anyhow::Context as _;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-use gateway_api::gateways::{Gateway, GatewayStatus};
+use gatewright_translator::api::gateways::{Gateway, GatewayStatus};
 use gatewright_translator::{GatewayResources, ObjectKey, Output, refresh_endpoints, translate};
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, serve_tls};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

@@ -8,7 +8,7 @@ use crate::metrics::{Envoys, Metrics};
 use crate::source::FileSource;
 use crate::status::{StatusWriter, collect, loose_problems};
 use anyhow::Context as _;
-use gateway_api::gateways::GatewayStatusAddresses;
+use gatewright_translator::api::gateways::GatewayStatusAddresses;
 use gatewright_translator::{GatewayResources, Input, ObjectKey, Output, translate};
 use gatewright_xds::{AdsServer, Cache, Resources};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

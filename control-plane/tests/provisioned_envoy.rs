@@ -26,13 +26,13 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
 use envoy_types::pb::google::protobuf::Any;
-use gateway_api::gateways::Gateway;
 use gatewright::infra::kubernetes::bootstrap::{ADMIN_CLUSTER, READY_LISTENER, XDS_CLUSTER};
 use gatewright::infra::kubernetes::objects::{BOOTSTRAP_KEY, XDS_TLS_DIR};
 use gatewright::infra::kubernetes::{KubeInfraConfig, ListenerPort, ProxyObjects, build};
 use gatewright::pki::{
     CA_CERT_KEY, Ca, GatewayAuthorizer, TLS_CERT_KEY, TLS_KEY_KEY, service_dns_names,
 };
+use gatewright_translator::api::gateways::Gateway;
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, Resources, serve_tls};
 use serde_json::{Value, json};
 use std::fs::File;

@@ -1,16 +1,16 @@
 //! Gateways and their listeners: protocol support, conflicts, certificate
 //! references, allowed routes; and their status.
 
+use crate::api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
+    GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+};
 use crate::conditions::{Conditions, reason};
 use crate::hostname;
 use crate::index::{GATEWAY_GROUP, Index, RefTarget};
 use crate::input::ObjectKey;
 use crate::model::RouteKind;
-use gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
-    GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
-    GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
-};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rustls_pki_types::pem::PemObject;

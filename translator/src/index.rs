@@ -1,8 +1,8 @@
 //! Look-ups over the input: objects by key, EndpointSlices by Service,
 //! Namespace labels and ReferenceGrants.
 
+use crate::api::referencegrants::ReferenceGrant;
 use crate::input::{Input, ObjectKey};
-use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -1,14 +1,14 @@
 //! The translator's input: one snapshot of every object that can affect a
 //! Gateway's Envoy configuration or any object's status.
 
-use gateway_api::backendtlspolicies::BackendTlsPolicy;
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::Gateway;
-use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
-use gateway_api::listenersets::ListenerSet;
-use gateway_api::referencegrants::ReferenceGrant;
-use gateway_api::tlsroutes::TlsRoute;
+use crate::api::backendtlspolicies::BackendTlsPolicy;
+use crate::api::gatewayclasses::GatewayClass;
+use crate::api::gateways::Gateway;
+use crate::api::grpcroutes::GrpcRoute;
+use crate::api::httproutes::HttpRoute;
+use crate::api::listenersets::ListenerSet;
+use crate::api::referencegrants::ReferenceGrant;
+use crate::api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

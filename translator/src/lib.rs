@@ -5,6 +5,7 @@
 //! No IO, no clock, no async: the same [`Input`], in any list order, gives a
 //! byte-identical [`Output`].
 
+pub mod api;
 mod attach;
 mod backend;
 mod conditions;
@@ -21,9 +22,9 @@ pub use envoy::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
+use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use attach::ParentStatus;
 use conditions::{Conditions, reason};
-use gateway_api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,7 +77,7 @@ pub fn translate(input: &Input) -> Output {
     let mut out = Output::default();
 
     // GatewayClasses of ours, by name (one per name, whatever the order).
-    let mut ours: Vec<&gateway_api::gatewayclasses::GatewayClass> = input
+    let mut ours: Vec<&crate::api::gatewayclasses::GatewayClass> = input
         .gateway_classes
         .iter()
         .filter(|gc| gc.spec.controller_name == input.controller_name)
@@ -151,7 +152,7 @@ pub fn translate(input: &Input) -> Output {
             let (ns, name) = index::key_of(&g.metadata);
             out.statuses.gateways.insert(
                 ObjectKey::new(ns, name),
-                gateway_api::gateways::GatewayStatus {
+                crate::api::gateways::GatewayStatus {
                     conditions: Some(c.into_vec()),
                     ..Default::default()
                 },
@@ -160,7 +161,7 @@ pub fn translate(input: &Input) -> Output {
     }
 
     // Gateways of our classes, in key order, one per key.
-    let mut gateways: Vec<&gateway_api::gateways::Gateway> = input
+    let mut gateways: Vec<&crate::api::gateways::Gateway> = input
         .gateways
         .iter()
         .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
@@ -227,7 +228,7 @@ pub fn translate(input: &Input) -> Output {
         let controller = input.controller_name.as_str();
         match rr.route.kind {
             model::RouteKind::Http => {
-                use gateway_api::httproutes::{
+                use crate::api::httproutes::{
                     HttpRouteStatus as S, HttpRouteStatusParents as P,
                     HttpRouteStatusParentsParentRef as R,
                 };
@@ -239,7 +240,7 @@ pub fn translate(input: &Input) -> Output {
                 );
             }
             model::RouteKind::Grpc => {
-                use gateway_api::grpcroutes::{
+                use crate::api::grpcroutes::{
                     GrpcRouteStatus as S, GrpcRouteStatusParents as P,
                     GrpcRouteStatusParentsParentRef as R,
                 };
@@ -251,7 +252,7 @@ pub fn translate(input: &Input) -> Output {
                 );
             }
             model::RouteKind::Tls => {
-                use gateway_api::tlsroutes::{
+                use crate::api::tlsroutes::{
                     TlsRouteStatus as S, TlsRouteStatusParents as P,
                     TlsRouteStatusParentsParentRef as R,
                 };
@@ -357,7 +358,7 @@ use route_parents;
 /// the only kind it takes is a core ConfigMap, which must exist.
 fn class_parameters(
     index: &Index<'_>,
-    p: &gateway_api::gatewayclasses::GatewayClassParametersRef,
+    p: &crate::api::gatewayclasses::GatewayClassParametersRef,
 ) -> Result<(), String> {
     let ns = p.namespace.as_deref().unwrap_or("");
     if p.group == PROXY_PARAMETERS_GROUP && p.kind == "ProxyParameters" {

@@ -1,20 +1,20 @@
 //! The shared route model. HTTPRoute, GRPCRoute and TLSRoute are converted
 //! into it once, at the edge; everything after this point is kind-agnostic.
 
-use crate::index::GATEWAY_GROUP;
-use crate::input::ObjectKey;
-use crate::validate;
-use gateway_api::grpcroutes::{
+use crate::api::grpcroutes::{
     GrpcRoute, GrpcRouteRulesFiltersType, GrpcRouteRulesMatchesHeadersType,
     GrpcRouteRulesMatchesMethodType,
 };
-use gateway_api::httproutes::{
+use crate::api::httproutes::{
     HttpRoute, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
     HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatchesHeadersType,
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
-use gateway_api::tlsroutes::TlsRoute;
+use crate::api::tlsroutes::TlsRoute;
+use crate::index::GATEWAY_GROUP;
+use crate::input::ObjectKey;
+use crate::validate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
@@ -510,7 +510,9 @@ pub(crate) fn from_http(r: &HttpRoute) -> Route {
                             filters.push(mirror!(m, ns));
                         }
                     }
-                    HttpRouteRulesFiltersType::ExtensionRef | HttpRouteRulesFiltersType::Cors => {
+                    HttpRouteRulesFiltersType::ExtensionRef
+                    | HttpRouteRulesFiltersType::Cors
+                    | HttpRouteRulesFiltersType::ExternalAuth => {
                         unsupported.push(format!("rule {ri}: filter type {:?} is not supported", f.r#type));
                     }
                 }

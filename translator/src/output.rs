@@ -1,19 +1,19 @@
 //! The translator's output: Envoy resources per Gateway and the status of
 //! every object the translator has an opinion on.
 
+use crate::api::backendtlspolicies::BackendTlsPolicyStatus;
+use crate::api::gatewayclasses::GatewayClassStatus;
+use crate::api::gateways::GatewayStatus;
+use crate::api::grpcroutes::GrpcRouteStatus;
+use crate::api::httproutes::HttpRouteStatus;
+use crate::api::listenersets::ListenerSetStatus;
+use crate::api::tlsroutes::TlsRouteStatus;
 use crate::input::ObjectKey;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use gateway_api::backendtlspolicies::BackendTlsPolicyStatus;
-use gateway_api::gatewayclasses::GatewayClassStatus;
-use gateway_api::gateways::GatewayStatus;
-use gateway_api::grpcroutes::GrpcRouteStatus;
-use gateway_api::httproutes::HttpRouteStatus;
-use gateway_api::listenersets::ListenerSetStatus;
-use gateway_api::tlsroutes::TlsRouteStatus;
 use std::collections::BTreeMap;
 
 /// The Envoy configuration of one Gateway. Every list is sorted by resource

@@ -30,9 +30,9 @@ pub use params::{ProxyParameters, ProxyParametersSpec};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use gateway_api::gatewayclasses::GatewayClass;
-use gateway_api::gateways::{Gateway, GatewayStatusAddresses};
 use gatewright_translator::ObjectKey;
+use gatewright_translator::api::gatewayclasses::GatewayClass;
+use gatewright_translator::api::gateways::{Gateway, GatewayStatusAddresses};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
