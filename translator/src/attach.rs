@@ -5,9 +5,10 @@ use crate::conditions::{Conditions, reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
 use crate::index::Index;
+use crate::input::ObjectKey;
 use crate::model::{Filter, ParentRef, Route, RouteKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A rule's backends after resolution, with their weights.
 #[derive(Debug)]
@@ -24,11 +25,14 @@ pub(crate) struct ResolvedRoute {
     pub(crate) rules: Vec<ResolvedRule>,
     /// The first unresolved reference, with a message naming all of them.
     pub(crate) refs_error: Option<Unresolved>,
+    /// BackendTLSPolicies that refused a backend of this route.
+    pub(crate) tls_policies: BTreeSet<ObjectKey>,
 }
 
 pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
     let ns = route.key.namespace.clone();
     let mut errors: Vec<Unresolved> = Vec::new();
+    let mut tls_policies = BTreeSet::new();
     let rules = route
         .rules
         .iter()
@@ -37,7 +41,7 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                 .backends
                 .iter()
                 .map(|b| {
-                    let r = backend::resolve(index, route.kind, &ns, b);
+                    let r = backend::resolve(index, route.kind, &ns, b, &mut tls_policies);
                     if let Err(e) = &r {
                         errors.push(e.clone());
                     }
@@ -51,7 +55,7 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                     Filter::Mirror {
                         backend: b,
                         fraction,
-                    } => match backend::resolve(index, route.kind, &ns, b) {
+                    } => match backend::resolve(index, route.kind, &ns, b, &mut tls_policies) {
                         Ok(c) => Some((c, *fraction)),
                         Err(e) => {
                             errors.push(e);
@@ -76,6 +80,7 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
         route,
         rules,
         refs_error,
+        tls_policies,
     }
 }
 

@@ -3,7 +3,10 @@
 
 use crate::conditions::reason;
 use crate::index::{Index, RefTarget};
+use crate::input::ObjectKey;
 use crate::model::{BackendRef, RouteKind};
+use crate::unsupported::Field;
+use std::collections::BTreeSet;
 
 /// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,12 +55,15 @@ impl ClusterRef {
 /// Why a backendRef could not be resolved: (reason, message).
 pub(crate) type Unresolved = (&'static str, String);
 
-/// Resolves one backendRef of a route of `kind` in `route_ns`.
+/// Resolves one backendRef of a route of `kind` in `route_ns`. A
+/// BackendTLSPolicy that covers the backend (and so refuses it, see
+/// [`Field::BackendTlsPolicy`]) is added to `tls_policies`.
 pub(crate) fn resolve(
     index: &Index<'_>,
     kind: RouteKind,
     route_ns: &str,
     b: &BackendRef,
+    tls_policies: &mut BTreeSet<ObjectKey>,
 ) -> Result<ClusterRef, Unresolved> {
     if !b.group.is_empty() || b.kind != "Service" {
         return Err((
@@ -125,6 +131,25 @@ pub(crate) fn resolve(
             ));
         }
     };
+    // Upstream TLS is not implemented: a backend whose owner asked for it
+    // gets no traffic rather than plaintext. Passthrough TLS is already
+    // end-to-end, so TLSRoute backends are not affected.
+    if kind != RouteKind::Tls
+        && let Some(policy) = index.backend_tls_policy(&b.namespace, &b.name, sp.name.as_deref())
+    {
+        let (ns, name) = crate::index::key_of(&policy.metadata);
+        tls_policies.insert(ObjectKey::new(ns, name));
+        return Err((
+            reason::UNSUPPORTED_PROTOCOL,
+            format!(
+                "Service {}/{} port {port} is covered by BackendTLSPolicy {ns}/{name}: {}; \
+                 requests to it are refused instead of being sent in plaintext",
+                b.namespace,
+                b.name,
+                Field::BackendTlsPolicy
+            ),
+        ));
+    }
     Ok(ClusterRef::new(
         &b.namespace,
         &b.name,

@@ -28,6 +28,8 @@ pub(crate) mod reason {
     pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
+    pub const DEFAULT_GATEWAY: &str = "DefaultGateway";
 }
 
 /// Collects the conditions of one object (or listener, or route parent).

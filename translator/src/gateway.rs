@@ -11,6 +11,7 @@ use crate::hostname;
 use crate::index::{GATEWAY_GROUP, Index, RefTarget};
 use crate::input::ObjectKey;
 use crate::model::RouteKind;
+use crate::unsupported;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rustls_pki_types::pem::PemObject;
@@ -135,6 +136,8 @@ pub(crate) struct GatewayInfo<'a> {
     pub(crate) key: ObjectKey,
     pub(crate) gateway: &'a Gateway,
     pub(crate) listeners: Vec<Listener>,
+    /// Gateway-level fields Gatewright does not implement that are set.
+    unsupported: unsupported::GatewayFields,
 }
 
 fn listener_kinds(
@@ -311,6 +314,7 @@ fn resolve_certificates(
 pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInfo<'a> {
     let ns = gateway.metadata.namespace.as_deref().unwrap_or("");
     let key = ObjectKey::new(ns, gateway.metadata.name.as_deref().unwrap_or(""));
+    let fields = unsupported::gateway(gateway);
     let mut listeners: Vec<Listener> = gateway
         .spec
         .listeners
@@ -362,6 +366,15 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 )),
                 (a, _) => a,
             };
+            // Fail closed: a listener asked for something Gatewright cannot
+            // do (client-certificate validation above all) serves nothing.
+            let accepted = accepted.and_then(|()| {
+                let field = unsupported::listener(l).or_else(|| {
+                    (protocol == Some(Protocol::Https) && fields.frontend.applies(l.port))
+                        .then_some(unsupported::Field::FrontendValidation)
+                });
+                field.map_or(Ok(()), |f| Err((reason::UNSUPPORTED_VALUE, f.to_string())))
+            });
             let (kinds, kinds_ok) = listener_kinds(l, protocol);
             let (certificates, resolved) = match protocol {
                 Some(Protocol::Https) => match resolve_certificates(index, ns, l) {
@@ -459,6 +472,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
         key,
         gateway,
         listeners,
+        unsupported: fields,
     }
 }
 
@@ -593,6 +607,25 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
             false,
             reason::INVALID,
             "no listener of the gateway is valid",
+        );
+    }
+    if info.unsupported.backend_client_certificate {
+        c.set(
+            reason::RESOLVED_REFS,
+            false,
+            reason::INVALID_CLIENT_CERTIFICATE_REF,
+            unsupported::Field::BackendClientCertificate.to_string(),
+        );
+    }
+    if info.unsupported.default_scope {
+        c.set(
+            reason::DEFAULT_GATEWAY,
+            false,
+            reason::UNSUPPORTED_VALUE,
+            format!(
+                "{}: the Gateway claims no route",
+                unsupported::Field::DefaultScope
+            ),
         );
     }
     GatewayStatus {

@@ -1,6 +1,7 @@
 //! Look-ups over the input: objects by key, EndpointSlices by Service,
 //! Namespace labels and ReferenceGrants.
 
+use crate::api::backendtlspolicies::BackendTlsPolicy;
 use crate::api::referencegrants::ReferenceGrant;
 use crate::input::{Input, ObjectKey};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -87,6 +88,8 @@ pub(crate) struct Index<'a> {
     config_maps: NsMap<'a, &'a ConfigMap>,
     namespaces: HashMap<&'a str, &'a Namespace>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    /// BackendTLSPolicies by namespace, each list sorted by name.
+    tls_policies: HashMap<&'a str, Vec<&'a BackendTlsPolicy>>,
     proxy_parameters: &'a std::collections::BTreeSet<crate::ObjectKey>,
 }
 
@@ -114,6 +117,16 @@ impl<'a> Index<'a> {
                 .or_default()
                 .push(g);
         }
+        let mut tls_policies: HashMap<&'a str, Vec<&'a BackendTlsPolicy>> = HashMap::new();
+        for p in &input.backend_tls_policies {
+            tls_policies
+                .entry(p.metadata.namespace.as_deref().unwrap_or(""))
+                .or_default()
+                .push(p);
+        }
+        for list in tls_policies.values_mut() {
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
         Self {
             services,
             slices,
@@ -121,6 +134,7 @@ impl<'a> Index<'a> {
             config_maps,
             namespaces,
             grants,
+            tls_policies,
             proxy_parameters: &input.proxy_parameters,
         }
     }
@@ -146,6 +160,7 @@ impl<'a> Index<'a> {
             config_maps: HashMap::new(),
             namespaces: HashMap::new(),
             grants: HashMap::new(),
+            tls_policies: HashMap::new(),
             proxy_parameters: &input.proxy_parameters,
         }
     }
@@ -162,6 +177,21 @@ impl<'a> Index<'a> {
     pub(crate) fn proxy_parameters(&self, ns: &str, name: &str) -> bool {
         self.proxy_parameters
             .contains(&crate::ObjectKey::new(ns, name))
+    }
+
+    /// The first BackendTLSPolicy (by name) that targets port `port_name`
+    /// of Service `ns/service`.
+    pub(crate) fn backend_tls_policy(
+        &self,
+        ns: &str,
+        service: &str,
+        port_name: Option<&str>,
+    ) -> Option<&'a BackendTlsPolicy> {
+        self.tls_policies.get(ns).and_then(|list| {
+            list.iter()
+                .copied()
+                .find(|p| crate::unsupported::tls_policy_targets(p, ns, service, port_name))
+        })
     }
 
     pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {

@@ -16,6 +16,7 @@ mod index;
 mod input;
 mod model;
 mod output;
+mod unsupported;
 mod validate;
 
 pub use envoy::INVALID_BACKEND_CLUSTER;
@@ -220,6 +221,10 @@ pub fn translate(input: &Input) -> Output {
         out.gateways.insert(info.key.clone(), emitter.emit());
     }
 
+    out.statuses.listener_sets = unsupported_listener_sets(input, &ours, &now);
+    out.statuses.backend_tls_policies =
+        refused_tls_policies(input, &resolved, &route_statuses, &now);
+
     for (rr, parents) in resolved.iter().zip(route_statuses) {
         if parents.is_empty() {
             continue;
@@ -329,6 +334,105 @@ pub fn refresh_endpoints(
         }
     }
     changed
+}
+
+/// ListenerSets are not implemented yet: each one attached to a Gateway of
+/// ours says so, and none of its listeners is served.
+fn unsupported_listener_sets(
+    input: &Input,
+    ours: &BTreeSet<(&str, &str)>,
+    now: &Time,
+) -> BTreeMap<ObjectKey, api::listenersets::ListenerSetStatus> {
+    let mut out = BTreeMap::new();
+    for ls in &input.listener_sets {
+        let (ns, name) = index::key_of(&ls.metadata);
+        let p = &ls.spec.parent_ref;
+        let is_gateway = p.group.as_deref().unwrap_or(index::GATEWAY_GROUP) == index::GATEWAY_GROUP
+            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway";
+        let parent_ns = p.namespace.as_deref().unwrap_or(ns);
+        if !is_gateway || !ours.contains(&(parent_ns, p.name.as_str())) {
+            continue;
+        }
+        let message = format!(
+            "{}: none of its listeners is served",
+            unsupported::Field::ListenerSet
+        );
+        let mut c = Conditions::new(now, ls.metadata.generation);
+        c.set(
+            reason::ACCEPTED,
+            false,
+            reason::LISTENERS_NOT_VALID,
+            message.clone(),
+        );
+        c.set(reason::PROGRAMMED, false, reason::INVALID, message);
+        out.insert(
+            ObjectKey::new(ns, name),
+            api::listenersets::ListenerSetStatus {
+                conditions: Some(c.into_vec()),
+                listeners: None,
+            },
+        );
+    }
+    out
+}
+
+/// BackendTLSPolicies are not implemented yet: each one that covers a
+/// backend of a route attached to a Gateway of ours gets, for that Gateway,
+/// `Accepted=False` saying that the backend is refused (see
+/// [`unsupported::Field::BackendTlsPolicy`]).
+fn refused_tls_policies(
+    input: &Input,
+    routes: &[attach::ResolvedRoute],
+    route_statuses: &[Vec<ParentStatus>],
+    now: &Time,
+) -> BTreeMap<ObjectKey, api::backendtlspolicies::BackendTlsPolicyStatus> {
+    use api::backendtlspolicies::{
+        BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
+        BackendTlsPolicyStatusAncestorsAncestorRef,
+    };
+    // (policy, Gateway namespace, Gateway name), sorted and unique.
+    let mut pairs: BTreeSet<(&ObjectKey, &str, &str)> = BTreeSet::new();
+    for (rr, parents) in routes.iter().zip(route_statuses) {
+        for policy in &rr.tls_policies {
+            for p in parents {
+                pairs.insert((policy, p.parent.namespace.as_str(), p.parent.name.as_str()));
+            }
+        }
+    }
+    let mut out: BTreeMap<ObjectKey, BackendTlsPolicyStatus> = BTreeMap::new();
+    for (key, gw_ns, gw_name) in pairs {
+        let generation = input
+            .backend_tls_policies
+            .iter()
+            .find(|p| index::key_of(&p.metadata) == (key.namespace.as_str(), key.name.as_str()))
+            .and_then(|p| p.metadata.generation);
+        let mut c = Conditions::new(now, generation);
+        c.set(
+            reason::ACCEPTED,
+            false,
+            reason::INVALID,
+            format!(
+                "{}: requests to the Services it targets are refused instead of being sent in plaintext",
+                unsupported::Field::BackendTlsPolicy
+            ),
+        );
+        out.entry(key.clone())
+            .or_insert_with(|| BackendTlsPolicyStatus { ancestors: vec![] })
+            .ancestors
+            .push(BackendTlsPolicyStatusAncestors {
+                ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
+                    group: Some(index::GATEWAY_GROUP.to_owned()),
+                    kind: Some("Gateway".to_owned()),
+                    name: gw_name.to_owned(),
+                    namespace: Some(gw_ns.to_owned()),
+                    port: None,
+                    section_name: None,
+                },
+                conditions: c.into_vec(),
+                controller_name: input.controller_name.clone(),
+            });
+    }
+    out
 }
 
 /// Builds a kind's `status.parents` list from kind-agnostic parent statuses.

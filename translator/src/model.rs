@@ -14,6 +14,7 @@ use crate::api::httproutes::{
 use crate::api::tlsroutes::TlsRoute;
 use crate::index::GATEWAY_GROUP;
 use crate::input::ObjectKey;
+use crate::unsupported::Field;
 use crate::validate;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -384,7 +385,10 @@ fn http_path(kind: Option<&HttpRouteRulesMatchesPathType>, value: Option<&str>) 
 pub(crate) fn from_http(r: &HttpRoute) -> Route {
     let (key, generation, created) = meta_parts(&r.metadata);
     let ns = key.namespace.clone();
-    let mut unsupported = Vec::new();
+    let mut unsupported: Vec<String> = crate::unsupported::http_route(r)
+        .iter()
+        .map(Field::to_string)
+        .collect();
     let rules = r
         .spec
         .rules
@@ -510,23 +514,23 @@ pub(crate) fn from_http(r: &HttpRoute) -> Route {
                             filters.push(mirror!(m, ns));
                         }
                     }
-                    HttpRouteRulesFiltersType::ExtensionRef
-                    | HttpRouteRulesFiltersType::Cors
-                    | HttpRouteRulesFiltersType::ExternalAuth => {
-                        unsupported.push(format!("rule {ri}: filter type {:?} is not supported", f.r#type));
+                    HttpRouteRulesFiltersType::ExtensionRef => {
+                        unsupported.push(format!("rule {ri}: {}", Field::ExtensionRefFilter));
+                    }
+                    HttpRouteRulesFiltersType::Cors => {
+                        unsupported.push(format!("rule {ri}: {}", Field::CorsFilter));
+                    }
+                    HttpRouteRulesFiltersType::ExternalAuth => {
+                        unsupported.push(format!("rule {ri}: {}", Field::ExternalAuthFilter));
                     }
                 }
             }
+            unsupported.extend(crate::unsupported::http_rule(rule).into_iter().map(|f| format!("rule {ri}: {f}")));
             let backends = rule
                 .backend_refs
                 .iter()
                 .flatten()
-                .map(|b| {
-                    if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                        unsupported.push(format!("rule {ri}: filters on backendRefs are not supported"));
-                    }
-                    backend!(b, ns)
-                })
+                .map(|b| backend!(b, ns))
                 .collect();
             Rule { matches, filters, backends }
         })
@@ -547,7 +551,10 @@ pub(crate) fn from_http(r: &HttpRoute) -> Route {
 pub(crate) fn from_grpc(r: &GrpcRoute) -> Route {
     let (key, generation, created) = meta_parts(&r.metadata);
     let ns = key.namespace.clone();
-    let mut unsupported = Vec::new();
+    let mut unsupported: Vec<String> = crate::unsupported::grpc_route(r)
+        .iter()
+        .map(Field::to_string)
+        .collect();
     let rules = r
         .spec
         .rules
@@ -650,24 +657,20 @@ pub(crate) fn from_grpc(r: &GrpcRoute) -> Route {
                         }
                     }
                     GrpcRouteRulesFiltersType::ExtensionRef => {
-                        unsupported.push(format!(
-                            "rule {ri}: filter type ExtensionRef is not supported"
-                        ));
+                        unsupported.push(format!("rule {ri}: {}", Field::ExtensionRefFilter));
                     }
                 }
             }
+            unsupported.extend(
+                crate::unsupported::grpc_rule(rule)
+                    .into_iter()
+                    .map(|f| format!("rule {ri}: {f}")),
+            );
             let backends = rule
                 .backend_refs
                 .iter()
                 .flatten()
-                .map(|b| {
-                    if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                        unsupported.push(format!(
-                            "rule {ri}: filters on backendRefs are not supported"
-                        ));
-                    }
-                    backend!(b, ns)
-                })
+                .map(|b| backend!(b, ns))
                 .collect();
             Rule {
                 matches,
@@ -710,7 +713,10 @@ pub(crate) fn from_tls(r: &TlsRoute) -> Route {
         generation,
         created,
         rules,
-        unsupported: vec![],
+        unsupported: crate::unsupported::tls_route(r)
+            .iter()
+            .map(Field::to_string)
+            .collect(),
     }
     .validated()
 }
