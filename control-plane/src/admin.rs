@@ -1,10 +1,10 @@
 //! The admin HTTP server: health, readiness, metrics, status and the
 //! Envoy configuration served to each Gateway.
 
-use crate::host::group_of;
 use crate::metrics::{Envoys, Metrics};
 use crate::source::ObjectId;
 use crate::status::ObjectStatus;
+use crate::xds::group_of;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -223,4 +223,23 @@ async fn config_dump(
         map.insert("nacks".into(), json!(nacks));
     }
     Json(dump).into_response()
+}
+
+/// Serves the admin HTTP API on `listener` until `stop` turns true.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let router = router(shared);
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("admin server failed: {e}");
+        }
+    })
 }

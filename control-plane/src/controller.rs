@@ -2,31 +2,24 @@
 //! translates, serves xDS (every replica), and — on the replica holding the
 //! Lease — writes status and provisions infrastructure.
 
-use crate::admin::{Shared, View};
-use crate::host::{Host, HostConfig, assign_addresses, group_of};
-use crate::infra::kubernetes::{
-    KubeInfra, KubeInfraConfig, ListenerPort, Provision, resolve_parameters,
-};
+use crate::admin::{self, Shared, View};
+use crate::infra::Infra;
+use crate::infra::host::{Host, HostConfig};
+use crate::infra::kubernetes::{KubeInfra, KubeInfraConfig, KubeMode};
 use crate::k8s::leader::{self, LeaseConfig};
 use crate::k8s::provider::{Changed, Kinds, Provider};
 use crate::k8s::status::StatusWriter;
 use crate::metrics::{Envoys, Metrics};
+use crate::pipeline::{Pipeline, StatusSink, remove_addresses, write_addresses};
 use crate::pki;
-use crate::run::{
-    jiff_now, publish_to_cache, remove_addresses, requested_addresses, serve_admin, serve_xds,
-    set_host_addresses, to_xds, write_addresses,
-};
-use crate::source::Snapshot;
-use crate::status::collect;
+use crate::source::{ObjectId, Snapshot};
+use crate::status::ObjectStatus;
+use crate::xds::serve_plaintext;
 use anyhow::Context as _;
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-use gatewright_translator::api::gateways::{Gateway, GatewayStatus};
-use gatewright_translator::{GatewayResources, ObjectKey, Output, refresh_endpoints, translate};
+use gatewright_translator::{ObjectKey, Output};
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, serve_tls};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Resource as _;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -126,9 +119,9 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     // Envoys in other pods prove which Gateway they serve with a client
     // certificate from our CA; host-mode Envoys are local children on
     // loopback and need none.
-    let mut kube_infra = None;
+    let mut kube_mode = None;
     let xds = match options.infrastructure {
-        Infrastructure::Host => serve_xds(
+        Infrastructure::Host => serve_plaintext(
             xds_listener,
             AdsServer::new(cache.clone()),
             shutdown_rx.clone(),
@@ -153,8 +146,8 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
             let server =
                 AdsServer::new(cache.clone()).with_authorizer(Arc::new(pki::GatewayAuthorizer));
             let mut stop = shutdown_rx.clone();
-            kube_infra = Some(KubeMode {
-                infra: KubeInfra::new(
+            kube_mode = Some(KubeMode::new(
+                KubeInfra::new(
                     client.clone(),
                     KubeInfraConfig {
                         controller_namespace: options.namespace.clone(),
@@ -164,8 +157,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
                     },
                 ),
                 ca,
-                client: client.clone(),
-            });
+            ));
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -180,7 +172,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", options.admin_address))?;
     let admin_address = admin_listener.local_addr()?;
-    let admin = serve_admin(admin_listener, Arc::clone(&shared), shutdown_rx.clone());
+    let admin = admin::serve(admin_listener, Arc::clone(&shared), shutdown_rx.clone());
     write_addresses(&options.state_dir, xds_address, admin_address)?;
     tracing::info!(%xds_address, %admin_address, identity = %options.identity, "Gatewright controller running");
 
@@ -194,8 +186,9 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     }
     tracing::info!("watches listed; translating");
 
-    let mut host = match options.infrastructure {
-        Infrastructure::Host => Some(Host::new(HostConfig {
+    let infra = match kube_mode {
+        Some(kube) => Infra::Kubernetes(Box::new(kube)),
+        None => Infra::Host(Host::new(HostConfig {
             envoy: options
                 .envoy
                 .clone()
@@ -206,33 +199,30 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
             concurrency: options.envoy_concurrency,
             drain: options.drain,
         })),
-        Infrastructure::Kubernetes => None,
     };
-    let mut state = RoundState {
-        writer: StatusWriter::new(client.clone(), options.controller_name.clone()),
-        groups: BTreeSet::new(),
-        references_pending_since: None,
-    };
+    let mut pipeline = Pipeline::new(Arc::clone(&shared), infra);
+    let writer = StatusWriter::new(client.clone(), options.controller_name.clone());
+    let mut references_pending_since: Option<Instant> = None;
     let mut leading_changes = leading.clone();
     let mut pending = Pending::Full;
     loop {
         let complete = match std::mem::replace(&mut pending, Pending::Nothing) {
             Pending::Endpoints(services) if shared.view().applied => {
-                endpoints_round(&shared, &provider, &services);
+                pipeline.refresh_endpoints(&provider.endpoints_input(&services), &services);
                 true
             }
-            _ => {
-                round(
-                    &options,
-                    &shared,
-                    &mut provider,
-                    host.as_mut(),
-                    kube_infra.as_ref(),
-                    *leading.borrow(),
-                    &mut state,
-                )
-                .await
-            }
+            _ => match snapshot(&options, &mut provider, &mut references_pending_since) {
+                Some(snapshot) => {
+                    let mut sink = KubeSink {
+                        writer: &writer,
+                        provider: &provider,
+                    };
+                    let leads = *leading.borrow();
+                    pipeline.apply(snapshot, &mut sink, leads).await;
+                    true
+                }
+                None => false,
+            },
         };
         // A round that waited for new Secret watches comes back soon even
         // if their first list brings nothing new.
@@ -257,9 +247,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down");
-    if let Some(host) = host.as_mut() {
-        host.shutdown().await;
-    }
+    pipeline.shutdown().await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = election.await;
@@ -314,104 +302,43 @@ impl Pending {
     }
 }
 
-struct RoundState {
-    writer: StatusWriter,
-    groups: BTreeSet<String>,
-    references_pending_since: Option<Instant>,
-}
-
-/// Recomputes only the endpoints of `services` in the last output and
-/// serves them to the Gateways that use them: pods come and go far more
-/// often than anything else changes, and that costs no translation of
-/// unrelated Gateways. Statuses do not depend on endpoints.
-fn endpoints_round(shared: &Shared, provider: &Provider, services: &BTreeSet<ObjectKey>) {
-    let started = Instant::now();
-    let view = shared.view();
-    let input = provider.endpoints_input(services);
-    let mut output = Output::clone(&view.output);
-    let changed = refresh_endpoints(&input, &mut output, services);
-    for key in &changed {
-        if let Some(resources) = output.gateways.get(key) {
-            shared.cache.set(&group_of(key), to_xds(resources));
-        }
-    }
-    tracing::debug!(
-        services = services.len(),
-        gateways = changed.len(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "endpoints refreshed"
-    );
-    shared.publish(View {
-        applied: true,
-        output: Arc::new(output),
-        statuses: view.statuses.clone(),
-        loose_problems: view.loose_problems.clone(),
-    });
-}
-
-/// Translates the stores' contents and publishes the result; false when
-/// the round was put off to wait for new Secret or ConfigMap watches.
-async fn round(
+/// The stores' contents as a snapshot, or `None` to put the round off
+/// while new Secret or ConfigMap watches list: a Gateway whose certificate
+/// Secret is still being fetched would be reported as having an invalid
+/// reference. The wait is bounded by [`REFERENCE_WAIT`].
+fn snapshot(
     options: &ControllerOptions,
-    shared: &Shared,
     provider: &mut Provider,
-    host: Option<&mut Host>,
-    kube_infra: Option<&KubeMode>,
-    leading: bool,
-    state: &mut RoundState,
-) -> bool {
-    let started = Instant::now();
-    let (mut input, _) =
-        tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
-    // A Gateway whose certificate Secret is still being fetched would be
-    // reported as having an invalid reference: wait (a little) for it.
+    pending_since: &mut Option<Instant>,
+) -> Option<Snapshot> {
+    let (input, _) = tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
     if !provider.references_ready() {
-        let since = *state.references_pending_since.get_or_insert(started);
+        let since = *pending_since.get_or_insert_with(Instant::now);
         if since.elapsed() < REFERENCE_WAIT {
-            return false;
+            return None;
         }
         tracing::warn!(
             "some Secret or ConfigMap watches have not listed yet; translating without them"
         );
     }
-    state.references_pending_since = None;
+    *pending_since = None;
+    Some(Snapshot {
+        input,
+        proxy_parameters: provider.proxy_parameters(),
+        ..Snapshot::default()
+    })
+}
 
-    input.now = Some(Time(jiff_now()));
-    let current = host.as_ref().map(|h| h.addresses()).unwrap_or_default();
-    let (mut output, addresses) = tokio::task::block_in_place(|| {
-        let addresses = if host.is_some() {
-            assign_addresses(&requested_addresses(&input), &current)
-        } else {
-            BTreeMap::new()
-        };
-        input.bind_addresses = addresses
-            .iter()
-            .map(|(k, ip)| (k.clone(), ip.to_string()))
-            .collect();
-        let mut output = translate(&input);
-        set_host_addresses(&mut output, &addresses);
-        (output, addresses)
-    });
+/// Statuses go to the API server, against the live objects the provider
+/// holds.
+struct KubeSink<'a> {
+    writer: &'a StatusWriter,
+    provider: &'a Provider,
+}
 
-    publish_to_cache(&shared.cache, &output, &mut state.groups);
-    if let Some(host) = host {
-        let wanted: BTreeMap<ObjectKey, IpAddr> = addresses
-            .into_iter()
-            .filter(|(k, _)| output.gateways.contains_key(k))
-            .collect();
-        host.reconcile(&wanted).await;
-        *shared
-            .envoys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = host.states();
-    }
-
-    if leading && let Some(kube) = kube_infra {
-        kube.provision(provider, &mut output).await;
-    }
-
-    if leading {
-        let report = state.writer.write(provider, &output).await;
+impl StatusSink for KubeSink<'_> {
+    async fn write(&mut self, output: &Output, _collected: &BTreeMap<ObjectId, ObjectStatus>) {
+        let report = self.writer.write(self.provider, output).await;
         if report.written + report.failed + report.conflicts > 0 {
             tracing::info!(
                 written = report.written,
@@ -419,143 +346,6 @@ async fn round(
                 failed = report.failed,
                 "statuses written"
             );
-        }
-    }
-
-    let statuses = collect(&output, &Snapshot::default(), &shared.view().statuses);
-    shared
-        .metrics
-        .record_translation(started.elapsed(), output.gateways.len());
-    tracing::debug!(
-        gateways = output.gateways.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        leading,
-        "configuration applied"
-    );
-    shared.publish(View {
-        applied: true,
-        loose_problems: Vec::new(),
-        statuses,
-        output: Arc::new(output),
-    });
-    true
-}
-
-/// Kubernetes infrastructure: the provisioner and the CA that issues each
-/// Gateway's xDS client certificate.
-struct KubeMode {
-    infra: KubeInfra,
-    ca: Arc<pki::Ca>,
-    client: kube::Client,
-}
-
-impl KubeMode {
-    /// Provisions every programmed Gateway and writes what came of it into
-    /// the Gateway's status: its addresses, or why it is not programmed.
-    async fn provision(&self, provider: &Provider, output: &mut Output) {
-        let mut failures: BTreeMap<ObjectKey, String> = BTreeMap::new();
-        let mut provisions = Vec::new();
-        for (key, resources) in &output.gateways {
-            let Some(gateway) = provider.gateway(key) else {
-                continue;
-            };
-            let parameters = match provider.gateway_class(&gateway.spec.gateway_class_name) {
-                Some(class) => resolve_parameters(&self.client, &class, &gateway).await,
-                None => Ok(None),
-            };
-            let parameters = match parameters {
-                Ok(p) => p,
-                Err(message) => {
-                    failures.insert(key.clone(), message);
-                    continue;
-                }
-            };
-            let Some(owner) = gateway.controller_owner_ref(&()) else {
-                continue;
-            };
-            if let Err(e) = self
-                .ca
-                .ensure_client_secret(&self.client, &key.namespace, &key.name, owner)
-                .await
-            {
-                failures.insert(key.clone(), format!("{e:#}"));
-                continue;
-            }
-            provisions.push(Provision {
-                gateway: (*gateway).clone(),
-                parameters,
-                ports: listener_ports(&gateway, resources),
-            });
-        }
-        for (key, result) in self.infra.reconcile(&provisions).await {
-            match result {
-                Ok(infra) => {
-                    if let Some(status) = output.statuses.gateways.get_mut(&key) {
-                        if infra.addresses.is_empty() {
-                            not_programmed(
-                                status,
-                                "AddressNotAssigned",
-                                "waiting for the Envoy Service to get an address".to_owned(),
-                            );
-                        } else {
-                            status.addresses = Some(infra.addresses);
-                        }
-                    }
-                }
-                Err(message) => {
-                    failures.insert(key, message);
-                }
-            }
-        }
-        for (key, message) in failures {
-            tracing::warn!(gateway = %key, "cannot provision: {message}");
-            if let Some(status) = output.statuses.gateways.get_mut(&key) {
-                not_programmed(
-                    status,
-                    "Invalid",
-                    format!("cannot provision Envoy: {message}"),
-                );
-            }
-        }
-    }
-}
-
-/// The ports a Gateway's Envoy listens on, with the protocol of the
-/// Gateway listener on that port (TCP when it comes from elsewhere, e.g. a
-/// ListenerSet).
-fn listener_ports(gateway: &Gateway, resources: &GatewayResources) -> Vec<ListenerPort> {
-    let mut ports: BTreeMap<u16, String> = BTreeMap::new();
-    for listener in &resources.listeners {
-        let Some(port) = listener.address.as_ref().and_then(|a| match &a.address {
-            Some(address::Address::SocketAddress(s)) => match s.port_specifier {
-                Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
-                _ => None,
-            },
-            _ => None,
-        }) else {
-            continue;
-        };
-        let protocol = gateway
-            .spec
-            .listeners
-            .iter()
-            .find(|l| i64::from(l.port) == i64::from(port))
-            .map_or_else(|| "TCP".to_owned(), |l| l.protocol.clone());
-        ports.entry(port).or_insert(protocol);
-    }
-    ports
-        .into_iter()
-        .map(|(port, protocol)| ListenerPort { port, protocol })
-        .collect()
-}
-
-/// Turns a Gateway's Programmed condition False with `reason`.
-fn not_programmed(status: &mut GatewayStatus, reason: &str, message: String) {
-    for c in status.conditions.iter_mut().flatten() {
-        if c.type_ == "Programmed" {
-            c.status = "False".to_owned();
-            c.reason = reason.to_owned();
-            c.message = message.clone();
         }
     }
 }

@@ -4,11 +4,12 @@
 
 pub mod admin;
 pub mod controller;
-pub mod host;
 pub mod infra;
 pub mod k8s;
 pub mod metrics;
+pub mod pipeline;
 pub mod pki;
 pub mod run;
 pub mod source;
 pub mod status;
+pub mod xds;

@@ -343,7 +343,7 @@ fn translate_command(args: TranslateArgs) -> anyhow::Result<std::process::ExitCo
 fn status_command(args: StatusArgs) -> anyhow::Result<std::process::ExitCode> {
     let body = runtime()?.block_on(async {
         let (code, body) =
-            gatewright::host::admin_request(args.admin_address, "GET", "/debug/status")
+            gatewright::infra::host::admin_request(args.admin_address, "GET", "/debug/status")
                 .await
                 .with_context(|| {
                     format!(

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane.
 
-use crate::host::EnvoyState;
+use crate::infra::host::EnvoyState;
 use gatewright_translator::ObjectKey;
 use gatewright_xds::Cache;
 use prometheus_client::collector::Collector;

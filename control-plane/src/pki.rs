@@ -719,7 +719,7 @@ pub fn spawn_server_cert_renewal(
 }
 
 /// Lets an Envoy subscribe as node group `NS/NAME` (the Gateway's group,
-/// as `host::group_of` makes it) only if its client certificate carries
+/// as `xds::group_of` makes it) only if its client certificate carries
 /// `client_identity(NS, NAME)`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GatewayAuthorizer;

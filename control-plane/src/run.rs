@@ -2,22 +2,24 @@
 //! YAML, translates it, serves xDS, runs an Envoy per Gateway and keeps all
 //! of it up to date as files change.
 
-use crate::admin::{Shared, View};
-use crate::host::{Host, HostConfig, assign_addresses, group_of};
+use crate::admin::{self, Shared, View};
+use crate::infra::Infra;
+use crate::infra::host::{Host, HostConfig};
 use crate::metrics::{Envoys, Metrics};
-use crate::source::FileSource;
-use crate::status::{StatusWriter, collect, loose_problems};
+use crate::pipeline::{Pipeline, StatusSink, remove_addresses, write_addresses};
+use crate::source::{FileSource, ObjectId};
+use crate::status::{ObjectStatus, StatusWriter};
+use crate::xds::serve_plaintext;
 use anyhow::Context as _;
-use gatewright_translator::api::gateways::GatewayStatusAddresses;
-use gatewright_translator::{GatewayResources, Input, ObjectKey, Output, translate};
-use gatewright_xds::{AdsServer, Cache, Resources};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use gatewright_translator::Output;
+use gatewright_xds::{AdsServer, Cache};
 use notify::Watcher as _;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Everything `gatewright run` is told.
@@ -67,7 +69,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS address {}", options.xds_address))?;
     let xds_address = xds_listener.local_addr()?;
-    let xds = serve_xds(
+    let xds = serve_plaintext(
         xds_listener,
         AdsServer::new(cache.clone()),
         shutdown_rx.clone(),
@@ -76,7 +78,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", options.admin_address))?;
     let admin_address = admin_listener.local_addr()?;
-    let admin = serve_admin(admin_listener, Arc::clone(&shared), shutdown_rx.clone());
+    let admin = admin::serve(admin_listener, Arc::clone(&shared), shutdown_rx.clone());
     write_addresses(&options.state_dir, xds_address, admin_address)?;
     tracing::info!(%xds_address, %admin_address, state_dir = %options.state_dir.display(), "Gatewright running");
 
@@ -96,7 +98,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("watching {}", path.display()))?;
     }
 
-    let mut host = Host::new(HostConfig {
+    let host = Host::new(HostConfig {
         envoy: options.envoy.clone(),
         state_dir: options.state_dir.clone(),
         xds_address,
@@ -104,17 +106,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         concurrency: options.envoy_concurrency,
         drain: options.drain,
     });
-    let mut state = LoopState {
-        source: FileSource::new(options.config.clone()),
-        status: options.status_dir.clone().map(StatusWriter::new),
-        groups: BTreeSet::new(),
-        last_problems: Vec::new(),
-    };
+    let mut pipeline = Pipeline::new(Arc::clone(&shared), Infra::Host(host));
+    let mut source = FileSource::new(options.config.clone());
+    let mut sink = FileSink(options.status_dir.clone().map(StatusWriter::new));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
-        apply(&options, &shared, &mut host, &mut state).await;
+        // Reading files is blocking IO: keep it off the threads serving xDS.
+        let snapshot = tokio::task::block_in_place(|| source.load(&options.controller_name));
+        pipeline.apply(snapshot, &mut sink, true).await;
         // Wait for a change, then for the input to be quiet.
         let stop = tokio::select! {
             _ = changed.recv() => false,
@@ -134,7 +135,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: draining and stopping Envoys");
     drop(watcher);
-    host.shutdown().await;
+    pipeline.shutdown().await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = xds.await;
@@ -146,217 +147,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct LoopState {
-    source: FileSource,
-    status: Option<StatusWriter>,
-    groups: BTreeSet<String>,
-    last_problems: Vec<String>,
-}
+/// Standalone statuses go to status files, if asked for.
+struct FileSink(Option<StatusWriter>);
 
-/// Serves ADS on `listener` until `stop` turns true.
-pub fn serve_xds(
-    listener: tokio::net::TcpListener,
-    server: AdsServer,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let service = server.into_service();
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("xDS server failed: {e}");
-        }
-    })
-}
-
-/// Serves the admin HTTP API on `listener` until `stop` turns true.
-pub fn serve_admin(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let router = crate::admin::router(shared);
-    tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("admin server failed: {e}");
-        }
-    })
-}
-
-/// Loads, translates and publishes once.
-async fn apply(options: &RunOptions, shared: &Shared, host: &mut Host, state: &mut LoopState) {
-    let started = Instant::now();
-    let current = host.addresses();
-    let controller = options.controller_name.clone();
-    // Reading files and translating are CPU and blocking IO: keep them off
-    // the threads serving xDS.
-    let (snapshot, output, addresses) = tokio::task::block_in_place(|| {
-        let mut snapshot = state.source.load(&controller);
-        snapshot.input.now = Some(Time(jiff_now()));
-        let addresses = assign_addresses(&requested_addresses(&snapshot.input), &current);
-        snapshot.input.bind_addresses = addresses
-            .iter()
-            .map(|(k, ip)| (k.clone(), ip.to_string()))
-            .collect();
-        let mut output = translate(&snapshot.input);
-        set_host_addresses(&mut output, &addresses);
-        (snapshot, output, addresses)
-    });
-
-    // Problems are logged when they change, not on every reload.
-    let problems: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
-    if problems != state.last_problems {
-        for p in &problems {
-            tracing::warn!("{p}");
-        }
-        state.last_problems = problems;
-    }
-
-    publish_to_cache(&shared.cache, &output, &mut state.groups);
-
-    let wanted: BTreeMap<ObjectKey, IpAddr> = addresses
-        .into_iter()
-        .filter(|(k, _)| output.gateways.contains_key(k))
-        .collect();
-    host.reconcile(&wanted).await;
-    *shared
-        .envoys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = host.states();
-
-    let statuses = collect(&output, &snapshot, &shared.view().statuses);
-    if let Some(writer) = &mut state.status
-        && let Err(e) = tokio::task::block_in_place(|| writer.write(&statuses))
-    {
-        tracing::error!("cannot write status files: {e:#}");
-    }
-    shared
-        .metrics
-        .record_translation(started.elapsed(), output.gateways.len());
-    shared
-        .metrics
-        .config_problems
-        .set(i64::try_from(snapshot.problems.len()).unwrap_or(i64::MAX));
-    tracing::info!(
-        gateways = output.gateways.len(),
-        problems = snapshot.problems.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "configuration applied"
-    );
-    shared.publish(View {
-        applied: true,
-        loose_problems: loose_problems(&snapshot.problems),
-        statuses,
-        output: Arc::new(output),
-    });
-}
-
-/// Writes each programmed Gateway's host address into its status.
-pub fn set_host_addresses(output: &mut Output, addresses: &BTreeMap<ObjectKey, IpAddr>) {
-    for (key, status) in &mut output.statuses.gateways {
-        if let Some(ip) = addresses.get(key)
-            && output.gateways.contains_key(key)
+impl StatusSink for FileSink {
+    fn write<'a>(
+        &'a mut self,
+        _output: &'a Output,
+        collected: &'a BTreeMap<ObjectId, ObjectStatus>,
+    ) -> impl Future<Output = ()> + 'a {
+        if let Some(writer) = &mut self.0
+            && let Err(e) = tokio::task::block_in_place(|| writer.write(collected))
         {
-            status.addresses = Some(vec![GatewayStatusAddresses {
-                r#type: Some("IPAddress".to_owned()),
-                value: ip.to_string(),
-            }]);
+            tracing::error!("cannot write status files: {e:#}");
         }
+        std::future::ready(())
     }
-}
-
-/// Serves each Gateway's resources to its node group and stops serving the
-/// groups of Gateways that are gone; `groups` is the set served before and
-/// is updated.
-pub fn publish_to_cache(cache: &Cache, output: &Output, groups: &mut BTreeSet<String>) {
-    let mut next = BTreeSet::new();
-    for (key, resources) in &output.gateways {
-        let group = group_of(key);
-        cache.set(&group, to_xds(resources));
-        next.insert(group);
-    }
-    for gone in groups.difference(&next) {
-        cache.clear(gone);
-    }
-    *groups = next;
-}
-
-/// The address each Gateway asks for in `spec.addresses` (the first
-/// IPAddress one), or none.
-pub fn requested_addresses(input: &Input) -> BTreeMap<ObjectKey, Option<IpAddr>> {
-    input
-        .gateways
-        .iter()
-        .filter_map(|gw| {
-            let key = ObjectKey::new(
-                gw.metadata.namespace.clone().unwrap_or_default(),
-                gw.metadata.name.clone()?,
-            );
-            let requested = gw.spec.addresses.iter().flatten().find_map(|a| {
-                let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
-                a.value.as_deref().filter(|_| is_ip)?.parse::<IpAddr>().ok()
-            });
-            Some((key, requested))
-        })
-        .collect()
-}
-
-/// A Gateway's translated resources as an xDS resource set.
-pub fn to_xds(resources: &GatewayResources) -> Resources {
-    let mut out = Resources::new();
-    for l in &resources.listeners {
-        out.add(l.name.clone(), l);
-    }
-    for r in &resources.routes {
-        out.add(r.name.clone(), r);
-    }
-    for c in &resources.clusters {
-        out.add(c.name.clone(), c);
-    }
-    for e in &resources.endpoints {
-        out.add(e.cluster_name.clone(), e);
-    }
-    for s in &resources.secrets {
-        out.add(s.name.clone(), s);
-    }
-    out
-}
-
-pub(crate) fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
-}
-
-/// Writes the `xds-address` and `admin-address` files tests and
-/// `gatewright status` read.
-pub(crate) fn write_addresses(
-    dir: &Path,
-    xds: SocketAddr,
-    admin: SocketAddr,
-) -> anyhow::Result<()> {
-    write_atomically(&dir.join("admin-address"), &admin.to_string())?;
-    write_atomically(&dir.join("xds-address"), &xds.to_string())
-}
-
-/// Removes what [`write_addresses`] wrote.
-pub(crate) fn remove_addresses(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join("admin-address"));
-    let _ = std::fs::remove_file(dir.join("xds-address"));
-}
-
-/// Writes a small file so that readers never see it half-written.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(())
 }

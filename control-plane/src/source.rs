@@ -120,6 +120,9 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
     /// The identities that made it into `input`, with where they came from.
     pub objects: BTreeMap<ObjectId, Location>,
+    /// The content of Gatewright's ProxyParameters objects, which only
+    /// infrastructure reads (the translator's input lists their keys).
+    pub proxy_parameters: crate::infra::kubernetes::ParametersStore,
 }
 
 /// Reads YAML from files and directories, remembering the last good content
@@ -226,6 +229,7 @@ impl FileSource {
             input,
             problems,
             objects,
+            proxy_parameters: Default::default(),
         }
     }
 }

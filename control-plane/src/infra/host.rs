@@ -1,8 +1,11 @@
 //! Host infrastructure: one supervised Envoy child process per Gateway, each
 //! on a loopback address of its own, fed over ADS by this process.
 
+use super::Learned;
+use crate::xds::group_of;
 use anyhow::Context as _;
-use gatewright_translator::ObjectKey;
+use gatewright_translator::api::gateways::GatewayStatusAddresses;
+use gatewright_translator::{Input, ObjectKey, Output};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -78,11 +81,28 @@ struct Managed {
 pub struct Host {
     config: HostConfig,
     envoys: BTreeMap<ObjectKey, Managed>,
+    /// The address of every Gateway of the last [`Host::plan`].
+    planned: BTreeMap<ObjectKey, IpAddr>,
 }
 
-/// The xDS node group of a Gateway.
-pub fn group_of(key: &ObjectKey) -> String {
-    format!("{}/{}", key.namespace, key.name)
+/// The address each Gateway asks for in `spec.addresses` (the first
+/// IPAddress one), or none.
+pub fn requested_addresses(input: &Input) -> BTreeMap<ObjectKey, Option<IpAddr>> {
+    input
+        .gateways
+        .iter()
+        .filter_map(|gw| {
+            let key = ObjectKey::new(
+                gw.metadata.namespace.clone().unwrap_or_default(),
+                gw.metadata.name.clone()?,
+            );
+            let requested = gw.spec.addresses.iter().flatten().find_map(|a| {
+                let is_ip = a.r#type.as_deref().is_none_or(|t| t == "IPAddress");
+                a.value.as_deref().filter(|_| is_ip)?.parse::<IpAddr>().ok()
+            });
+            Some((key, requested))
+        })
+        .collect()
 }
 
 /// Gives each Gateway an address: the one it requests if any, else the one
@@ -131,7 +151,42 @@ impl Host {
         Self {
             config,
             envoys: BTreeMap::new(),
+            planned: BTreeMap::new(),
         }
+    }
+
+    /// Decides the address of every Gateway of `input` (see
+    /// [`assign_addresses`]; running Gateways keep theirs) and remembers it
+    /// for [`Host::reconcile_output`].
+    pub fn plan(&mut self, input: &Input) -> &BTreeMap<ObjectKey, IpAddr> {
+        self.planned = assign_addresses(&requested_addresses(input), &self.addresses());
+        &self.planned
+    }
+
+    /// Runs an Envoy, on its planned address, for each Gateway `output`
+    /// programs, and stops the others. Each such Gateway's address is what
+    /// its status reports.
+    pub async fn reconcile_output(&mut self, output: &Output) -> BTreeMap<ObjectKey, Learned> {
+        let wanted: BTreeMap<ObjectKey, IpAddr> = self
+            .planned
+            .iter()
+            .filter(|(k, _)| output.gateways.contains_key(*k))
+            .map(|(k, ip)| (k.clone(), *ip))
+            .collect();
+        self.reconcile(&wanted).await;
+        wanted
+            .into_iter()
+            .map(|(key, ip)| {
+                let learned = Learned {
+                    addresses: Some(vec![GatewayStatusAddresses {
+                        r#type: Some("IPAddress".to_owned()),
+                        value: ip.to_string(),
+                    }]),
+                    not_programmed: None,
+                };
+                (key, learned)
+            })
+            .collect()
     }
 
     /// The address of each running Gateway.

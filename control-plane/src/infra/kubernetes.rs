@@ -28,11 +28,13 @@ pub mod params;
 pub use objects::{ProxyObjects, build, client_secret_name, object_name};
 pub use params::{ProxyParameters, ProxyParametersSpec};
 
+use super::{Learned, NotProgrammed};
+use crate::source::Snapshot;
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use gatewright_translator::ObjectKey;
 use gatewright_translator::api::gatewayclasses::GatewayClass;
 use gatewright_translator::api::gateways::{Gateway, GatewayStatusAddresses};
+use gatewright_translator::{GatewayResources, ObjectKey, Output};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -42,6 +44,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// Annotation holding a hash of what Gatewright last applied to an object,
 /// so an unchanged object is not applied again.
@@ -488,6 +491,10 @@ fn address(type_: &str, value: &str) -> GatewayStatusAddresses {
     }
 }
 
+/// ProxyParameters by namespace and name, as the provider's store holds
+/// them: parameters are read from there, never fetched per round.
+pub type ParametersStore = BTreeMap<ObjectKey, ProxyParametersSpec>;
+
 /// The parameters a Gateway's Envoys are provisioned with: its class's
 /// `parametersRef`, overlaid field by field with the Gateway's own
 /// `spec.infrastructure.parametersRef` (see [`ProxyParametersSpec::over`]).
@@ -495,12 +502,12 @@ fn address(type_: &str, value: &str) -> GatewayStatusAddresses {
 /// a missing namespace on the class's reference, or a ProxyParameters that
 /// does not exist is an error whose message suits an `InvalidParameters`
 /// condition.
-pub async fn resolve_parameters(
-    client: &kube::Client,
+pub fn resolve_parameters(
+    store: &ParametersStore,
     gateway_class: &GatewayClass,
     gateway: &Gateway,
 ) -> Result<Option<ProxyParametersSpec>, String> {
-    let class = resolve_class_parameters(client, gateway_class).await?;
+    let class = resolve_class_parameters(store, gateway_class)?;
     let own = match gateway
         .spec
         .infrastructure
@@ -511,15 +518,12 @@ pub async fn resolve_parameters(
         Some(r) => {
             check_kind(&r.group, &r.kind, "spec.infrastructure.parametersRef")?;
             let namespace = gateway.metadata.namespace.as_deref().unwrap_or_default();
-            Some(
-                fetch(
-                    client,
-                    namespace,
-                    &r.name,
-                    "spec.infrastructure.parametersRef",
-                )
-                .await?,
-            )
+            Some(lookup(
+                store,
+                namespace,
+                &r.name,
+                "spec.infrastructure.parametersRef",
+            )?)
         }
     };
     Ok(match (own, class) {
@@ -531,8 +535,8 @@ pub async fn resolve_parameters(
 /// The ProxyParameters a GatewayClass's `parametersRef` names, if any; an
 /// error (for the class's `Accepted=False, InvalidParameters`) if the
 /// reference is of another kind, lacks a namespace or names nothing.
-pub async fn resolve_class_parameters(
-    client: &kube::Client,
+pub fn resolve_class_parameters(
+    store: &ParametersStore,
     gateway_class: &GatewayClass,
 ) -> Result<Option<ProxyParametersSpec>, String> {
     let Some(r) = gateway_class.spec.parameters_ref.as_ref() else {
@@ -546,9 +550,7 @@ pub async fn resolve_class_parameters(
         .ok_or_else(|| {
             "spec.parametersRef must set a namespace: ProxyParameters are namespaced".to_owned()
         })?;
-    fetch(client, namespace, &r.name, "spec.parametersRef")
-        .await
-        .map(Some)
+    lookup(store, namespace, &r.name, "spec.parametersRef").map(Some)
 }
 
 fn check_kind(group: &str, kind: &str, field: &str) -> Result<(), String> {
@@ -563,22 +565,147 @@ fn check_kind(group: &str, kind: &str, field: &str) -> Result<(), String> {
     }
 }
 
-async fn fetch(
-    client: &kube::Client,
+fn lookup(
+    store: &ParametersStore,
     namespace: &str,
     name: &str,
     field: &str,
 ) -> Result<ProxyParametersSpec, String> {
-    let api: Api<ProxyParameters> = Api::namespaced(client.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(Some(p)) => Ok(p.spec),
-        Ok(None) => Err(format!(
-            "{field}: ProxyParameters {namespace}/{name} not found"
-        )),
-        Err(e) => Err(format!(
-            "{field}: cannot read ProxyParameters {namespace}/{name}: {e}"
-        )),
+    store
+        .get(&ObjectKey::new(namespace, name))
+        .cloned()
+        .ok_or_else(|| format!("{field}: ProxyParameters {namespace}/{name} not found"))
+}
+
+/// Kubernetes infrastructure as the pipeline drives it: the provisioner
+/// and the CA that issues each Gateway's xDS client certificate.
+pub struct KubeMode {
+    infra: KubeInfra,
+    ca: Arc<crate::pki::Ca>,
+}
+
+impl KubeMode {
+    /// Provisions with `infra`; client certificates come from `ca`.
+    pub fn new(infra: KubeInfra, ca: Arc<crate::pki::Ca>) -> Self {
+        Self { infra, ca }
     }
+
+    /// Provisions every Gateway `output` programs and returns, per Gateway,
+    /// its addresses or why it is not programmed.
+    pub async fn provision(
+        &self,
+        snapshot: &Snapshot,
+        output: &Output,
+    ) -> BTreeMap<ObjectKey, Learned> {
+        let input = &snapshot.input;
+        let mut learned: BTreeMap<ObjectKey, Learned> = BTreeMap::new();
+        let failed = |key: &ObjectKey, message: String| {
+            tracing::warn!(gateway = %key, "cannot provision: {message}");
+            Learned {
+                addresses: None,
+                not_programmed: Some((
+                    NotProgrammed::Invalid,
+                    format!("cannot provision Envoy: {message}"),
+                )),
+            }
+        };
+        let mut provisions = Vec::new();
+        for (key, resources) in &output.gateways {
+            let Some(gateway) = input.gateways.iter().find(|g| gateway_key(g) == *key) else {
+                continue;
+            };
+            let class = input
+                .gateway_classes
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(&gateway.spec.gateway_class_name));
+            let parameters = match class
+                .map(|class| resolve_parameters(&snapshot.proxy_parameters, class, gateway))
+            {
+                None => None,
+                Some(Ok(p)) => p,
+                Some(Err(message)) => {
+                    learned.insert(key.clone(), failed(key, message));
+                    continue;
+                }
+            };
+            let Some(owner) = gateway.controller_owner_ref(&()) else {
+                continue;
+            };
+            if let Err(e) = self
+                .ca
+                .ensure_client_secret(&self.infra.client, &key.namespace, &key.name, owner)
+                .await
+            {
+                learned.insert(key.clone(), failed(key, format!("{e:#}")));
+                continue;
+            }
+            provisions.push(Provision {
+                gateway: gateway.clone(),
+                parameters,
+                ports: listener_ports(gateway, resources),
+            });
+        }
+        for (key, result) in self.infra.reconcile(&provisions).await {
+            match result {
+                Ok(status) if status.addresses.is_empty() => {
+                    learned.insert(
+                        key,
+                        Learned {
+                            addresses: None,
+                            not_programmed: Some((
+                                NotProgrammed::AddressNotAssigned,
+                                "waiting for the Envoy Service to get an address".to_owned(),
+                            )),
+                        },
+                    );
+                }
+                Ok(status) => {
+                    learned.insert(
+                        key,
+                        Learned {
+                            addresses: Some(status.addresses),
+                            not_programmed: None,
+                        },
+                    );
+                }
+                Err(message) => {
+                    let failure = failed(&key, message);
+                    learned.insert(key, failure);
+                }
+            }
+        }
+        learned
+    }
+}
+
+/// The ports a Gateway's Envoy listens on, with the protocol of the
+/// Gateway listener on that port (TCP when it comes from elsewhere, e.g. a
+/// ListenerSet).
+fn listener_ports(gateway: &Gateway, resources: &GatewayResources) -> Vec<ListenerPort> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    let mut ports: BTreeMap<u16, String> = BTreeMap::new();
+    for listener in &resources.listeners {
+        let Some(port) = listener.address.as_ref().and_then(|a| match &a.address {
+            Some(address::Address::SocketAddress(s)) => match s.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
+                _ => None,
+            },
+            _ => None,
+        }) else {
+            continue;
+        };
+        let protocol = gateway
+            .spec
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == i64::from(port))
+            .map_or_else(|| "TCP".to_owned(), |l| l.protocol.clone());
+        ports.entry(port).or_insert(protocol);
+    }
+    ports
+        .into_iter()
+        .map(|(port, protocol)| ListenerPort { port, protocol })
+        .collect()
 }
 
 #[cfg(test)]

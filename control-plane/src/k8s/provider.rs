@@ -407,6 +407,21 @@ impl Provider {
         (input, started)
     }
 
+    /// Every ProxyParameters object's spec, by key.
+    pub fn proxy_parameters(&self) -> crate::infra::kubernetes::ParametersStore {
+        self.proxy_parameters
+            .iter()
+            .flat_map(|r| r.store.state())
+            .map(|p| {
+                let key = ObjectKey::new(
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                );
+                (key, p.spec.clone())
+            })
+            .collect()
+    }
+
     /// An input holding only `services` and their EndpointSlices: enough
     /// for [`gatewright_translator::refresh_endpoints`].
     pub fn endpoints_input(&self, services: &BTreeSet<ObjectKey>) -> Input {

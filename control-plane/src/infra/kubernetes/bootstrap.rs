@@ -2,12 +2,13 @@
 //! (which xDS group the Envoy belongs to), the admin interface and the
 //! delta-ADS connection to Gatewright.
 //!
-//! `crate::host::bootstrap_json` builds the host-mode bootstrap by hand; a
+//! `crate::infra::host::bootstrap_json` builds the host-mode bootstrap by hand; a
 //! unit test below checks that [`bootstrap_json`] with
 //! [`XdsEndpoint::Static`] and an ephemeral admin port yields exactly the
 //! same document, so host.rs can be switched over to this function without
 //! any behaviour change.
 
+use crate::xds::group_of;
 use gatewright_translator::ObjectKey;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -64,11 +65,6 @@ pub struct BootstrapOptions {
     pub readiness_port: Option<u16>,
     /// The ADS server.
     pub xds: XdsEndpoint,
-}
-
-/// The xDS node group of a Gateway (`<namespace>/<name>`).
-pub fn group_of(key: &ObjectKey) -> String {
-    format!("{}/{}", key.namespace, key.name)
 }
 
 /// The Envoy bootstrap for a Gateway's Envoy: node identity and group
@@ -259,7 +255,6 @@ mod tests {
                 xds: XdsEndpoint::Static(xds),
             },
         );
-        assert_eq!(ours, crate::host::bootstrap_json(&key, xds));
-        assert_eq!(group_of(&key), crate::host::group_of(&key));
+        assert_eq!(ours, crate::infra::host::bootstrap_json(&key, xds));
     }
 }

@@ -1,0 +1,169 @@
+//! The one pipeline both modes run, written once:
+//!
+//! provider snapshot → translate → publish to the xDS cache →
+//! infrastructure → statuses (merged with what infrastructure learned) →
+//! status sink → admin view and metrics.
+//!
+//! `gatewright run` and `gatewright controller` differ only in what they
+//! plug in: the provider that produces [`Snapshot`]s (files, or the API
+//! server's watches), the [`StatusSink`] (status files, or the status
+//! subresource) and the [`Infra`] (host processes, or Kubernetes objects).
+
+use crate::admin::{Shared, View};
+use crate::infra::{Infra, merge};
+use crate::source::{ObjectId, Snapshot};
+use crate::status::{ObjectStatus, collect, loose_problems};
+use crate::xds::Publisher;
+use anyhow::Context as _;
+use gatewright_translator::{Input, ObjectKey, Output, refresh_endpoints, translate};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a round's statuses go.
+pub trait StatusSink {
+    /// Writes the statuses of one round: `output`'s, with infrastructure's
+    /// merged in, and `collected`, the same per object with input problems.
+    fn write<'a>(
+        &'a mut self,
+        output: &'a Output,
+        collected: &'a BTreeMap<ObjectId, ObjectStatus>,
+    ) -> impl Future<Output = ()> + 'a;
+}
+
+/// The pipeline's state across rounds.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    infra: Infra,
+    /// Problems of the last round, logged again only when they change.
+    last_problems: Vec<String>,
+}
+
+impl Pipeline {
+    /// A pipeline publishing into `shared`'s cache and view, running Envoys
+    /// on `infra`.
+    pub fn new(shared: Arc<Shared>, infra: Infra) -> Self {
+        Self {
+            publisher: Publisher::new(shared.cache.clone()),
+            shared,
+            infra,
+            last_problems: Vec::new(),
+        }
+    }
+
+    /// Runs one full round on `snapshot`. Status is written only while
+    /// `leading` (always, in standalone mode); the Kubernetes
+    /// infrastructure provisions only then too.
+    pub async fn apply(
+        &mut self,
+        mut snapshot: Snapshot,
+        sink: &mut impl StatusSink,
+        leading: bool,
+    ) {
+        let started = Instant::now();
+        snapshot.input.now = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        // Translating is CPU work: keep it off the threads serving xDS.
+        let mut output = tokio::task::block_in_place(|| {
+            self.infra.prepare(&mut snapshot.input);
+            translate(&snapshot.input)
+        });
+
+        let problems: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
+        if problems != self.last_problems {
+            for p in &problems {
+                tracing::warn!("{p}");
+            }
+            self.last_problems = problems;
+        }
+
+        self.publisher.publish(&output);
+        let learned = self.infra.reconcile(&snapshot, &output, leading).await;
+        merge(&mut output, learned);
+        *self
+            .shared
+            .envoys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = self.infra.envoys();
+
+        let collected = collect(&output, &snapshot, &self.shared.view().statuses);
+        if leading {
+            sink.write(&output, &collected).await;
+        }
+        self.shared
+            .metrics
+            .record_translation(started.elapsed(), output.gateways.len());
+        self.shared
+            .metrics
+            .config_problems
+            .set(i64::try_from(snapshot.problems.len()).unwrap_or(i64::MAX));
+        tracing::info!(
+            gateways = output.gateways.len(),
+            problems = snapshot.problems.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            leading,
+            "configuration applied"
+        );
+        self.shared.publish(View {
+            applied: true,
+            loose_problems: loose_problems(&snapshot.problems),
+            statuses: collected,
+            output: Arc::new(output),
+        });
+    }
+
+    /// Recomputes only the endpoints of `services` (from `input`, which
+    /// needs to hold just those Services and their EndpointSlices) in the
+    /// last output and serves them to the Gateways that use them: pods come
+    /// and go far more often than anything else changes. Statuses do not
+    /// depend on endpoints. Needs a full round first.
+    pub fn refresh_endpoints(&mut self, input: &Input, services: &BTreeSet<ObjectKey>) {
+        let started = Instant::now();
+        let view = self.shared.view();
+        let mut output = Output::clone(&view.output);
+        let changed = refresh_endpoints(input, &mut output, services);
+        self.publisher.publish_some(&output, &changed);
+        tracing::debug!(
+            services = services.len(),
+            gateways = changed.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "endpoints refreshed"
+        );
+        self.shared.publish(View {
+            applied: true,
+            output: Arc::new(output),
+            statuses: view.statuses.clone(),
+            loose_problems: view.loose_problems.clone(),
+        });
+    }
+
+    /// Drains and stops the Envoys this process runs.
+    pub async fn shutdown(&mut self) {
+        self.infra.shutdown().await;
+    }
+}
+
+/// Writes the `xds-address` and `admin-address` files tests and
+/// `gatewright status` read.
+pub fn write_addresses(dir: &Path, xds: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    write_atomically(&dir.join("admin-address"), &admin.to_string())?;
+    write_atomically(&dir.join("xds-address"), &xds.to_string())
+}
+
+/// Removes what [`write_addresses`] wrote.
+pub fn remove_addresses(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("admin-address"));
+    let _ = std::fs::remove_file(dir.join("xds-address"));
+}
+
+/// Writes a small file so that readers never see it half-written.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Serving translations over xDS: how a Gateway's node group is named, and
+//! how translator output reaches the xDS cache. Both modes and every
+//! infrastructure go through here.
+
+use gatewright_translator::{GatewayResources, ObjectKey, Output};
+use gatewright_xds::{AdsServer, Cache, Resources};
+use std::collections::BTreeSet;
+use tokio::sync::watch;
+
+/// The xDS node group of a Gateway, `<namespace>/<name>`: what its Envoys
+/// send as node metadata (host bootstraps, provisioned bootstraps) and what
+/// its xDS client certificate authorizes (see `pki::GatewayAuthorizer`).
+pub fn group_of(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
+}
+
+/// A Gateway's translated resources as an xDS resource set.
+pub fn to_xds(resources: &GatewayResources) -> Resources {
+    let mut out = Resources::new();
+    for l in &resources.listeners {
+        out.add(l.name.clone(), l);
+    }
+    for r in &resources.routes {
+        out.add(r.name.clone(), r);
+    }
+    for c in &resources.clusters {
+        out.add(c.name.clone(), c);
+    }
+    for e in &resources.endpoints {
+        out.add(e.cluster_name.clone(), e);
+    }
+    for s in &resources.secrets {
+        out.add(s.name.clone(), s);
+    }
+    out
+}
+
+/// Keeps the xDS cache equal to the latest translation: one node group per
+/// Gateway with resources, and no group for a Gateway that is gone.
+#[derive(Debug)]
+pub struct Publisher {
+    cache: Cache,
+    /// The groups served after the last [`Publisher::publish`].
+    groups: BTreeSet<String>,
+}
+
+impl Publisher {
+    /// A publisher into `cache`, which serves nothing yet.
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            groups: BTreeSet::new(),
+        }
+    }
+
+    /// Serves each Gateway's resources to its node group and stops serving
+    /// the groups of Gateways that are gone.
+    pub fn publish(&mut self, output: &Output) {
+        let mut next = BTreeSet::new();
+        for (key, resources) in &output.gateways {
+            let group = group_of(key);
+            self.cache.set(&group, to_xds(resources));
+            next.insert(group);
+        }
+        for gone in self.groups.difference(&next) {
+            self.cache.clear(gone);
+        }
+        self.groups = next;
+    }
+
+    /// Serves again only the Gateways in `changed` (e.g. after their
+    /// endpoints were refreshed); the set of groups does not change.
+    pub fn publish_some(&self, output: &Output, changed: &BTreeSet<ObjectKey>) {
+        for key in changed {
+            if let Some(resources) = output.gateways.get(key) {
+                self.cache.set(&group_of(key), to_xds(resources));
+            }
+        }
+    }
+}
+
+/// Serves ADS in plaintext on `listener` until `stop` turns true (host
+/// infrastructure: Envoys are local children on loopback).
+pub fn serve_plaintext(
+    listener: tokio::net::TcpListener,
+    server: AdsServer,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let service = server.into_service();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let result = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("xDS server failed: {e}");
+        }
+    })
+}
