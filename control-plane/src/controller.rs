@@ -10,6 +10,7 @@ use crate::infra::kubernetes::{
 use crate::k8s::leader::{self, LeaseConfig};
 use crate::k8s::provider::{Changed, Kinds, Provider};
 use crate::k8s::status::StatusWriter;
+use crate::k8s::undecodable::UndecodableReport;
 use crate::metrics::{Envoys, Metrics};
 use crate::pki;
 use crate::run::{
@@ -210,6 +211,11 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     };
     let mut state = RoundState {
         writer: StatusWriter::new(client.clone(), options.controller_name.clone()),
+        undecodable: UndecodableReport::new(
+            client.clone(),
+            &options.controller_name,
+            &options.identity,
+        ),
         groups: BTreeSet::new(),
         references_pending_since: None,
     };
@@ -316,6 +322,7 @@ impl Pending {
 
 struct RoundState {
     writer: StatusWriter,
+    undecodable: UndecodableReport,
     groups: BTreeSet<String>,
     references_pending_since: Option<Instant>,
 }
@@ -363,6 +370,9 @@ async fn round(
     let started = Instant::now();
     let (mut input, _) =
         tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
+    state
+        .undecodable
+        .observe(provider.undecodable(), &shared.metrics);
     // A Gateway whose certificate Secret is still being fetched would be
     // reported as having an invalid reference: wait (a little) for it.
     if !provider.references_ready() {
@@ -420,6 +430,7 @@ async fn round(
                 "statuses written"
             );
         }
+        state.undecodable.publish().await;
     }
 
     let statuses = collect(&output, &Snapshot::default(), &shared.view().statuses);
