@@ -395,6 +395,12 @@ def check_case(case, docs, *, channel="standard", crds=True, keep=True, vap_on=F
     for g, res in (("apps", "deployments"), ("", "services"), ("", "secrets"), ("", "configmaps"), ("", "serviceaccounts")):
         check((g, res, "create") in granted and (g, res, "delete") in granted, f"{where} cannot provision {res}")
     check(not any((g, "secrets", v) in granted for g in ("",) for v in ("deletecollection",)), f"{where} secrets deletecollection")
+    # kube-runtime's event recorder creates, and patches repeats of,
+    # events.k8s.io Events; it never reads them.
+    for v in ("create", "patch"):
+        check(("events.k8s.io", "events", v) in granted, f"{where} cannot {v} events.k8s.io events")
+    check(not any((g, "events", v) in granted for g in ("", "events.k8s.io") for v in ("get", "list", "watch")),
+          f"{where} events can be read")
     for binding_kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
         for b in by_kind.get(binding_kind, []):
             check(b["roleRef"]["kind"] == role_kind and any(r["metadata"]["name"] == b["roleRef"]["name"] for r in by_kind.get(role_kind, [])),

@@ -9,6 +9,7 @@ use crate::infra::kubernetes::{KubeInfra, KubeInfraConfig, KubeMode};
 use crate::k8s::leader::{self, LeaseConfig};
 use crate::k8s::provider::{Changed, Kinds, Provider};
 use crate::k8s::status::StatusWriter;
+use crate::k8s::undecodable::UndecodableReport;
 use crate::metrics::{Envoys, Metrics};
 use crate::pipeline::{Pipeline, StatusSink, remove_addresses, write_addresses};
 use crate::pki;
@@ -202,6 +203,8 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline::new(Arc::clone(&shared), infra);
     let writer = StatusWriter::new(client.clone(), options.controller_name.clone());
+    let mut undecodable =
+        UndecodableReport::new(client.clone(), &options.controller_name, &options.identity);
     let mut references_pending_since: Option<Instant> = None;
     let mut leading_changes = leading.clone();
     let mut pending = Pending::Full;
@@ -211,10 +214,17 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
                 pipeline.refresh_endpoints(&provider.endpoints_input(&services), &services);
                 true
             }
-            _ => match snapshot(&options, &mut provider, &mut references_pending_since) {
+            _ => match snapshot(
+                &options,
+                &shared,
+                &mut undecodable,
+                &mut provider,
+                &mut references_pending_since,
+            ) {
                 Some(snapshot) => {
                     let mut sink = KubeSink {
                         writer: &writer,
+                        undecodable: &mut undecodable,
                         provider: &provider,
                     };
                     let leads = *leading.borrow();
@@ -308,10 +318,13 @@ impl Pending {
 /// reference. The wait is bounded by [`REFERENCE_WAIT`].
 fn snapshot(
     options: &ControllerOptions,
+    shared: &Shared,
+    undecodable: &mut UndecodableReport,
     provider: &mut Provider,
     pending_since: &mut Option<Instant>,
 ) -> Option<Snapshot> {
     let (input, _) = tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
+    undecodable.observe(provider.undecodable(), &shared.metrics);
     if !provider.references_ready() {
         let since = *pending_since.get_or_insert_with(Instant::now);
         if since.elapsed() < REFERENCE_WAIT {
@@ -330,9 +343,10 @@ fn snapshot(
 }
 
 /// Statuses go to the API server, against the live objects the provider
-/// holds.
+/// holds; so do the Events about objects that cannot be decoded.
 struct KubeSink<'a> {
     writer: &'a StatusWriter,
+    undecodable: &'a mut UndecodableReport,
     provider: &'a Provider,
 }
 
@@ -347,5 +361,6 @@ impl StatusSink for KubeSink<'_> {
                 "statuses written"
             );
         }
+        self.undecodable.publish().await;
     }
 }

@@ -6,6 +6,7 @@ use gatewright_xds::Cache;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -28,7 +29,13 @@ pub struct Metrics {
     pub config_problems: Gauge,
     /// Gateways programmed at the last translation.
     pub gateways: Gauge,
+    /// Objects the API server holds that could not be decoded, by kind
+    /// (Kubernetes mode).
+    pub undecodable_objects: Family<KindLabel, Gauge>,
 }
+
+/// The `kind` label of per-kind metrics.
+pub type KindLabel = [(&'static str, &'static str); 1];
 
 impl Metrics {
     /// Registers every metric; xDS figures are read from `cache` and Envoy
@@ -62,6 +69,12 @@ impl Metrics {
             "Gateways programmed at the last translation",
             gateways.clone(),
         );
+        let undecodable_objects = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "undecodable_objects",
+            "Objects of a watched kind that could not be decoded and are ignored",
+            undecodable_objects.clone(),
+        );
         registry.register_collector(Box::new(XdsCollector { cache, envoys }));
         Self {
             registry,
@@ -69,6 +82,7 @@ impl Metrics {
             translation_seconds,
             config_problems,
             gateways,
+            undecodable_objects,
         }
     }
 

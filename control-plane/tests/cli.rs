@@ -79,7 +79,10 @@ fn translate_prints_exactly_the_golden_files() {
         let expected = std::fs::read_to_string(case.with_extension("snap"))
             .unwrap_or_else(|e| panic!("{}: no snapshot: {e}", case.display()));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stdout = if case.file_stem().is_some_and(|s| s == SUPPORTED_FEATURES_CASE) {
+        let stdout = if case
+            .file_stem()
+            .is_some_and(|s| s == SUPPORTED_FEATURES_CASE)
+        {
             Ok(stdout)
         } else {
             without_supported_features(&stdout)

@@ -1216,6 +1216,33 @@ async fn least_privilege_rbac_of_the_chart() {
         c.is_leader().await.expect("asking the controller"),
         "the controller does not lead"
     );
+    // The Warning Event on an object it cannot decode (section 6).
+    allow_future_filter(&kube).await;
+    create_future_route(
+        &kube,
+        &future_route(
+            "t5-rbac",
+            "undecodable",
+            "gw",
+            "undecodable.example.test",
+            "echo",
+        ),
+    )
+    .await;
+    wait_for(
+        "an Undecodable Warning Event published with the chart's RBAC",
+        WAIT,
+        || undecodable_event(&kube, NAME, "t5-rbac", "undecodable"),
+    )
+    .await;
+    kube.delete(
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        Some("t5-rbac"),
+        "undecodable",
+    )
+    .await
+    .expect("deleting the undecodable route");
     let log = c.log_text();
     let denied: Vec<&str> = log
         .lines()
@@ -1226,4 +1253,350 @@ async fn least_privilege_rbac_of_the_chart() {
         "the controller was denied something with the chart's RBAC ({user}):\n{}",
         denied.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------
+// 6. One object the Rust types cannot decode never stops a watch.
+
+/// A filter type of a pretend newer Gateway API release: the HTTPRoute CRD
+/// allows it after [`allow_future_filter`], Gatewright's types do not know
+/// it, so a route using it cannot be decoded.
+const FUTURE_FILTER: &str = "FutureFilter";
+
+/// Makes the shared cluster's HTTPRoute CRD allow [`FUTURE_FILTER`] in
+/// `spec.rules[].filters[].type`, in every version, as a newer release
+/// would. Only adds an enum value, so routes of other tests are as valid as
+/// before; retries when another test changes the CRD at the same time.
+async fn allow_future_filter(kube: &Kube) {
+    const CRD: &str = "httproutes.gateway.networking.k8s.io";
+    let api = kube
+        .api("apiextensions.k8s.io/v1", "CustomResourceDefinition", None)
+        .await
+        .expect("an API for CRDs");
+    for _ in 0..20 {
+        let mut crd = api.get(CRD).await.unwrap_or_else(|e| {
+            panic!("reading the CRD {CRD}: {}", kube_error(&e));
+        });
+        let versions = crd.data["spec"]["versions"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("the CRD {CRD} has no spec.versions"));
+        let mut changed = false;
+        for version in versions {
+            let name = version["name"].clone();
+            let values = version
+                .pointer_mut(
+                    "/schema/openAPIV3Schema/properties/spec/properties/rules/items/properties\
+                     /filters/items/properties/type/enum",
+                )
+                .and_then(Value::as_array_mut)
+                .unwrap_or_else(|| {
+                    panic!("version {name} of the CRD {CRD} has no enum of filter types")
+                });
+            if !values.iter().any(|v| v == FUTURE_FILTER) {
+                values.push(json!(FUTURE_FILTER));
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        match api.replace(CRD, &Default::default(), &crd).await {
+            Ok(_) => return,
+            Err(e) if objects::is_code(&e, 409) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!(
+                "allowing {FUTURE_FILTER} in the CRD {CRD}: {}",
+                kube_error(&e)
+            ),
+        }
+    }
+    panic!("could not change the CRD {CRD}: 20 conflicts in a row");
+}
+
+/// An HTTPRoute like [`http_route`] whose rule has a [`FUTURE_FILTER`].
+fn future_route(ns: &str, name: &str, gw: &str, hostname: &str, backend: &str) -> String {
+    format!(
+        "{}    filters:\n    - type: {FUTURE_FILTER}\n",
+        http_route(ns, name, gw, hostname, "/", backend)
+    )
+}
+
+/// Creates a route with a [`FUTURE_FILTER`], retrying while the API server
+/// still validates with the CRD's previous schema.
+async fn create_future_route(kube: &Kube, yaml: &str) {
+    wait_for(
+        "the API server to accept an HTTPRoute with a FutureFilter",
+        WAIT,
+        async || kube.apply(yaml).await.map(|_| ()),
+    )
+    .await;
+}
+
+/// The Warning Events with reason Undecodable on HTTPRoute `ns/name` from
+/// the controller named `controller` (every test's controller watches every
+/// namespace, so others may report the same route).
+async fn undecodable_events(
+    kube: &Kube,
+    controller: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<Value>, String> {
+    let events = kube.list("events.k8s.io/v1", "Event", Some(ns)).await?;
+    Ok(events
+        .into_iter()
+        .filter(|e| {
+            e["regarding"]["kind"] == "HTTPRoute"
+                && e["regarding"]["name"] == name
+                && e["reason"] == "Undecodable"
+                && e["type"] == "Warning"
+                && e["reportingController"] == controller
+        })
+        .collect())
+}
+
+/// The one Undecodable Event of `controller` on HTTPRoute `ns/name`,
+/// naming the unknown filter type.
+async fn undecodable_event(
+    kube: &Kube,
+    controller: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Value, String> {
+    let events = undecodable_events(kube, controller, ns, name).await?;
+    let [event] = &events[..] else {
+        return Err(format!(
+            "{} Undecodable Warning Events of {controller} on HTTPRoute {ns}/{name}, want 1: {}",
+            events.len(),
+            clip(&Value::from(events.clone()).to_string(), 1500)
+        ));
+    };
+    let note = event["note"].as_str().unwrap_or_default();
+    if !note.contains(FUTURE_FILTER) {
+        return Err(format!(
+            "the Event's note does not name {FUTURE_FILTER}: {note}"
+        ));
+    }
+    Ok(event.clone())
+}
+
+/// The value of `gatewright_undecodable_objects{kind="HTTPRoute"}` on the
+/// controller's /metrics.
+async fn undecodable_routes_metric(c: &Controller) -> Result<String, String> {
+    let (status, body) = c.admin_get("/metrics").await?;
+    if status != 200 {
+        return Err(format!("/metrics answered {status}"));
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("gatewright_undecodable_objects{kind=\"HTTPRoute\"} "))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            let ours: Vec<&str> = body.lines().filter(|l| l.contains("undecodable")).collect();
+            format!("no HTTPRoute series of gatewright_undecodable_objects: {ours:?}")
+        })
+}
+
+/// Whether the configuration served to Gateway `ns/gw` has `hostname`.
+async fn served(c: &Controller, ns: &str, gw: &str, hostname: &str) -> Result<bool, String> {
+    let (status, body) = c
+        .admin_get(&format!("/debug/config_dump?gateway={ns}/{gw}"))
+        .await?;
+    if status != 200 {
+        return Err(format!(
+            "config_dump of {ns}/{gw}: {status} {}",
+            clip(&body, 300)
+        ));
+    }
+    Ok(body.contains(hostname))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_route_never_stops_the_others() {
+    const NS: &str = "t6-undecodable";
+    const NAME: &str = "gatewright.dev/t6-undecodable";
+    /// How soon valid routes must be served despite an undecodable one.
+    const SOON: Duration = Duration::from_secs(15);
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    allow_future_filter(&kube).await;
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+
+    // A: an undecodable route is stored before the controller starts.
+    create_future_route(
+        &kube,
+        &future_route(NS, "bad-a", "gw", "bad-a.example.test", "echo"),
+    )
+    .await;
+    kube.apply(
+        &[
+            gateway_class(NS, NAME, None),
+            "---\n".into(),
+            gateway(NS, "gw", NS, 28006, ""),
+            "---\n".into(),
+            service(NS, "echo", "10.244.6.10"),
+            "---\n".into(),
+            http_route(NS, "good-a", "gw", "good-a.example.test", "/", "echo"),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating the objects");
+    let c = Controller::start(
+        &dir.path,
+        controller_spec(cluster, "a", NS, NAME, Infra::Host),
+    );
+    wait_for(
+        "A: the valid route Accepted next to an undecodable one",
+        SOON,
+        || route_status(&kube, NS, "good-a", NAME, "gw", ("True", None)),
+    )
+    .await;
+    wait_for(
+        "A: the Gateway Programmed with 1 attached route",
+        SOON,
+        || gateway_programmed(&kube, NS, "gw", 1),
+    )
+    .await;
+    wait_for("A: the valid route served", SOON, async || {
+        served(&c, NS, "gw", "good-a.example.test")
+            .await?
+            .then_some(())
+            .ok_or_else(|| "good-a.example.test is not in the served configuration".to_string())
+    })
+    .await;
+    eprintln!(
+        "A: good-a Accepted, the Gateway Programmed and good-a served {:.2} s after the \
+         controller started",
+        c.started.elapsed().as_secs_f64()
+    );
+    let event_a = wait_for("A: an Undecodable Warning Event on bad-a", SOON, || {
+        undecodable_event(&kube, NAME, NS, "bad-a")
+    })
+    .await;
+    eprintln!("A: the Event on bad-a: {}", event_a["note"]);
+    wait_for(
+        "A: the metric counting 1 undecodable HTTPRoute",
+        SOON,
+        async || match undecodable_routes_metric(&c).await? {
+            v if v == "1" => Ok(()),
+            v => Err(format!("the metric is {v}")),
+        },
+    )
+    .await;
+    assert!(
+        !served(&c, NS, "gw", "bad-a.example.test")
+            .await
+            .expect("reading the served configuration"),
+        "the undecodable route is in the served configuration"
+    );
+
+    // B: another undecodable route while the controller runs, then a valid
+    // one.
+    create_future_route(
+        &kube,
+        &future_route(NS, "bad-b", "gw", "bad-b.example.test", "echo"),
+    )
+    .await;
+    kube.apply(&http_route(
+        NS,
+        "good-b",
+        "gw",
+        "good-b.example.test",
+        "/",
+        "echo",
+    ))
+    .await
+    .expect("creating a valid route after the undecodable one");
+    let t = Instant::now();
+    wait_for(
+        "B: the valid route created after an undecodable one Accepted",
+        SOON,
+        || route_status(&kube, NS, "good-b", NAME, "gw", ("True", None)),
+    )
+    .await;
+    wait_for("B: the valid route served", SOON, async || {
+        served(&c, NS, "gw", "good-b.example.test")
+            .await?
+            .then_some(())
+            .ok_or_else(|| "good-b.example.test is not in the served configuration".to_string())
+    })
+    .await;
+    wait_for("B: the Gateway counting 2 attached routes", SOON, || {
+        gateway_programmed(&kube, NS, "gw", 2)
+    })
+    .await;
+    eprintln!(
+        "B: good-b Accepted and served {:.2} s after it was created",
+        t.elapsed().as_secs_f64()
+    );
+    wait_for("B: an Undecodable Warning Event on bad-b", SOON, || {
+        undecodable_event(&kube, NAME, NS, "bad-b")
+    })
+    .await;
+    wait_for(
+        "B: the metric counting 2 undecodable HTTPRoutes",
+        SOON,
+        async || match undecodable_routes_metric(&c).await? {
+            v if v == "2" => Ok(()),
+            v => Err(format!("the metric is {v}")),
+        },
+    )
+    .await;
+    // Every change since A ran a round: still one Event on bad-a, never
+    // repeated (a repeat would be a new Event or a series on this one).
+    let again = undecodable_event(&kube, NAME, NS, "bad-a")
+        .await
+        .unwrap_or_else(|e| panic!("after B: {e}"));
+    assert_eq!(
+        (&again["metadata"]["name"], &again["series"]),
+        (&event_a["metadata"]["name"], &Value::Null),
+        "bad-a's Event was published again for the same version: {again}"
+    );
+    let log = c.log_text();
+    for name in ["bad-a", "bad-b"] {
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("cannot decode") && l.contains(&format!("{NS}/{name}")))
+            .count();
+        assert_eq!(
+            warned, 1,
+            "want one `cannot decode` warning naming {NS}/{name} in the controller's log"
+        );
+    }
+
+    // Fixed or deleted: no longer reported, and the fixed one is served.
+    kube.apply(&http_route(
+        NS,
+        "bad-a",
+        "gw",
+        "bad-a.example.test",
+        "/",
+        "echo",
+    ))
+    .await
+    .expect("fixing bad-a");
+    kube.delete(
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        Some(NS),
+        "bad-b",
+    )
+    .await
+    .expect("deleting bad-b");
+    wait_for("the fixed route Accepted", SOON, || {
+        route_status(&kube, NS, "bad-a", NAME, "gw", ("True", None))
+    })
+    .await;
+    wait_for(
+        "the metric back to 0",
+        SOON,
+        async || match undecodable_routes_metric(&c).await? {
+            v if v == "0" => Ok(()),
+            v => Err(format!("the metric is {v}")),
+        },
+    )
+    .await;
 }

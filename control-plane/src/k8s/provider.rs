@@ -7,6 +7,11 @@
 //! Gateways, ListenerSets and BackendTLSPolicies reference get a watch of
 //! their own (by name), so the controller never holds every Secret of the
 //! cluster in memory.
+//!
+//! An object the API server accepts but Gatewright's types cannot decode
+//! (say, a filter type of a newer Gateway API release) stays out of the
+//! input and is listed by [`Provider::undecodable`]; every other object of
+//! its kind flows as usual.
 
 use crate::infra::kubernetes::ProxyParameters;
 use anyhow::Context as _;
@@ -20,11 +25,13 @@ use gatewright_translator::api::listenersets::ListenerSet;
 use gatewright_translator::api::referencegrants::ReferenceGrant;
 use gatewright_translator::api::tlsroutes::TlsRoute;
 use gatewright_translator::{Input, ObjectKey};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt as _, reflector::ObjectRef};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -125,9 +132,29 @@ impl Kinds {
     }
 }
 
-/// A reflector's store plus the task driving its watch.
+/// An object of a watched kind that the API server holds but Gatewright's
+/// types cannot decode (e.g. a field value of a newer API release). It is
+/// left out of the translator's input and reported instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Undecodable {
+    /// The kind, as the provider names its watch (`HTTPRoute`).
+    pub kind: &'static str,
+    /// The object, at the resourceVersion that failed to decode.
+    pub reference: ObjectReference,
+    /// Why it could not be decoded.
+    pub error: String,
+}
+
+/// A reflector's stores plus the task driving its watch.
+///
+/// The watch decodes into [`DeserializeGuard`], so an object that does not
+/// decode fails alone instead of failing the whole list (and with it every
+/// other object of its kind, retried forever: kube-rs issue 774). Decoded
+/// objects go to `store`, the others to `undecodable`.
 struct Reflected<K: Resource<DynamicType = ()> + Clone + 'static> {
+    kind: &'static str,
     store: Store<K>,
+    undecodable: Store<DeserializeGuard<K>>,
     task: JoinHandle<()>,
 }
 
@@ -144,7 +171,7 @@ where
     /// Starts watching `api` and tells `changed` (tagged `kind`) after the
     /// first full list and after every change.
     fn start(
-        api: Api<K>,
+        api: Api<DeserializeGuard<K>>,
         config: watcher::Config,
         kind: &'static str,
         changed: mpsc::UnboundedSender<Changed>,
@@ -152,42 +179,46 @@ where
         Self::start_with(api, config, kind, by_kind, changed)
     }
 
-    /// Like [`Reflected::start`], with changes of single objects named by
-    /// `describe`.
+    /// Like [`Reflected::start`], with changes of single decodable objects
+    /// named by `describe`.
     fn start_with(
-        api: Api<K>,
+        api: Api<DeserializeGuard<K>>,
         config: watcher::Config,
         kind: &'static str,
         describe: Describe<K>,
         changed: mpsc::UnboundedSender<Changed>,
     ) -> Self {
-        let (store, writer) = reflector::store();
+        let mut stores = Split::default();
+        let store = stores.valid.as_reader();
+        let undecodable = stores.invalid.as_reader();
         // managedFields are never read and are often the largest part of an
         // object: drop them before they reach the store.
         let stream = watcher::watcher(api, config).default_backoff().modify(|o| {
             o.managed_fields_mut().clear();
         });
-        let stream = reflector::reflector(writer, stream);
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                let what = match &event {
-                    Ok(Event::Apply(o) | Event::Delete(o)) => Some(describe(kind, o)),
-                    Ok(Event::InitDone) => Some(Changed::Kind(kind)),
-                    _ => None,
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(kind, "watch failed, retrying: {e}");
+                        continue;
+                    }
                 };
-                if let Some(what) = what
+                if let Some(what) = stores.apply(event, kind, describe)
                     && changed.send(what).is_err()
                 {
                     return;
                 }
-                match event {
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(kind, "watch failed, retrying: {e}"),
-                }
             }
         });
-        Self { store, task }
+        Self {
+            kind,
+            store,
+            undecodable,
+            task,
+        }
     }
 
     fn objects(&self) -> Vec<K> {
@@ -195,12 +226,136 @@ where
     }
 
     fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
-        let mut r = ObjectRef::new(name);
-        if let Some(ns) = namespace {
-            r = r.within(ns);
-        }
-        self.store.get(&r)
+        self.store.get(&object_ref(namespace, name))
     }
+
+    /// The objects of this watch that did not decode, as last seen.
+    fn undecodable(&self) -> Vec<Undecodable> {
+        self.undecodable
+            .state()
+            .iter()
+            .filter_map(|guard| {
+                let invalid = guard.0.as_ref().err()?;
+                Some(Undecodable {
+                    kind: self.kind,
+                    reference: guard.object_ref(&()),
+                    error: invalid.error.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn object_ref<K>(namespace: Option<&str>, name: &str) -> ObjectRef<K>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let r = ObjectRef::new(name);
+    match namespace {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+/// The two stores of a watch: objects that decoded and objects that did
+/// not. An object is in at most one of them, as of its latest version.
+struct Split<K: Resource<DynamicType = ()> + Clone + 'static> {
+    valid: Writer<K>,
+    invalid: Writer<DeserializeGuard<K>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Default for Split<K> {
+    fn default() -> Self {
+        Self {
+            valid: Writer::default(),
+            invalid: Writer::default(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Split<K> {
+    /// Applies one watch event to the store its object belongs in, removing
+    /// the object's previous version from the other; returns the change to
+    /// announce, if any.
+    fn apply(
+        &mut self,
+        event: Event<DeserializeGuard<K>>,
+        kind: &'static str,
+        describe: Describe<K>,
+    ) -> Option<Changed> {
+        match event {
+            Event::Init => {
+                self.valid.apply_watcher_event(&Event::Init);
+                self.invalid.apply_watcher_event(&Event::Init);
+                None
+            }
+            Event::InitApply(DeserializeGuard(Ok(o))) => {
+                self.valid.apply_watcher_event(&Event::InitApply(o));
+                None
+            }
+            Event::InitApply(guard) => {
+                self.invalid.apply_watcher_event(&Event::InitApply(guard));
+                None
+            }
+            Event::InitDone => {
+                self.valid.apply_watcher_event(&Event::InitDone);
+                self.invalid.apply_watcher_event(&Event::InitDone);
+                Some(Changed::Kind(kind))
+            }
+            Event::Apply(DeserializeGuard(Ok(o))) => {
+                // An object that was undecodable is announced to the whole
+                // kind (not, say, as an endpoints-only change), so that the
+                // next round stops reporting it.
+                let what = if forget(&mut self.invalid, &o) {
+                    Changed::Kind(kind)
+                } else {
+                    describe(kind, &o)
+                };
+                self.valid.apply_watcher_event(&Event::Apply(o));
+                Some(what)
+            }
+            Event::Delete(DeserializeGuard(Ok(o))) => {
+                let what = if forget(&mut self.invalid, &o) {
+                    Changed::Kind(kind)
+                } else {
+                    describe(kind, &o)
+                };
+                self.valid.apply_watcher_event(&Event::Delete(o));
+                Some(what)
+            }
+            Event::Apply(guard) => {
+                forget(&mut self.valid, &guard);
+                self.invalid.apply_watcher_event(&Event::Apply(guard));
+                Some(Changed::Kind(kind))
+            }
+            Event::Delete(guard) => {
+                forget(&mut self.valid, &guard);
+                self.invalid.apply_watcher_event(&Event::Delete(guard));
+                Some(Changed::Kind(kind))
+            }
+        }
+    }
+}
+
+/// Removes the object named like `like` from `writer`'s store; whether it
+/// was there.
+fn forget<T, L>(writer: &mut Writer<T>, like: &L) -> bool
+where
+    T: Resource<DynamicType = ()> + Clone + 'static,
+    L: Resource,
+{
+    let meta = like.meta();
+    let Some(name) = meta.name.as_deref() else {
+        return false;
+    };
+    let Some(old) = writer
+        .as_reader()
+        .get(&object_ref(meta.namespace.as_deref(), name))
+    else {
+        return false;
+    };
+    writer.apply_watcher_event(&Event::Delete(T::clone(&old)));
+    true
 }
 
 /// One watch per named object, started and stopped as references come and
@@ -240,7 +395,7 @@ where
             if self.watches.contains_key(key) {
                 continue;
             }
-            let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+            let api = Api::namespaced(client.clone(), &key.namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
             self.watches.insert(
                 key.clone(),
@@ -258,6 +413,13 @@ where
     /// Whether every watch has listed once.
     fn ready(&self) -> bool {
         self.watches.values().all(|w| is_ready(&w.store))
+    }
+
+    fn undecodable(&self) -> Vec<Undecodable> {
+        self.watches
+            .values()
+            .flat_map(Reflected::undecodable)
+            .collect()
     }
 }
 
@@ -445,6 +607,28 @@ impl Provider {
         input
     }
 
+    /// Every object of a watched kind that could not be decoded (and so is
+    /// not in the translator's input), as last seen.
+    pub fn undecodable(&self) -> Vec<Undecodable> {
+        let mut all = Vec::new();
+        let mut add = |found: Vec<Undecodable>| all.extend(found);
+        add(self.gateway_classes.undecodable());
+        add(self.gateways.undecodable());
+        add(optional_undecodable(&self.listener_sets));
+        add(self.http_routes.undecodable());
+        add(optional_undecodable(&self.grpc_routes));
+        add(optional_undecodable(&self.tls_routes));
+        add(optional_undecodable(&self.reference_grants));
+        add(optional_undecodable(&self.backend_tls_policies));
+        add(optional_undecodable(&self.proxy_parameters));
+        add(self.services.undecodable());
+        add(self.endpoint_slices.undecodable());
+        add(self.namespaces.undecodable());
+        add(self.secrets.undecodable());
+        add(self.config_maps.undecodable());
+        all
+    }
+
     /// The live GatewayClass, as last seen.
     pub fn gateway_class(&self, name: &str) -> Option<Arc<GatewayClass>> {
         self.gateway_classes.get(None, name)
@@ -497,6 +681,13 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     r.as_ref().map(Reflected::objects).unwrap_or_default()
+}
+
+fn optional_undecodable<K>(r: &Option<Reflected<K>>) -> Vec<Undecodable>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    r.as_ref().map(Reflected::undecodable).unwrap_or_default()
 }
 
 /// The Secrets and ConfigMaps an input references: listener certificates,
@@ -588,6 +779,110 @@ fn collect_refs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// An HTTPRoute as the API server would send it; `filter` is the type
+    /// of its one filter.
+    fn route(name: &str, resource_version: &str, filter: &str) -> DeserializeGuard<HttpRoute> {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": resource_version},
+            "spec": {
+                "parentRefs": [{"name": "gw"}],
+                "rules": [{"filters": [{"type": filter}]}]
+            }
+        }))
+        .expect("any object with metadata decodes into a guard")
+    }
+
+    const KNOWN: &str = "ExtensionRef";
+    const UNKNOWN: &str = "FutureFilter";
+
+    fn names<K: Resource>(objects: Vec<Arc<K>>) -> Vec<String> {
+        let mut names: Vec<String> = objects.iter().map(|o| o.name_any()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_unknown_enum_value_fails_only_its_own_object() {
+        assert!(route("a", "1", KNOWN).0.is_ok());
+        let bad = route("b", "1", UNKNOWN);
+        let error = bad
+            .0
+            .as_ref()
+            .expect_err("an unknown filter type")
+            .error
+            .clone();
+        assert!(error.contains(UNKNOWN), "{error}");
+        assert_eq!(bad.object_ref(&()).name.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn objects_move_between_the_stores_as_they_stop_or_start_decoding() {
+        let mut split = Split::<HttpRoute>::default();
+        let (valid, invalid) = (split.valid.as_reader(), split.invalid.as_reader());
+        let apply = |split: &mut Split<HttpRoute>, event| split.apply(event, "HTTPRoute", by_kind);
+
+        assert_eq!(apply(&mut split, Event::Init), None);
+        assert_eq!(
+            apply(&mut split, Event::InitApply(route("a", "1", KNOWN))),
+            None
+        );
+        assert_eq!(
+            apply(&mut split, Event::InitApply(route("b", "1", UNKNOWN))),
+            None
+        );
+        assert_eq!(
+            apply(&mut split, Event::InitDone),
+            Some(Changed::Kind("HTTPRoute"))
+        );
+        assert_eq!(names(valid.state()), ["a"]);
+        assert_eq!(names(invalid.state()), ["b"]);
+
+        // a stops decoding, b decodes again: each leaves the other store.
+        apply(&mut split, Event::Apply(route("a", "2", UNKNOWN)));
+        apply(&mut split, Event::Apply(route("b", "2", KNOWN)));
+        assert_eq!(names(valid.state()), ["b"]);
+        assert_eq!(names(invalid.state()), ["a"]);
+
+        // Deleted: gone from both.
+        assert_eq!(
+            apply(&mut split, Event::Delete(route("a", "2", UNKNOWN))),
+            Some(Changed::Kind("HTTPRoute"))
+        );
+        assert!(invalid.state().is_empty());
+
+        // A re-list replaces both stores at once.
+        apply(&mut split, Event::Init);
+        apply(&mut split, Event::InitApply(route("c", "3", UNKNOWN)));
+        assert_eq!(names(valid.state()), ["b"]);
+        apply(&mut split, Event::InitDone);
+        assert!(valid.state().is_empty());
+        assert_eq!(names(invalid.state()), ["c"]);
+    }
+
+    #[test]
+    fn core_kinds_decode_through_the_guard() {
+        let secret: DeserializeGuard<Secret> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "tls", "namespace": "ns"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
+        }))
+        .expect("a guard");
+        let secret = secret.0.expect("a valid Secret decodes");
+        let data = secret.data.expect("data");
+        assert_eq!(data["tls.crt"].0, b"cert");
+        let service: DeserializeGuard<Service> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "ns"},
+            "spec": {"ports": [{"port": 80, "targetPort": "http"}, {"port": 81, "targetPort": 8081}]}
+        }))
+        .expect("a guard");
+        assert!(service.0.is_ok(), "{:?}", service.0.err());
+    }
 
     #[test]
     fn references_follow_certificate_refs_with_their_defaults() {
