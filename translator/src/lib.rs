@@ -9,7 +9,7 @@ pub mod api;
 mod attach;
 mod backend;
 mod conditions;
-mod envoy;
+mod emit;
 mod gateway;
 mod hostname;
 mod index;
@@ -19,7 +19,7 @@ mod output;
 mod unsupported;
 mod validate;
 
-pub use envoy::INVALID_BACKEND_CLUSTER;
+pub use emit::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
@@ -211,7 +211,7 @@ pub fn translate(input: &Input) -> Output {
             .bind_addresses
             .get(&info.key)
             .map_or("0.0.0.0", String::as_str);
-        let emitter = envoy::Emitter {
+        let emitter = emit::Emitter {
             gateway: info,
             routes: &resolved,
             attachments: &attachments[gi],
@@ -305,7 +305,7 @@ pub fn refresh_endpoints(
             if !services.contains(&backend.service) {
                 continue;
             }
-            let fresh = envoy::load_assignment(
+            let fresh = emit::load_assignment(
                 &index,
                 cluster,
                 &backend.service.namespace,
