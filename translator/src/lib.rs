@@ -189,9 +189,9 @@ pub fn translate(input: &Input) -> Output {
             .any(|p| p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
     };
     let mut routes: Vec<model::Route> = Vec::new();
-    routes.extend(input.http_routes.iter().map(model::from_http));
-    routes.extend(input.grpc_routes.iter().map(model::from_grpc));
-    routes.extend(input.tls_routes.iter().map(model::from_tls));
+    routes.extend(input.http_routes.iter().map(model::Route::from));
+    routes.extend(input.grpc_routes.iter().map(model::Route::from));
+    routes.extend(input.tls_routes.iter().map(model::Route::from));
     routes.retain(|r| names_ours(&r.parents));
     routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.
@@ -233,38 +233,26 @@ pub fn translate(input: &Input) -> Output {
         let controller = input.controller_name.as_str();
         match rr.route.kind {
             model::RouteKind::Http => {
-                use crate::api::httproutes::{
-                    HttpRouteStatus as S, HttpRouteStatusParents as P,
-                    HttpRouteStatusParentsParentRef as R,
-                };
                 out.statuses.http_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::httproutes::HttpRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
             model::RouteKind::Grpc => {
-                use crate::api::grpcroutes::{
-                    GrpcRouteStatus as S, GrpcRouteStatusParents as P,
-                    GrpcRouteStatusParentsParentRef as R,
-                };
                 out.statuses.grpc_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::grpcroutes::GrpcRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
             model::RouteKind::Tls => {
-                use crate::api::tlsroutes::{
-                    TlsRouteStatus as S, TlsRouteStatusParents as P,
-                    TlsRouteStatusParentsParentRef as R,
-                };
                 out.statuses.tls_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::tlsroutes::TlsRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
@@ -435,27 +423,13 @@ fn refused_tls_policies(
     out
 }
 
-/// Builds a kind's `status.parents` list from kind-agnostic parent statuses.
-macro_rules! route_parents {
-    ($parents:expr, $controller:expr, $P:ident, $R:ident) => {
-        $parents
-            .into_iter()
-            .map(|ParentStatus { parent, conditions }| $P {
-                conditions,
-                controller_name: $controller.to_owned(),
-                parent_ref: $R {
-                    group: Some(parent.group),
-                    kind: Some(parent.kind),
-                    name: parent.name,
-                    namespace: Some(parent.namespace),
-                    port: parent.port,
-                    section_name: parent.section_name,
-                },
-            })
-            .collect()
-    };
+/// A route kind's `status.parents` list from kind-agnostic parent statuses.
+fn status_parents<P: model::StatusParent>(parents: Vec<ParentStatus>, controller: &str) -> Vec<P> {
+    parents
+        .into_iter()
+        .map(|ParentStatus { parent, conditions }| P::new(parent, conditions, controller))
+        .collect()
 }
-use route_parents;
 
 /// Checks a GatewayClass parametersRef. Gatewright reads no parameters
 /// yet (its own parameters CRD comes with the Kubernetes infrastructure), so
