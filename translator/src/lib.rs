@@ -25,7 +25,7 @@ pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
 use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use attach::ParentStatus;
-use conditions::{Conditions, reason};
+use conditions::{ConditionType, Conditions, Reason};
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,17 +104,17 @@ pub fn translate(input: &Input) -> Output {
             None | Some(Ok(())) => {
                 classes.insert(name);
                 c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     true,
-                    reason::ACCEPTED,
+                    Reason::Accepted,
                     "GatewayClass accepted by Gatewright",
                 );
             }
             Some(Err(message)) => {
                 c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     false,
-                    reason::INVALID_PARAMETERS,
+                    Reason::InvalidParameters,
                     message.clone(),
                 );
                 rejected.insert(name, message);
@@ -144,12 +144,12 @@ pub fn translate(input: &Input) -> Output {
                 g.spec.gateway_class_name
             );
             c.set(
-                reason::ACCEPTED,
+                ConditionType::Accepted,
                 false,
-                reason::INVALID_PARAMETERS,
+                Reason::InvalidParameters,
                 why.clone(),
             );
-            c.set(reason::PROGRAMMED, false, reason::INVALID, why);
+            c.set(ConditionType::Programmed, false, Reason::Invalid, why);
             let (ns, name) = index::key_of(&g.metadata);
             out.statuses.gateways.insert(
                 ObjectKey::new(ns, name),
@@ -347,12 +347,12 @@ fn unsupported_listener_sets(
         );
         let mut c = Conditions::new(now, ls.metadata.generation);
         c.set(
-            reason::ACCEPTED,
+            ConditionType::Accepted,
             false,
-            reason::LISTENERS_NOT_VALID,
+            Reason::ListenersNotValid,
             message.clone(),
         );
-        c.set(reason::PROGRAMMED, false, reason::INVALID, message);
+        c.set(ConditionType::Programmed, false, Reason::Invalid, message);
         out.insert(
             ObjectKey::new(ns, name),
             api::listenersets::ListenerSetStatus {
@@ -396,9 +396,9 @@ fn refused_tls_policies(
             .and_then(|p| p.metadata.generation);
         let mut c = Conditions::new(now, generation);
         c.set(
-            reason::ACCEPTED,
+            ConditionType::Accepted,
             false,
-            reason::INVALID,
+            Reason::Invalid,
             format!(
                 "{}: requests to the Services it targets are refused instead of being sent in plaintext",
                 unsupported::Field::BackendTlsPolicy
