@@ -1,7 +1,7 @@
 //! Route attachment to Gateway listeners, and route status per parent.
 
 use crate::backend::{self, ClusterRef, Unresolved};
-use crate::conditions::{Conditions, reason};
+use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
 use crate::index::Index;
@@ -151,7 +151,7 @@ pub(crate) fn attach(
                 .collect();
             let result = if candidates.is_empty() {
                 Err((
-                    reason::NO_MATCHING_PARENT,
+                    Reason::NoMatchingParent,
                     "no listener matches the parentRef's sectionName and port".to_owned(),
                 ))
             } else {
@@ -165,7 +165,7 @@ pub(crate) fn attach(
                     .collect();
                 if allowed.is_empty() {
                     Err((
-                        reason::NOT_ALLOWED_BY_LISTENERS,
+                        Reason::NotAllowedByListeners,
                         format!(
                             "no listener allows a {} from namespace {}",
                             route.kind.kind(),
@@ -185,11 +185,11 @@ pub(crate) fn attach(
                         .collect();
                     if matched.is_empty() {
                         Err((
-                            reason::NO_MATCHING_LISTENER_HOSTNAME,
+                            Reason::NoMatchingListenerHostname,
                             "no listener hostname intersects the route's hostnames".to_owned(),
                         ))
                     } else if !route.unsupported.is_empty() {
-                        Err((reason::UNSUPPORTED_VALUE, route.unsupported.join("; ")))
+                        Err((Reason::UnsupportedValue, route.unsupported.join("; ")))
                     } else {
                         Ok(matched)
                     }
@@ -216,7 +216,12 @@ pub(crate) fn attach(
         let mut c = Conditions::new(now, rr.route.generation);
         match p.result {
             Ok(matched) => {
-                c.set(reason::ACCEPTED, true, reason::ACCEPTED, "route accepted");
+                c.set(
+                    ConditionType::Accepted,
+                    true,
+                    Reason::Accepted,
+                    "route accepted",
+                );
                 for (li, hostnames) in matched {
                     // Two parentRefs can lead a route to one listener: it
                     // counts and attaches there once.
@@ -234,16 +239,16 @@ pub(crate) fn attach(
                     }
                 }
             }
-            Err((r, m)) => c.set(reason::ACCEPTED, false, r, m),
+            Err((r, m)) => c.set(ConditionType::Accepted, false, r, m),
         }
         match &rr.refs_error {
             None => c.set(
-                reason::RESOLVED_REFS,
+                ConditionType::ResolvedRefs,
                 true,
-                reason::RESOLVED_REFS,
+                Reason::ResolvedRefs,
                 "all references resolved",
             ),
-            Some((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
+            Some((r, m)) => c.set(ConditionType::ResolvedRefs, false, *r, m.clone()),
         }
         statuses[p.route].push(ParentStatus {
             parent: p.parent,
@@ -315,7 +320,7 @@ fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending])
         if let Ok(matched) = &mut pending[pi].result {
             matched.retain(|(l, _)| *l != li);
             if matched.is_empty() {
-                pending[pi].result = Err((reason::ROUTE_CONFLICTED, message));
+                pending[pi].result = Err((Reason::Conflicted, message));
             }
         }
     }

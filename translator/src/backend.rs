@@ -1,7 +1,7 @@
 //! Backend references: resolution to Service ports, and the Envoy cluster
 //! each one maps to.
 
-use crate::conditions::reason;
+use crate::conditions::Reason;
 use crate::index::{Index, RefTarget};
 use crate::input::ObjectKey;
 use crate::model::{BackendRef, RouteKind};
@@ -53,7 +53,7 @@ impl ClusterRef {
 }
 
 /// Why a backendRef could not be resolved: (reason, message).
-pub(crate) type Unresolved = (&'static str, String);
+pub(crate) type Unresolved = (Reason, String);
 
 /// Resolves one backendRef of a route of `kind` in `route_ns`. A
 /// BackendTLSPolicy that covers the backend (and so refuses it, see
@@ -67,7 +67,7 @@ pub(crate) fn resolve(
 ) -> Result<ClusterRef, Unresolved> {
     if !b.group.is_empty() || b.kind != "Service" {
         return Err((
-            reason::INVALID_KIND,
+            Reason::InvalidKind,
             format!(
                 "backendRef {}/{} {} is not a core Service",
                 b.group, b.kind, b.name
@@ -82,7 +82,7 @@ pub(crate) fn resolve(
     };
     if !index.reference_permitted(kind.kind(), route_ns, target) {
         return Err((
-            reason::REF_NOT_PERMITTED,
+            Reason::RefNotPermitted,
             format!(
                 "Service {}/{} is in another namespace and no ReferenceGrant allows it",
                 b.namespace, b.name
@@ -91,13 +91,13 @@ pub(crate) fn resolve(
     }
     let Some(svc) = index.service(&b.namespace, &b.name) else {
         return Err((
-            reason::BACKEND_NOT_FOUND,
+            Reason::BackendNotFound,
             format!("Service {}/{} does not exist", b.namespace, b.name),
         ));
     };
     let Some(port) = b.port else {
         return Err((
-            reason::BACKEND_NOT_FOUND,
+            Reason::BackendNotFound,
             format!(
                 "backendRef to Service {}/{} has no port",
                 b.namespace, b.name
@@ -111,7 +111,7 @@ pub(crate) fn resolve(
         .and_then(|ps| ps.iter().find(|p| p.port == port))
     else {
         return Err((
-            reason::BACKEND_NOT_FOUND,
+            Reason::BackendNotFound,
             format!("Service {}/{} has no port {port}", b.namespace, b.name),
         ));
     };
@@ -123,7 +123,7 @@ pub(crate) fn resolve(
         Some("kubernetes.io/h2c" | "h2c") => true,
         Some(other) => {
             return Err((
-                reason::UNSUPPORTED_PROTOCOL,
+                Reason::UnsupportedProtocol,
                 format!(
                     "Service {}/{} port {port} has appProtocol {other:?}, which Gatewright cannot speak",
                     b.namespace, b.name
@@ -140,7 +140,7 @@ pub(crate) fn resolve(
         let (ns, name) = crate::index::key_of(&policy.metadata);
         tls_policies.insert(ObjectKey::new(ns, name));
         return Err((
-            reason::UNSUPPORTED_PROTOCOL,
+            Reason::UnsupportedProtocol,
             format!(
                 "Service {}/{} port {port} is covered by BackendTLSPolicy {ns}/{name}: {}; \
                  requests to it are refused instead of being sent in plaintext",

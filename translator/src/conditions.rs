@@ -1,35 +1,105 @@
 //! Building status conditions.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::fmt;
 
-/// Condition types and reasons used by the translator (Gateway API v1.5).
-pub(crate) mod reason {
-    pub const ACCEPTED: &str = "Accepted";
-    pub const PROGRAMMED: &str = "Programmed";
-    pub const RESOLVED_REFS: &str = "ResolvedRefs";
-    pub const CONFLICTED: &str = "Conflicted";
-    pub const INVALID: &str = "Invalid";
-    pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
-    pub const NO_CONFLICTS: &str = "NoConflicts";
-    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
-    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
-    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
-    pub const OVERLAPPING_TLS_CONFIG: &str = "OverlappingTLSConfig";
-    pub const OVERLAPPING_HOSTNAMES: &str = "OverlappingHostnames";
-    pub const ROUTE_CONFLICTED: &str = "Conflicted";
-    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
-    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
-    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
-    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
-    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
-    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
-    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
-    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
-    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
-    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
-    pub const INVALID_KIND: &str = "InvalidKind";
-    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
-    pub const DEFAULT_GATEWAY: &str = "DefaultGateway";
+/// The condition types the translator sets (Gateway API v1.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConditionType {
+    Accepted,
+    Programmed,
+    ResolvedRefs,
+    Conflicted,
+    OverlappingTlsConfig,
+    DefaultGateway,
+}
+
+impl ConditionType {
+    /// The type as the spec spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "Accepted",
+            Self::Programmed => "Programmed",
+            Self::ResolvedRefs => "ResolvedRefs",
+            Self::Conflicted => "Conflicted",
+            Self::OverlappingTlsConfig => "OverlappingTLSConfig",
+            Self::DefaultGateway => "DefaultGateway",
+        }
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The condition reasons the translator gives (Gateway API v1.5). One enum
+/// serves every object: the spec reuses several reasons across objects and
+/// condition types (`Accepted`, `Invalid`, `UnsupportedValue`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    Accepted,
+    Programmed,
+    ResolvedRefs,
+    Invalid,
+    ListenersNotValid,
+    NoConflicts,
+    HostnameConflict,
+    ProtocolConflict,
+    UnsupportedProtocol,
+    OverlappingHostnames,
+    /// A route that lost a listener to an overlapping route of another kind.
+    Conflicted,
+    InvalidParameters,
+    PortUnavailable,
+    UnsupportedValue,
+    InvalidCertificateRef,
+    InvalidRouteKinds,
+    RefNotPermitted,
+    NotAllowedByListeners,
+    NoMatchingListenerHostname,
+    NoMatchingParent,
+    BackendNotFound,
+    InvalidKind,
+    InvalidClientCertificateRef,
+}
+
+impl Reason {
+    /// The reason as the spec spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "Accepted",
+            Self::Programmed => "Programmed",
+            Self::ResolvedRefs => "ResolvedRefs",
+            Self::Invalid => "Invalid",
+            Self::ListenersNotValid => "ListenersNotValid",
+            Self::NoConflicts => "NoConflicts",
+            Self::HostnameConflict => "HostnameConflict",
+            Self::ProtocolConflict => "ProtocolConflict",
+            Self::UnsupportedProtocol => "UnsupportedProtocol",
+            Self::OverlappingHostnames => "OverlappingHostnames",
+            Self::Conflicted => "Conflicted",
+            Self::InvalidParameters => "InvalidParameters",
+            Self::PortUnavailable => "PortUnavailable",
+            Self::UnsupportedValue => "UnsupportedValue",
+            Self::InvalidCertificateRef => "InvalidCertificateRef",
+            Self::InvalidRouteKinds => "InvalidRouteKinds",
+            Self::RefNotPermitted => "RefNotPermitted",
+            Self::NotAllowedByListeners => "NotAllowedByListeners",
+            Self::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            Self::NoMatchingParent => "NoMatchingParent",
+            Self::BackendNotFound => "BackendNotFound",
+            Self::InvalidKind => "InvalidKind",
+            Self::InvalidClientCertificateRef => "InvalidClientCertificateRef",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Collects the conditions of one object (or listener, or route parent).
@@ -49,11 +119,17 @@ impl<'a> Conditions<'a> {
     }
 
     /// Adds a condition; `ok` is its status.
-    pub(crate) fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+    pub(crate) fn set(
+        &mut self,
+        type_: ConditionType,
+        ok: bool,
+        reason: Reason,
+        message: impl Into<String>,
+    ) {
         self.list.push(Condition {
-            type_: type_.to_owned(),
+            type_: type_.as_str().to_owned(),
             status: if ok { "True" } else { "False" }.to_owned(),
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message: message.into(),
             observed_generation: self.generation,
             last_transition_time: self.now.clone(),
@@ -62,5 +138,22 @@ impl<'a> Conditions<'a> {
 
     pub(crate) fn into_vec(self) -> Vec<Condition> {
         self.list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConditionType, Reason};
+
+    #[test]
+    fn display_is_the_spec_string() {
+        assert_eq!(
+            ConditionType::OverlappingTlsConfig.to_string(),
+            "OverlappingTLSConfig"
+        );
+        assert_eq!(
+            Reason::InvalidClientCertificateRef.to_string(),
+            "InvalidClientCertificateRef"
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::api::gateways::{
     GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
     GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
-use crate::conditions::{Conditions, reason};
+use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::hostname;
 use crate::index::{GATEWAY_GROUP, Index, RefTarget};
 use crate::input::ObjectKey;
@@ -76,14 +76,14 @@ pub(crate) struct Listener {
     /// Kinds routes may have to attach (allowed ∩ supported).
     pub(crate) kinds: Vec<RouteKind>,
     pub(crate) certificates: Vec<Certificate>,
-    accepted: Result<(), (&'static str, String)>,
-    conflict: Option<&'static str>,
+    accepted: Result<(), (Reason, String)>,
+    conflict: Option<Reason>,
     /// Route kinds in allowedRoutes that this listener cannot serve; they
     /// are reported but do not stop the listener serving the others.
-    invalid_kinds: Result<(), (&'static str, String)>,
+    invalid_kinds: Result<(), (Reason, String)>,
     /// Names of other HTTPS listeners on the port whose hostnames overlap.
     overlaps: Vec<String>,
-    resolved: Result<(), (&'static str, String)>,
+    resolved: Result<(), (Reason, String)>,
     /// Routes attached per the AllowedRoutes + parentRefs rule.
     pub(crate) attached_routes: i32,
 }
@@ -143,7 +143,7 @@ pub(crate) struct GatewayInfo<'a> {
 fn listener_kinds(
     l: &GatewayListeners,
     protocol: Option<Protocol>,
-) -> (Vec<RouteKind>, Result<(), (&'static str, String)>) {
+) -> (Vec<RouteKind>, Result<(), (Reason, String)>) {
     let supported = protocol.map_or(&[][..], Protocol::kinds);
     let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
         return (supported.to_vec(), Ok(()));
@@ -168,7 +168,7 @@ fn listener_kinds(
         Ok(())
     } else {
         Err((
-            reason::INVALID_ROUTE_KINDS,
+            Reason::InvalidRouteKinds,
             format!(
                 "route kinds not supported by this listener: {}",
                 bad.join(", ")
@@ -248,7 +248,7 @@ fn resolve_certificates(
     index: &Index<'_>,
     gw_ns: &str,
     l: &GatewayListeners,
-) -> Result<Vec<Certificate>, (&'static str, String)> {
+) -> Result<Vec<Certificate>, (Reason, String)> {
     let refs = l
         .tls
         .as_ref()
@@ -256,7 +256,7 @@ fn resolve_certificates(
         .map_or(&[][..], Vec::as_slice);
     if refs.is_empty() {
         return Err((
-            reason::INVALID_CERTIFICATE_REF,
+            Reason::InvalidCertificateRef,
             "an HTTPS listener needs at least one certificateRef".into(),
         ));
     }
@@ -267,7 +267,7 @@ fn resolve_certificates(
         let ns = r.namespace.as_deref().unwrap_or(gw_ns);
         if !group.is_empty() || kind != "Secret" {
             return Err((
-                reason::INVALID_CERTIFICATE_REF,
+                Reason::InvalidCertificateRef,
                 format!(
                     "certificateRef {group}/{kind} {ns}/{} is not a core Secret",
                     r.name
@@ -282,7 +282,7 @@ fn resolve_certificates(
         };
         if !index.reference_permitted("Gateway", gw_ns, target) {
             return Err((
-                reason::REF_NOT_PERMITTED,
+                Reason::RefNotPermitted,
                 format!(
                     "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
                     r.name
@@ -291,13 +291,13 @@ fn resolve_certificates(
         }
         let Some(secret) = index.secret(ns, &r.name) else {
             return Err((
-                reason::INVALID_CERTIFICATE_REF,
+                Reason::InvalidCertificateRef,
                 format!("Secret {ns}/{} does not exist", r.name),
             ));
         };
         let (chain, key) = read_certificate(secret).map_err(|e| {
             (
-                reason::INVALID_CERTIFICATE_REF,
+                Reason::InvalidCertificateRef,
                 format!("Secret {ns}/{}: {e}", r.name),
             )
         })?;
@@ -331,7 +331,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 ("HTTPS", GatewayListenersTlsMode::Passthrough) => (
                     None,
                     Err((
-                        reason::UNSUPPORTED_VALUE,
+                        Reason::UnsupportedValue,
                         "HTTPS listeners only support tls.mode Terminate".to_owned(),
                     )),
                 ),
@@ -341,14 +341,14 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 ("TLS", GatewayListenersTlsMode::Terminate) => (
                     None,
                     Err((
-                        reason::UNSUPPORTED_VALUE,
+                        Reason::UnsupportedValue,
                         "TLS listeners with tls.mode Terminate are not supported yet".to_owned(),
                     )),
                 ),
                 (p, _) => (
                     None,
                     Err((
-                        reason::UNSUPPORTED_PROTOCOL,
+                        Reason::UnsupportedProtocol,
                         format!("protocol {p} is not supported"),
                     )),
                 ),
@@ -359,9 +359,9 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 .filter(|h| !h.is_empty())
                 .map_or(Ok(()), crate::validate::hostname);
             let accepted = match (accepted, hostname_ok) {
-                (Ok(()), Err(e)) => Err((reason::UNSUPPORTED_VALUE, e)),
+                (Ok(()), Err(e)) => Err((Reason::UnsupportedValue, e)),
                 (Ok(()), Ok(())) if !(1..=65535).contains(&l.port) => Err((
-                    reason::PORT_UNAVAILABLE,
+                    Reason::PortUnavailable,
                     format!("port {} is out of range", l.port),
                 )),
                 (a, _) => a,
@@ -373,7 +373,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                     (protocol == Some(Protocol::Https) && fields.frontend.applies(l.port))
                         .then_some(unsupported::Field::FrontendValidation)
                 });
-                field.map_or(Ok(()), |f| Err((reason::UNSUPPORTED_VALUE, f.to_string())))
+                field.map_or(Ok(()), |f| Err((Reason::UnsupportedValue, f.to_string())))
             });
             let (kinds, kinds_ok) = listener_kinds(l, protocol);
             let (certificates, resolved) = match protocol {
@@ -438,9 +438,9 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 .iter()
                 .any(|&j| j != i && listeners[j].hostname == listeners[i].hostname);
             listeners[i].conflict = if families.len() > 1 {
-                Some(reason::PROTOCOL_CONFLICT)
+                Some(Reason::ProtocolConflict)
             } else if clash {
-                Some(reason::HOSTNAME_CONFLICT)
+                Some(Reason::HostnameConflict)
             } else {
                 None
             };
@@ -485,48 +485,48 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
         .map(|l| {
             let mut c = Conditions::new(now, generation);
             match (&l.accepted, l.conflict) {
-                (Err((r, m)), _) => c.set(reason::ACCEPTED, false, r, m.clone()),
+                (Err((r, m)), _) => c.set(ConditionType::Accepted, false, *r, m.clone()),
                 (Ok(()), Some(r)) => c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     false,
                     r,
                     "the listener is not distinct from another listener on the same port",
                 ),
                 (Ok(()), None) => c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     true,
-                    reason::ACCEPTED,
+                    Reason::Accepted,
                     "listener accepted",
                 ),
             }
             match l.conflict {
                 Some(r) => c.set(
-                    reason::CONFLICTED,
+                    ConditionType::Conflicted,
                     true,
                     r,
                     "the listener is not distinct from another listener on the same port",
                 ),
                 None => c.set(
-                    reason::CONFLICTED,
+                    ConditionType::Conflicted,
                     false,
-                    reason::NO_CONFLICTS,
+                    Reason::NoConflicts,
                     "no conflicts",
                 ),
             }
             match l.resolved.as_ref().and(l.invalid_kinds.as_ref()) {
                 Ok(()) => c.set(
-                    reason::RESOLVED_REFS,
+                    ConditionType::ResolvedRefs,
                     true,
-                    reason::RESOLVED_REFS,
+                    Reason::ResolvedRefs,
                     "all references resolved",
                 ),
-                Err((r, m)) => c.set(reason::RESOLVED_REFS, false, r, m.clone()),
+                Err((r, m)) => c.set(ConditionType::ResolvedRefs, false, *r, m.clone()),
             }
             if !l.overlaps.is_empty() {
                 c.set(
-                    reason::OVERLAPPING_TLS_CONFIG,
+                    ConditionType::OverlappingTlsConfig,
                     true,
-                    reason::OVERLAPPING_HOSTNAMES,
+                    Reason::OverlappingHostnames,
                     format!(
                         "hostname overlaps with HTTPS listeners {} on the same port",
                         l.overlaps.join(", ")
@@ -535,16 +535,16 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
             }
             if l.programmable() {
                 c.set(
-                    reason::PROGRAMMED,
+                    ConditionType::Programmed,
                     true,
-                    reason::PROGRAMMED,
+                    Reason::Programmed,
                     "listener programmed",
                 );
             } else {
                 c.set(
-                    reason::PROGRAMMED,
+                    ConditionType::Programmed,
                     false,
-                    reason::INVALID,
+                    Reason::Invalid,
                     "listener is not valid and is not programmed",
                 );
             }
@@ -577,12 +577,17 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
     let all_valid = valid == info.listeners.len();
     let mut c = Conditions::new(now, generation);
     if all_valid {
-        c.set(reason::ACCEPTED, true, reason::ACCEPTED, "gateway accepted");
+        c.set(
+            ConditionType::Accepted,
+            true,
+            Reason::Accepted,
+            "gateway accepted",
+        );
     } else {
         c.set(
-            reason::ACCEPTED,
+            ConditionType::Accepted,
             valid > 0,
-            reason::LISTENERS_NOT_VALID,
+            Reason::ListenersNotValid,
             format!(
                 "listeners not valid: {}; listeners accepted: {}",
                 names(false),
@@ -596,32 +601,32 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
     }
     if valid > 0 {
         c.set(
-            reason::PROGRAMMED,
+            ConditionType::Programmed,
             true,
-            reason::PROGRAMMED,
+            Reason::Programmed,
             "gateway programmed",
         );
     } else {
         c.set(
-            reason::PROGRAMMED,
+            ConditionType::Programmed,
             false,
-            reason::INVALID,
+            Reason::Invalid,
             "no listener of the gateway is valid",
         );
     }
     if info.unsupported.backend_client_certificate {
         c.set(
-            reason::RESOLVED_REFS,
+            ConditionType::ResolvedRefs,
             false,
-            reason::INVALID_CLIENT_CERTIFICATE_REF,
+            Reason::InvalidClientCertificateRef,
             unsupported::Field::BackendClientCertificate.to_string(),
         );
     }
     if info.unsupported.default_scope {
         c.set(
-            reason::DEFAULT_GATEWAY,
+            ConditionType::DefaultGateway,
             false,
-            reason::UNSUPPORTED_VALUE,
+            Reason::UnsupportedValue,
             format!(
                 "{}: the Gateway claims no route",
                 unsupported::Field::DefaultScope

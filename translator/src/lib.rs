@@ -9,7 +9,7 @@ pub mod api;
 mod attach;
 mod backend;
 mod conditions;
-mod envoy;
+mod emit;
 mod gateway;
 mod hostname;
 mod index;
@@ -19,13 +19,13 @@ mod output;
 mod unsupported;
 mod validate;
 
-pub use envoy::INVALID_BACKEND_CLUSTER;
+pub use emit::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
 use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use attach::ParentStatus;
-use conditions::{Conditions, reason};
+use conditions::{ConditionType, Conditions, Reason};
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,17 +104,17 @@ pub fn translate(input: &Input) -> Output {
             None | Some(Ok(())) => {
                 classes.insert(name);
                 c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     true,
-                    reason::ACCEPTED,
+                    Reason::Accepted,
                     "GatewayClass accepted by Gatewright",
                 );
             }
             Some(Err(message)) => {
                 c.set(
-                    reason::ACCEPTED,
+                    ConditionType::Accepted,
                     false,
-                    reason::INVALID_PARAMETERS,
+                    Reason::InvalidParameters,
                     message.clone(),
                 );
                 rejected.insert(name, message);
@@ -144,12 +144,12 @@ pub fn translate(input: &Input) -> Output {
                 g.spec.gateway_class_name
             );
             c.set(
-                reason::ACCEPTED,
+                ConditionType::Accepted,
                 false,
-                reason::INVALID_PARAMETERS,
+                Reason::InvalidParameters,
                 why.clone(),
             );
-            c.set(reason::PROGRAMMED, false, reason::INVALID, why);
+            c.set(ConditionType::Programmed, false, Reason::Invalid, why);
             let (ns, name) = index::key_of(&g.metadata);
             out.statuses.gateways.insert(
                 ObjectKey::new(ns, name),
@@ -189,9 +189,9 @@ pub fn translate(input: &Input) -> Output {
             .any(|p| p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
     };
     let mut routes: Vec<model::Route> = Vec::new();
-    routes.extend(input.http_routes.iter().map(model::from_http));
-    routes.extend(input.grpc_routes.iter().map(model::from_grpc));
-    routes.extend(input.tls_routes.iter().map(model::from_tls));
+    routes.extend(input.http_routes.iter().map(model::Route::from));
+    routes.extend(input.grpc_routes.iter().map(model::Route::from));
+    routes.extend(input.tls_routes.iter().map(model::Route::from));
     routes.retain(|r| names_ours(&r.parents));
     routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.
@@ -211,7 +211,7 @@ pub fn translate(input: &Input) -> Output {
             .bind_addresses
             .get(&info.key)
             .map_or("0.0.0.0", String::as_str);
-        let emitter = envoy::Emitter {
+        let emitter = emit::Emitter {
             gateway: info,
             routes: &resolved,
             attachments: &attachments[gi],
@@ -233,38 +233,26 @@ pub fn translate(input: &Input) -> Output {
         let controller = input.controller_name.as_str();
         match rr.route.kind {
             model::RouteKind::Http => {
-                use crate::api::httproutes::{
-                    HttpRouteStatus as S, HttpRouteStatusParents as P,
-                    HttpRouteStatusParentsParentRef as R,
-                };
                 out.statuses.http_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::httproutes::HttpRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
             model::RouteKind::Grpc => {
-                use crate::api::grpcroutes::{
-                    GrpcRouteStatus as S, GrpcRouteStatusParents as P,
-                    GrpcRouteStatusParentsParentRef as R,
-                };
                 out.statuses.grpc_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::grpcroutes::GrpcRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
             model::RouteKind::Tls => {
-                use crate::api::tlsroutes::{
-                    TlsRouteStatus as S, TlsRouteStatusParents as P,
-                    TlsRouteStatusParentsParentRef as R,
-                };
                 out.statuses.tls_routes.insert(
                     key,
-                    S {
-                        parents: route_parents!(parents, controller, P, R),
+                    api::tlsroutes::TlsRouteStatus {
+                        parents: status_parents(parents, controller),
                     },
                 );
             }
@@ -305,7 +293,7 @@ pub fn refresh_endpoints(
             if !services.contains(&backend.service) {
                 continue;
             }
-            let fresh = envoy::load_assignment(
+            let fresh = emit::load_assignment(
                 &index,
                 cluster,
                 &backend.service.namespace,
@@ -359,12 +347,12 @@ fn unsupported_listener_sets(
         );
         let mut c = Conditions::new(now, ls.metadata.generation);
         c.set(
-            reason::ACCEPTED,
+            ConditionType::Accepted,
             false,
-            reason::LISTENERS_NOT_VALID,
+            Reason::ListenersNotValid,
             message.clone(),
         );
-        c.set(reason::PROGRAMMED, false, reason::INVALID, message);
+        c.set(ConditionType::Programmed, false, Reason::Invalid, message);
         out.insert(
             ObjectKey::new(ns, name),
             api::listenersets::ListenerSetStatus {
@@ -408,9 +396,9 @@ fn refused_tls_policies(
             .and_then(|p| p.metadata.generation);
         let mut c = Conditions::new(now, generation);
         c.set(
-            reason::ACCEPTED,
+            ConditionType::Accepted,
             false,
-            reason::INVALID,
+            Reason::Invalid,
             format!(
                 "{}: requests to the Services it targets are refused instead of being sent in plaintext",
                 unsupported::Field::BackendTlsPolicy
@@ -435,27 +423,13 @@ fn refused_tls_policies(
     out
 }
 
-/// Builds a kind's `status.parents` list from kind-agnostic parent statuses.
-macro_rules! route_parents {
-    ($parents:expr, $controller:expr, $P:ident, $R:ident) => {
-        $parents
-            .into_iter()
-            .map(|ParentStatus { parent, conditions }| $P {
-                conditions,
-                controller_name: $controller.to_owned(),
-                parent_ref: $R {
-                    group: Some(parent.group),
-                    kind: Some(parent.kind),
-                    name: parent.name,
-                    namespace: Some(parent.namespace),
-                    port: parent.port,
-                    section_name: parent.section_name,
-                },
-            })
-            .collect()
-    };
+/// A route kind's `status.parents` list from kind-agnostic parent statuses.
+fn status_parents<P: model::StatusParent>(parents: Vec<ParentStatus>, controller: &str) -> Vec<P> {
+    parents
+        .into_iter()
+        .map(|ParentStatus { parent, conditions }| P::new(parent, conditions, controller))
+        .collect()
 }
-use route_parents;
 
 /// Checks a GatewayClass parametersRef. Gatewright reads no parameters
 /// yet (its own parameters CRD comes with the Kubernetes infrastructure), so

@@ -1,0 +1,201 @@
+//! Clusters (CDS), one per Service port and protocol a route sends to, and
+//! their endpoints (EDS).
+
+use super::{Emitter, ads, any, socket};
+use crate::attach::ResolvedRule;
+use crate::backend::ClusterRef;
+use crate::index::Index;
+use crate::input::ObjectKey;
+use crate::output::{GatewayResources, ServicePort};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::google::protobuf::Duration;
+use std::collections::BTreeSet;
+
+/// Name of the cluster that does not exist: a weighted share pointing at it
+/// answers 500, as the spec asks for invalid backendRefs.
+pub const INVALID_BACKEND_CLUSTER: &str = "invalid-backend";
+
+impl Emitter<'_, '_> {
+    /// Adds to `out` every cluster the routes use, with its endpoints and
+    /// the Service port behind it.
+    pub(super) fn push_clusters(
+        &self,
+        clusters: &BTreeSet<ClusterRef>,
+        out: &mut GatewayResources,
+    ) {
+        // Envoy's structs are large (a Cluster is kilobytes): size the lists
+        // once instead of copying them as they grow.
+        out.clusters.reserve_exact(clusters.len());
+        out.endpoints.reserve_exact(clusters.len());
+        for c in clusters {
+            out.clusters.push(cluster(c));
+            out.endpoints.push(load_assignment(
+                self.index,
+                c.name(),
+                &c.namespace,
+                &c.service,
+                c.port,
+            ));
+            out.backends.insert(
+                c.name().to_owned(),
+                ServicePort {
+                    service: ObjectKey::new(c.namespace.as_str(), c.service.as_str()),
+                    port: c.port,
+                },
+            );
+        }
+    }
+}
+
+/// The endpoints of cluster `cluster_name`, fed by port `service_port` of Service
+/// `namespace/service`: the ready addresses of the Service's EndpointSlices
+/// at the slice port named like the Service port. Used both by a full
+/// translation and by [`crate::refresh_endpoints`], so the two cannot drift.
+pub(crate) fn load_assignment(
+    index: &Index<'_>,
+    cluster_name: &str,
+    namespace: &str,
+    service: &str,
+    service_port: i32,
+) -> ClusterLoadAssignment {
+    let port_name = index
+        .service(namespace, service)
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.port == service_port))
+        .and_then(|p| p.name.as_deref())
+        .unwrap_or("");
+    let mut addrs: BTreeSet<(&str, u32)> = BTreeSet::new();
+    for slice in index.slices(namespace, service) {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u32::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            // An unknown readiness counts as ready, as Kubernetes says.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if a.parse::<std::net::IpAddr>().is_ok() {
+                    addrs.insert((a.as_str(), port));
+                }
+            }
+        }
+    }
+    let lb_endpoints: Vec<LbEndpoint> = addrs
+        .into_iter()
+        .map(|(a, p)| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket(a, p)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints: if lb_endpoints.is_empty() {
+            vec![]
+        } else {
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+/// A rule's backends as (cluster name, weight), merged by name: weight-0
+/// entries dropped, invalid ones pooled under [`INVALID_BACKEND_CLUSTER`].
+/// Registers every cluster used; `tcp` maps them to their plain-TCP form.
+pub(super) fn backend_weights(
+    rule: &ResolvedRule,
+    clusters: &mut BTreeSet<ClusterRef>,
+    tcp: bool,
+) -> Vec<(String, u32)> {
+    let mut weights: Vec<(String, u32)> = Vec::with_capacity(rule.backends.len());
+    for (target, weight) in &rule.backends {
+        if *weight == 0 {
+            continue;
+        }
+        let name = match target {
+            Ok(c) => {
+                let c = if tcp && c.http2 {
+                    std::borrow::Cow::Owned(c.without_http2())
+                } else {
+                    std::borrow::Cow::Borrowed(c)
+                };
+                let name = c.name().to_owned();
+                if !clusters.contains(c.as_ref()) {
+                    clusters.insert(c.into_owned());
+                }
+                name
+            }
+            Err(_) => INVALID_BACKEND_CLUSTER.to_owned(),
+        };
+        weights.push((name, *weight));
+    }
+    // Merge repeated clusters, in name order.
+    weights.sort_unstable();
+    weights.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            earlier.1 = earlier.1.saturating_add(later.1);
+        }
+        same
+    });
+    weights
+}
+
+fn cluster(c: &ClusterRef) -> Cluster {
+    let mut out = Cluster {
+        name: c.name().to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    if c.http2 {
+        let opts = HttpProtocolOptions {
+            upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        out.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&opts),
+        );
+    }
+    out
+}

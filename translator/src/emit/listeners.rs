@@ -1,0 +1,234 @@
+//! Envoy listeners, one per port, and their filter chains: an HTTP
+//! connection manager for HTTP and HTTPS listeners, a TCP proxy per
+//! TLS passthrough route.
+
+use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::{Emitter, ads, any, secrets, socket};
+use crate::attach::ResolvedRule;
+use crate::backend::ClusterRef;
+use crate::gateway::Protocol;
+use crate::output::GatewayResources;
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+    listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Emitter<'_, '_> {
+    /// The Envoy listener of `port`, serving `listeners` (the programmable
+    /// Gateway listeners on it, in spec order); its route configurations
+    /// and secrets go into `out`. None when nothing can be served there.
+    pub(super) fn listener(
+        &self,
+        port: i32,
+        listeners: &[usize],
+        out: &mut GatewayResources,
+        clusters: &mut BTreeSet<ClusterRef>,
+    ) -> Option<Listener> {
+        let port_u = u32::try_from(port).ok()?;
+        let first = &self.gateway.listeners[listeners[0]];
+        if first.protocol == Some(Protocol::Http) {
+            let name = format!("http-{port}");
+            out.routes
+                .push(self.route_config(&name, port, listeners, clusters));
+            Some(Listener {
+                name: name.clone(),
+                address: Some(socket(self.bind_address, port_u)),
+                filter_chains: vec![FilterChain {
+                    filters: vec![hcm(&name, &name)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        } else {
+            let chains = self.tls_chains(port, listeners, out, clusters);
+            if chains.is_empty() {
+                return None;
+            }
+            Some(Listener {
+                name: format!("https-{port}"),
+                address: Some(socket(self.bind_address, port_u)),
+                listener_filters: vec![ListenerFilter {
+                    name: "envoy.filters.listener.tls_inspector".to_owned(),
+                    config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                        &TlsInspector::default(),
+                    ))),
+                    ..Default::default()
+                }],
+                filter_chains: chains,
+                ..Default::default()
+            })
+        }
+    }
+
+    /// Filter chains of a TLS-family port: one per HTTPS listener (by its
+    /// hostname) and one per passthrough route (by the SNI names it owns).
+    fn tls_chains(
+        &self,
+        port: i32,
+        listeners: &[usize],
+        out: &mut GatewayResources,
+        clusters: &mut BTreeSet<ClusterRef>,
+    ) -> Vec<FilterChain> {
+        let mut chains = Vec::new();
+        // SNI name → owner; HTTPS listeners own their hostname outright.
+        let mut taken: BTreeSet<Option<String>> = BTreeSet::new();
+        for &li in listeners {
+            let l = &self.gateway.listeners[li];
+            if l.protocol != Some(Protocol::Https) {
+                continue;
+            }
+            taken.insert(l.hostname.clone());
+            let rc_name = format!("https-{port}-{}", l.name);
+            out.routes
+                .push(self.route_config(&rc_name, port, &[li], clusters));
+            out.secrets
+                .extend(l.certificates.iter().map(secrets::tls_certificate));
+            let tls = DownstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificate_sds_secret_configs: l
+                        .certificates
+                        .iter()
+                        .map(secrets::sds_config)
+                        .collect(),
+                    alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            chains.push(FilterChain {
+                name: format!("https-{port}-{}", l.name),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: l.hostname.iter().cloned().collect(),
+                    ..Default::default()
+                }),
+                filters: vec![hcm(&rc_name, &rc_name)],
+                transport_socket: Some(TransportSocket {
+                    name: "envoy.transport_sockets.tls".to_owned(),
+                    config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
+                }),
+                ..Default::default()
+            });
+        }
+        // Passthrough: each SNI name goes to the most specific listener that
+        // accepts it, and within it to the oldest route claiming it.
+        let mut sni: BTreeMap<String, usize> = BTreeMap::new();
+        for a in self.attachments {
+            if !listeners.contains(&a.listener) {
+                continue;
+            }
+            let l = &self.gateway.listeners[a.listener];
+            if l.protocol != Some(Protocol::TlsPassthrough) {
+                continue;
+            }
+            for h in &a.hostnames {
+                if h == "*"
+                    || taken.contains(&Some(h.clone()))
+                    || !self.owns(listeners, a.listener, h)
+                {
+                    continue;
+                }
+                let entry = sni.entry(h.clone()).or_insert(a.route);
+                if self.routes[a.route].route.age_key() < self.routes[*entry].route.age_key() {
+                    *entry = a.route;
+                }
+            }
+        }
+        let mut by_route: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (h, r) in sni {
+            by_route.entry(r).or_default().push(h);
+        }
+        for (ri, names) in by_route {
+            let rr = &self.routes[ri];
+            let key = &rr.route.key;
+            let stat = format!("tls-{port}-{}-{}", key.namespace, key.name);
+            let spec = match rr.rules.first() {
+                Some(rule) => tcp_target(rule, clusters),
+                None => tcp_proxy::ClusterSpecifier::Cluster(INVALID_BACKEND_CLUSTER.to_owned()),
+            };
+            let proxy = TcpProxy {
+                stat_prefix: stat.clone(),
+                cluster_specifier: Some(spec),
+                ..Default::default()
+            };
+            chains.push(FilterChain {
+                name: stat,
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: names,
+                    ..Default::default()
+                }),
+                filters: vec![NetworkFilter {
+                    name: "envoy.filters.network.tcp_proxy".to_owned(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
+                }],
+                ..Default::default()
+            });
+        }
+        chains
+    }
+}
+
+fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
+    let router = HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
+        ..Default::default()
+    };
+    let manager = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_config.to_owned(),
+        })),
+        http_filters: vec![router],
+        // Backends with appProtocol kubernetes.io/ws take WebSocket upgrades.
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_owned(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    NetworkFilter {
+        name: "envoy.filters.network.http_connection_manager".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
+    }
+}
+
+fn tcp_target(
+    rule: &ResolvedRule,
+    clusters: &mut BTreeSet<ClusterRef>,
+) -> tcp_proxy::ClusterSpecifier {
+    let weights = backend_weights(rule, clusters, true);
+    if weights.len() <= 1 {
+        let name = weights
+            .into_iter()
+            .next()
+            .map_or_else(|| INVALID_BACKEND_CLUSTER.to_owned(), |(n, _)| n);
+        return tcp_proxy::ClusterSpecifier::Cluster(name);
+    }
+    tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+        clusters: weights
+            .into_iter()
+            .map(
+                |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                    name,
+                    weight,
+                    ..Default::default()
+                },
+            )
+            .collect(),
+    })
+}

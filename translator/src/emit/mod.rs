@@ -1,0 +1,104 @@
+//! Emits the Envoy resources of one Gateway from its listeners and
+//! attachments, one module per kind of Envoy resource: listeners and their
+//! filter chains, route configurations, clusters and their endpoints, and
+//! SDS secrets.
+
+mod clusters;
+mod listeners;
+mod routes;
+mod secrets;
+
+pub use clusters::INVALID_BACKEND_CLUSTER;
+pub(crate) use clusters::load_assignment;
+
+use crate::attach::{Attachment, ResolvedRoute};
+use crate::backend::ClusterRef;
+use crate::gateway::GatewayInfo;
+use crate::hostname;
+use crate::index::Index;
+use crate::output::GatewayResources;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
+    config_source, socket_address,
+};
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `m` packed as a protobuf `Any`, as Envoy takes typed configuration.
+fn any<M: prost::Message + prost::Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// The config source of every resource Gatewright serves: ADS, xDS v3.
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+/// A TCP socket address.
+fn socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The per-Gateway context of emission.
+pub(crate) struct Emitter<'a, 'i> {
+    pub(crate) gateway: &'a GatewayInfo<'i>,
+    pub(crate) routes: &'a [ResolvedRoute],
+    pub(crate) attachments: &'a [Attachment],
+    pub(crate) bind_address: &'a str,
+    pub(crate) index: &'a Index<'i>,
+}
+
+impl Emitter<'_, '_> {
+    /// The Gateway's Envoy resources, each list sorted by name.
+    pub(crate) fn emit(&self) -> GatewayResources {
+        let mut out = GatewayResources::default();
+        let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
+        // Programmable listeners by port, in spec order within a port.
+        let mut ports: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (i, l) in self.gateway.listeners.iter().enumerate() {
+            if l.programmable() {
+                ports.entry(l.port).or_default().push(i);
+            }
+        }
+        for (&port, listeners) in &ports {
+            if let Some(listener) = self.listener(port, listeners, &mut out, &mut clusters) {
+                out.listeners.push(listener);
+            }
+        }
+        self.push_clusters(&clusters, &mut out);
+        out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        out.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        out.secrets.dedup_by(|a, b| a.name == b.name);
+        out
+    }
+
+    /// Whether `listener` is the most specific of `listeners` accepting `host`.
+    fn owns(&self, listeners: &[usize], listener: usize, host: &str) -> bool {
+        let best = listeners
+            .iter()
+            .filter(|&&i| self.gateway.listeners[i].accepts_host(host))
+            .max_by_key(|&&i| {
+                (
+                    hostname::specificity(self.gateway.listeners[i].hostname.as_deref()),
+                    std::cmp::Reverse(i),
+                )
+            });
+        best == Some(&listener)
+    }
+}

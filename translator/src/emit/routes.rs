@@ -1,0 +1,479 @@
+//! Route configurations (RDS): one virtual host per served hostname, one
+//! Envoy route per rule match, with the rule's filters as route actions.
+
+use super::Emitter;
+use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use crate::attach::ResolvedRule;
+use crate::backend::ClusterRef;
+use crate::hostname;
+use crate::model::{
+    Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, ValueMatch, regex_escape,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, RuntimeFractionalPercent, header_value_option,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
+    query_parameter_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Emitter<'_, '_> {
+    /// The route configuration serving `listeners` (all on `port`).
+    pub(super) fn route_config(
+        &self,
+        name: &str,
+        port: i32,
+        listeners: &[usize],
+        clusters: &mut BTreeSet<ClusterRef>,
+    ) -> RouteConfiguration {
+        // Every hostname a route serves here, and every listener hostname,
+        // gets a virtual host (a listener hostname always has its own, so
+        // requests for it never fall through to a wildcard listener).
+        let mut domains: BTreeSet<&str> = BTreeSet::new();
+        // (listener, route, hostname) for each hostname an attachment serves,
+        // split into exact names (looked up directly) and wildcards.
+        let mut exact: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut wild: Vec<(&str, usize, usize)> = Vec::new();
+        for &li in listeners {
+            if let Some(h) = &self.gateway.listeners[li].hostname {
+                domains.insert(h);
+            }
+        }
+        for a in self
+            .attachments
+            .iter()
+            .filter(|a| listeners.contains(&a.listener))
+        {
+            for h in &a.hostnames {
+                if !self.owns(listeners, a.listener, h) {
+                    continue;
+                }
+                domains.insert(h);
+                if h.starts_with('*') {
+                    wild.push((h, a.listener, a.route));
+                } else {
+                    exact.entry(h).or_default().push((a.listener, a.route));
+                }
+            }
+        }
+        let virtual_hosts = domains
+            .into_iter()
+            .map(|domain| {
+                // Only the listener owning this domain serves it (listener
+                // isolation); within it, every route whose hostname covers
+                // the domain, routes of more specific hostnames first.
+                let owner = listeners
+                    .iter()
+                    .copied()
+                    .find(|&li| self.owns(listeners, li, domain));
+                let mut candidates: Vec<(&str, usize)> = exact
+                    .get(domain)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(li, _)| Some(*li) == owner)
+                    .map(|&(_, ri)| (domain, ri))
+                    .collect();
+                candidates.extend(
+                    wild.iter()
+                        .filter(|(h, li, _)| {
+                            Some(*li) == owner
+                                && (*h == "*"
+                                    || hostname::intersect(h, domain).as_deref() == Some(domain))
+                        })
+                        .map(|&(h, _, ri)| (h, ri)),
+                );
+                let mut entries = Vec::new();
+                for (h, ri) in candidates {
+                    let route = &self.routes[ri].route;
+                    for (rule_i, rule) in route.rules.iter().enumerate() {
+                        for (mi, m) in rule.matches.iter().enumerate() {
+                            entries.push((
+                                (host_rank(h), &m.precedence, route.age_key()),
+                                ri,
+                                rule_i,
+                                mi,
+                            ));
+                        }
+                    }
+                }
+                entries.sort();
+                // A route reaches a domain through several of its hostnames
+                // only when it has more than one candidate entry here; keep
+                // its most specific one.
+                if entries.len() > 1 {
+                    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+                    entries.retain(|&(_, ri, rule_i, mi)| seen.insert((ri, rule_i, mi)));
+                }
+                let mut routes = Vec::with_capacity(entries.len());
+                for &(_, ri, rule_i, mi) in &entries {
+                    routes.push(self.route(port, ri, rule_i, mi, clusters));
+                }
+                VirtualHost {
+                    name: domain.to_owned(),
+                    domains: vec![domain.to_owned()],
+                    routes,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        RouteConfiguration {
+            name: name.to_owned(),
+            virtual_hosts,
+            // Invalid backends point at a cluster that never exists.
+            validate_clusters: Some(BoolValue { value: false }),
+            // Hostnames match whatever port a client puts in Host, and the
+            // backend still sees the Host header as sent.
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        }
+    }
+
+    fn route(
+        &self,
+        port: i32,
+        ri: usize,
+        rule_i: usize,
+        mi: usize,
+        clusters: &mut BTreeSet<ClusterRef>,
+    ) -> Route {
+        let rr = &self.routes[ri];
+        let rule = &rr.route.rules[rule_i];
+        let resolved = &rr.rules[rule_i];
+        let m = &rule.matches[mi];
+        let mut out = Route {
+            name: route_name(rr.route.kind, &rr.route.key, rule_i, mi),
+            r#match: Some(route_match(m)),
+            ..Default::default()
+        };
+        let mut rewrite = None;
+        let mut redirect = None;
+        for f in &rule.filters {
+            match f {
+                Filter::RequestHeaders(h) => {
+                    let (add, remove) = header_ops(h);
+                    out.request_headers_to_add.extend(add);
+                    out.request_headers_to_remove.extend(remove);
+                }
+                Filter::ResponseHeaders(h) => {
+                    let (add, remove) = header_ops(h);
+                    out.response_headers_to_add.extend(add);
+                    out.response_headers_to_remove.extend(remove);
+                }
+                Filter::Redirect { .. } => {
+                    redirect.get_or_insert(f);
+                }
+                Filter::Rewrite { .. } => {
+                    rewrite.get_or_insert(f);
+                }
+                Filter::Mirror { .. } => {}
+            }
+        }
+        out.action = Some(match redirect {
+            Some(Filter::Redirect {
+                scheme,
+                hostname,
+                port: to_port,
+                path,
+                status,
+            }) => route::Action::Redirect(redirect_action(
+                port, &m.path, scheme, hostname, *to_port, path, *status,
+            )),
+            _ => match route_action(resolved, clusters) {
+                Some(mut action) => {
+                    if let Some(Filter::Rewrite { hostname, path }) = rewrite {
+                        if let Some(h) = hostname {
+                            action.host_rewrite_specifier = Some(
+                                route_action::HostRewriteSpecifier::HostRewriteLiteral(h.clone()),
+                            );
+                        }
+                        apply_path_rewrite(&mut action, &m.path, path.as_ref());
+                    }
+                    for (c, fraction) in &resolved.mirrors {
+                        if !clusters.contains(c) {
+                            clusters.insert(c.clone());
+                        }
+                        action
+                            .request_mirror_policies
+                            .push(route_action::RequestMirrorPolicy {
+                                cluster: c.name().to_owned(),
+                                runtime_fraction: fraction.map(|(n, d)| RuntimeFractionalPercent {
+                                    default_value: Some(fraction_percent(n, d)),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            });
+                    }
+                    route::Action::Route(action)
+                }
+                None => route::Action::DirectResponse(DirectResponseAction {
+                    status: 500,
+                    ..Default::default()
+                }),
+            },
+        });
+        out
+    }
+}
+
+fn exact(value: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())),
+        ignore_case: false,
+    }
+}
+
+fn regex(value: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: value.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn value_matcher(m: &ValueMatch) -> StringMatcher {
+    if m.regex {
+        StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex(&m.value))),
+            ignore_case: false,
+        }
+    } else {
+        exact(&m.value)
+    }
+}
+
+/// Precedence of the route hostname a request matched, smaller first:
+/// exact names, longest first; then wildcards, longest first; then routes
+/// without hostnames.
+fn host_rank(h: &str) -> (u8, std::cmp::Reverse<usize>) {
+    match h {
+        "*" => (2, std::cmp::Reverse(0)),
+        w if w.starts_with('*') => (1, std::cmp::Reverse(w.len())),
+        e => (0, std::cmp::Reverse(e.len())),
+    }
+}
+
+/// `<kind>/<namespace>/<name>/rule/<i>/match/<j>`, built in one allocation:
+/// there is one per Envoy route.
+fn route_name(kind: RouteKind, key: &crate::input::ObjectKey, rule: usize, m: usize) -> String {
+    use std::fmt::Write as _;
+    let slug = kind_slug(kind);
+    let mut name = String::with_capacity(slug.len() + key.namespace.len() + key.name.len() + 40);
+    let _ = write!(
+        name,
+        "{slug}/{}/{}/rule/{rule}/match/{m}",
+        key.namespace, key.name
+    );
+    name
+}
+
+fn kind_slug(k: RouteKind) -> &'static str {
+    match k {
+        RouteKind::Http => "httproute",
+        RouteKind::Grpc => "grpcroute",
+        RouteKind::Tls => "tlsroute",
+    }
+}
+
+fn fraction_percent(n: u32, d: u32) -> FractionalPercent {
+    // Envoy's denominators are 100, 10,000 and 1,000,000: scale to millionths.
+    let millionths = (u64::from(n) * 1_000_000 / u64::from(d.max(1))).min(1_000_000);
+    FractionalPercent {
+        numerator: u32::try_from(millionths).unwrap_or(1_000_000),
+        denominator: fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+fn route_match(m: &Match) -> RouteMatch {
+    let path = match &m.path {
+        PathMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
+        PathMatch::Prefix(p) if p == "/" => route_match::PathSpecifier::Prefix(p.clone()),
+        PathMatch::Prefix(p) => route_match::PathSpecifier::PathSeparatedPrefix(p.clone()),
+        PathMatch::RawPrefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
+        PathMatch::Regex(r) => route_match::PathSpecifier::SafeRegex(regex(r)),
+    };
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|h| HeaderMatcher {
+            name: h.name.clone(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                value_matcher(h),
+            )),
+            ..Default::default()
+        })
+        .collect();
+    if let Some(method) = &m.method {
+        headers.push(HeaderMatcher {
+            name: ":method".to_owned(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                method,
+            ))),
+            ..Default::default()
+        });
+    }
+    RouteMatch {
+        path_specifier: Some(path),
+        headers,
+        query_parameters: m
+            .query
+            .iter()
+            .map(|q| QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: Some(
+                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        value_matcher(q),
+                    ),
+                ),
+            })
+            .collect(),
+        grpc: m.grpc.then(route_match::GrpcRouteMatchOptions::default),
+        ..Default::default()
+    }
+}
+
+fn header_ops(h: &HeaderModifier) -> (Vec<HeaderValueOption>, Vec<String>) {
+    let opt = |(k, v): &(String, String), action: header_value_option::HeaderAppendAction| {
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.to_ascii_lowercase(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        }
+    };
+    let mut add: Vec<HeaderValueOption> = h
+        .set
+        .iter()
+        .map(|kv| {
+            opt(
+                kv,
+                header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )
+        })
+        .collect();
+    add.extend(h.add.iter().map(|kv| {
+        opt(
+            kv,
+            header_value_option::HeaderAppendAction::AppendIfExistsOrAdd,
+        )
+    }));
+    (
+        add,
+        h.remove.iter().map(|r| r.to_ascii_lowercase()).collect(),
+    )
+}
+
+/// The route action for a rule's backends, or None when every request must
+/// get a 500 (no backends, all weights zero, or nothing valid to send to).
+fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Option<RouteAction> {
+    let mut weights = backend_weights(rule, clusters, false);
+    if weights.iter().all(|(k, _)| k == INVALID_BACKEND_CLUSTER) {
+        return None;
+    }
+    let specifier = if let [(name, _)] = weights.as_mut_slice() {
+        route_action::ClusterSpecifier::Cluster(std::mem::take(name))
+    } else {
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: weights
+                .into_iter()
+                .map(|(name, w)| weighted_cluster::ClusterWeight {
+                    name,
+                    weight: Some(UInt32Value { value: w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    Some(RouteAction {
+        cluster_specifier: Some(specifier),
+        cluster_not_found_response_code:
+            route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
+        ..Default::default()
+    })
+}
+
+fn redirect_action(
+    listener_port: i32,
+    matched: &PathMatch,
+    scheme: &Option<String>,
+    hostname: &Option<String>,
+    port: Option<i32>,
+    path: &Option<PathModifier>,
+    status: Option<i64>,
+) -> RedirectAction {
+    let response_code = match status {
+        Some(301) => redirect_action::RedirectResponseCode::MovedPermanently,
+        Some(303) => redirect_action::RedirectResponseCode::SeeOther,
+        Some(307) => redirect_action::RedirectResponseCode::TemporaryRedirect,
+        Some(308) => redirect_action::RedirectResponseCode::PermanentRedirect,
+        _ => redirect_action::RedirectResponseCode::Found,
+    };
+    // The spec's port rule: an explicit port wins; with a scheme, the
+    // scheme's well-known port (Envoy then leaves it out); without either,
+    // the listener's port, left out when it is the well-known one.
+    let port_redirect = match (port, scheme) {
+        (Some(p), _) => u32::try_from(p).unwrap_or(0),
+        (None, Some(_)) => 0,
+        (None, None) if listener_port == 80 || listener_port == 443 => 0,
+        (None, None) => u32::try_from(listener_port).unwrap_or(0),
+    };
+    let path_rewrite_specifier = match (path, matched) {
+        (Some(PathModifier::Full(p)), _) => Some(
+            redirect_action::PathRewriteSpecifier::PathRedirect(p.clone()),
+        ),
+        (Some(PathModifier::Prefix(p)), PathMatch::Prefix(_)) => Some(
+            redirect_action::PathRewriteSpecifier::PrefixRewrite(p.clone()),
+        ),
+        _ => None,
+    };
+    RedirectAction {
+        scheme_rewrite_specifier: scheme
+            .clone()
+            .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+        host_redirect: hostname.clone().unwrap_or_default(),
+        port_redirect,
+        path_rewrite_specifier,
+        response_code: response_code as i32,
+        ..Default::default()
+    }
+}
+
+fn apply_path_rewrite(action: &mut RouteAction, matched: &PathMatch, path: Option<&PathModifier>) {
+    match (path, matched) {
+        (Some(PathModifier::Full(p)), _) => {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex("^/.*$")),
+                substitution: p.clone(),
+            });
+        }
+        (Some(PathModifier::Prefix(p)), PathMatch::Prefix(prefix)) => {
+            let replacement = p.trim_end_matches('/');
+            if prefix == "/" {
+                // Prefix "/" matched with a plain prefix: keep the slash that
+                // separates the replacement from the rest of the path.
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex("^/")),
+                    substitution: format!("{replacement}/"),
+                });
+            } else if replacement.is_empty() {
+                // Replacing a prefix with "/" must not leave "//" behind.
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex(&format!("^{}/*", regex_escape(prefix)))),
+                    substitution: "/".to_owned(),
+                });
+            } else {
+                action.prefix_rewrite = replacement.to_owned();
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,801 @@
+//! Conversions between each route kind's API types and the shared model:
+//! routes into [`Route`], parent statuses back into each kind's status type.
+//! The kinds have distinct Rust types with the same fields; small traits
+//! read those fields once per type, so the defaults and checks are written
+//! once for all kinds.
+
+use super::{
+    BackendRef, Filter, HeaderModifier, Match, ParentRef, PathMatch, PathModifier, Precedence,
+    Route, RouteKind, Rule, ValueMatch, regex_escape,
+};
+use crate::api::grpcroutes::{
+    GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
+    GrpcRouteRulesFiltersRequestHeaderModifier, GrpcRouteRulesFiltersRequestMirror,
+    GrpcRouteRulesFiltersRequestMirrorBackendRef, GrpcRouteRulesFiltersResponseHeaderModifier,
+    GrpcRouteRulesFiltersType, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
+    GrpcRouteRulesMatchesMethodType, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+};
+use crate::api::httproutes::{
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesFiltersRequestMirror,
+    HttpRouteRulesFiltersRequestMirrorBackendRef, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
+    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
+use crate::api::tlsroutes::{
+    TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
+    TlsRouteStatusParentsParentRef,
+};
+use crate::index::GATEWAY_GROUP;
+use crate::input::ObjectKey;
+use crate::unsupported::Field;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+
+/// A parentRef as written, borrowed: every route kind has its own parentRef
+/// type, all with these fields.
+struct ParentRefFields<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    section_name: Option<&'a str>,
+    port: Option<i32>,
+}
+
+/// A route kind's parentRef type.
+trait ApiParentRef {
+    /// Its fields, as written.
+    fn fields(&self) -> ParentRefFields<'_>;
+}
+
+impl ApiParentRef for HttpRouteParentRefs {
+    fn fields(&self) -> ParentRefFields<'_> {
+        ParentRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            section_name: self.section_name.as_deref(),
+            port: self.port,
+        }
+    }
+}
+
+impl ApiParentRef for GrpcRouteParentRefs {
+    fn fields(&self) -> ParentRefFields<'_> {
+        ParentRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            section_name: self.section_name.as_deref(),
+            port: self.port,
+        }
+    }
+}
+
+impl ApiParentRef for TlsRouteParentRefs {
+    fn fields(&self) -> ParentRefFields<'_> {
+        ParentRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            section_name: self.section_name.as_deref(),
+            port: self.port,
+        }
+    }
+}
+
+impl ParentRef {
+    /// `p`, written in a route in namespace `route_ns`, with the spec's
+    /// defaults applied.
+    fn new(p: ParentRefFields<'_>, route_ns: &str) -> Self {
+        Self {
+            group: p.group.unwrap_or(GATEWAY_GROUP).to_owned(),
+            kind: p.kind.unwrap_or("Gateway").to_owned(),
+            namespace: p.namespace.unwrap_or(route_ns).to_owned(),
+            name: p.name.to_owned(),
+            section_name: p.section_name.map(str::to_owned),
+            port: p.port,
+        }
+    }
+}
+
+/// A backendRef as written, borrowed: the route kinds' backendRef types and
+/// their mirror filters' backendRef types all have these fields (a mirror's
+/// has no weight).
+struct BackendRefFields<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+/// A route kind's backendRef type, or its mirror filter's.
+trait ApiBackendRef {
+    /// Its fields, as written.
+    fn fields(&self) -> BackendRefFields<'_>;
+}
+
+impl ApiBackendRef for HttpRouteRulesBackendRefs {
+    fn fields(&self) -> BackendRefFields<'_> {
+        BackendRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            port: self.port,
+            weight: self.weight,
+        }
+    }
+}
+
+impl ApiBackendRef for GrpcRouteRulesBackendRefs {
+    fn fields(&self) -> BackendRefFields<'_> {
+        BackendRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            port: self.port,
+            weight: self.weight,
+        }
+    }
+}
+
+impl ApiBackendRef for TlsRouteRulesBackendRefs {
+    fn fields(&self) -> BackendRefFields<'_> {
+        BackendRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            port: self.port,
+            weight: self.weight,
+        }
+    }
+}
+
+impl ApiBackendRef for HttpRouteRulesFiltersRequestMirrorBackendRef {
+    fn fields(&self) -> BackendRefFields<'_> {
+        BackendRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            port: self.port,
+            weight: None,
+        }
+    }
+}
+
+impl ApiBackendRef for GrpcRouteRulesFiltersRequestMirrorBackendRef {
+    fn fields(&self) -> BackendRefFields<'_> {
+        BackendRefFields {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+            port: self.port,
+            weight: None,
+        }
+    }
+}
+
+impl BackendRef {
+    /// `b`, written in a route in namespace `route_ns`, with the spec's
+    /// defaults applied.
+    fn new(b: BackendRefFields<'_>, route_ns: &str) -> Self {
+        Self {
+            group: b.group.unwrap_or_default().to_owned(),
+            kind: b.kind.unwrap_or("Service").to_owned(),
+            namespace: b.namespace.unwrap_or(route_ns).to_owned(),
+            name: b.name.to_owned(),
+            port: b.port,
+            // The API caps weights at 1,000,000; so does Gatewright, so sums
+            // of up to 16 backends stay far from overflow.
+            weight: u32::try_from(b.weight.unwrap_or(1))
+                .unwrap_or(0)
+                .min(1_000_000),
+        }
+    }
+}
+
+/// A rule's backendRefs, written in a route in namespace `route_ns`.
+fn backends<'a, B: ApiBackendRef + 'a>(
+    refs: impl IntoIterator<Item = &'a B>,
+    route_ns: &str,
+) -> Vec<BackendRef> {
+    refs.into_iter()
+        .map(|b| BackendRef::new(b.fields(), route_ns))
+        .collect()
+}
+
+impl HeaderModifier {
+    /// A header modifier from its `set` and `add` (name, value) pairs and its
+    /// `remove` names, as every kind's modifier types hold them.
+    fn new<'a>(
+        set: impl Iterator<Item = (&'a String, &'a String)>,
+        add: impl Iterator<Item = (&'a String, &'a String)>,
+        remove: impl Iterator<Item = &'a String>,
+    ) -> Self {
+        Self {
+            set: set.map(|(n, v)| (n.clone(), v.clone())).collect(),
+            add: add.map(|(n, v)| (n.clone(), v.clone())).collect(),
+            remove: remove.cloned().collect(),
+        }
+    }
+}
+
+impl From<&HttpRouteRulesFiltersRequestHeaderModifier> for HeaderModifier {
+    fn from(m: &HttpRouteRulesFiltersRequestHeaderModifier) -> Self {
+        Self::new(
+            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.remove.iter().flatten(),
+        )
+    }
+}
+
+impl From<&HttpRouteRulesFiltersResponseHeaderModifier> for HeaderModifier {
+    fn from(m: &HttpRouteRulesFiltersResponseHeaderModifier) -> Self {
+        Self::new(
+            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.remove.iter().flatten(),
+        )
+    }
+}
+
+impl From<&GrpcRouteRulesFiltersRequestHeaderModifier> for HeaderModifier {
+    fn from(m: &GrpcRouteRulesFiltersRequestHeaderModifier) -> Self {
+        Self::new(
+            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.remove.iter().flatten(),
+        )
+    }
+}
+
+impl From<&GrpcRouteRulesFiltersResponseHeaderModifier> for HeaderModifier {
+    fn from(m: &GrpcRouteRulesFiltersResponseHeaderModifier) -> Self {
+        Self::new(
+            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.remove.iter().flatten(),
+        )
+    }
+}
+
+/// A RequestMirror filter as written, borrowed.
+struct MirrorFields<'a> {
+    backend_ref: BackendRefFields<'a>,
+    percent: Option<i32>,
+    /// (numerator, denominator).
+    fraction: Option<(i32, Option<i32>)>,
+}
+
+/// A route kind's RequestMirror filter type.
+trait ApiMirror {
+    /// Its fields, as written.
+    fn fields(&self) -> MirrorFields<'_>;
+}
+
+impl ApiMirror for HttpRouteRulesFiltersRequestMirror {
+    fn fields(&self) -> MirrorFields<'_> {
+        MirrorFields {
+            backend_ref: self.backend_ref.fields(),
+            percent: self.percent,
+            fraction: self.fraction.as_ref().map(|f| (f.numerator, f.denominator)),
+        }
+    }
+}
+
+impl ApiMirror for GrpcRouteRulesFiltersRequestMirror {
+    fn fields(&self) -> MirrorFields<'_> {
+        MirrorFields {
+            backend_ref: self.backend_ref.fields(),
+            percent: self.percent,
+            fraction: self.fraction.as_ref().map(|f| (f.numerator, f.denominator)),
+        }
+    }
+}
+
+impl Filter {
+    /// The RequestMirror filter `m` of a route in namespace `route_ns`.
+    fn mirror(m: &impl ApiMirror, route_ns: &str) -> Self {
+        let m = m.fields();
+        let fraction = match (m.percent, m.fraction) {
+            (Some(p), _) => Some((u32::try_from(p).unwrap_or(0).min(100), 100)),
+            (None, Some((numerator, denominator))) => Some((
+                u32::try_from(numerator).unwrap_or(0),
+                u32::try_from(denominator.unwrap_or(100))
+                    .unwrap_or(100)
+                    .max(1),
+            )),
+            (None, None) => None,
+        };
+        Self::Mirror {
+            backend: BackendRef::new(m.backend_ref, route_ns),
+            fraction,
+        }
+    }
+}
+
+impl Route {
+    /// A route of `kind` from its metadata, parentRefs and converted parts,
+    /// checked (see [`Route::validated`]).
+    fn new(
+        kind: RouteKind,
+        meta: &ObjectMeta,
+        hostnames: Vec<String>,
+        parent_refs: &[impl ApiParentRef],
+        rules: Vec<Rule>,
+        unsupported: Vec<String>,
+    ) -> Self {
+        let (key, generation, created) = meta_parts(meta);
+        let parents = parent_refs
+            .iter()
+            .map(|p| ParentRef::new(p.fields(), &key.namespace))
+            .collect();
+        Self {
+            kind,
+            key,
+            generation,
+            created,
+            hostnames,
+            parents,
+            rules,
+            unsupported,
+        }
+        .validated()
+    }
+}
+
+fn meta_parts(meta: &ObjectMeta) -> (ObjectKey, Option<i64>, Option<Timestamp>) {
+    (
+        ObjectKey::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        ),
+        meta.generation,
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+    )
+}
+
+/// The messages of a route's unimplemented fields.
+fn messages(fields: &[Field]) -> Vec<String> {
+    fields.iter().map(Field::to_string).collect()
+}
+
+/// The messages of rule `ri`'s unimplemented fields.
+fn rule_messages(ri: usize, fields: Vec<Field>) -> impl Iterator<Item = String> {
+    fields.into_iter().map(move |f| format!("rule {ri}: {f}"))
+}
+
+/// Keeps the first match per header name (names compare case-insensitively).
+fn dedup_headers(list: &mut Vec<ValueMatch>) {
+    let mut seen = std::collections::HashSet::new();
+    list.retain(|h| seen.insert(h.name.clone()));
+}
+
+impl From<&HttpRoute> for Route {
+    fn from(r: &HttpRoute) -> Self {
+        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
+        let mut unsupported = messages(&crate::unsupported::http_route(r));
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(ri, rule)| http_rule(ri, rule, ns, &mut unsupported))
+            .collect();
+        Self::new(
+            RouteKind::Http,
+            &r.metadata,
+            r.spec.hostnames.clone().unwrap_or_default(),
+            r.spec.parent_refs.as_deref().unwrap_or_default(),
+            rules,
+            unsupported,
+        )
+    }
+}
+
+/// Rule `ri` of an HTTPRoute in namespace `ns`; what it asks for that
+/// Gatewright does not implement is added to `unsupported`.
+fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<String>) -> Rule {
+    let mut matches: Vec<Match> = rule.matches.iter().flatten().map(Match::from).collect();
+    if matches.is_empty() {
+        matches.push(Match {
+            path: PathMatch::Prefix("/".to_owned()),
+            method: None,
+            headers: vec![],
+            query: vec![],
+            grpc: false,
+            precedence: Precedence::Http(
+                1,
+                std::cmp::Reverse(1),
+                true,
+                std::cmp::Reverse(0),
+                std::cmp::Reverse(0),
+            ),
+        });
+    }
+    let mut filters = Vec::new();
+    for f in rule.filters.iter().flatten() {
+        match f.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                if let Some(m) = &f.request_header_modifier {
+                    filters.push(Filter::RequestHeaders(m.into()));
+                }
+            }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                if let Some(m) = &f.response_header_modifier {
+                    filters.push(Filter::ResponseHeaders(m.into()));
+                }
+            }
+            HttpRouteRulesFiltersType::RequestRedirect => {
+                if let Some(rd) = &f.request_redirect {
+                    filters.push(Filter::Redirect {
+                        scheme: rd.scheme.as_ref().map(|s| {
+                            match s {
+                                HttpRouteRulesFiltersRequestRedirectScheme::Http => "http",
+                                HttpRouteRulesFiltersRequestRedirectScheme::Https => "https",
+                            }
+                            .to_owned()
+                        }),
+                        hostname: rd.hostname.clone(),
+                        port: rd.port,
+                        path: rd.path.as_ref().and_then(|p| match p.r#type {
+                            HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
+                                p.replace_full_path.clone().map(PathModifier::Full)
+                            }
+                            HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
+                                p.replace_prefix_match.clone().map(PathModifier::Prefix)
+                            }
+                        }),
+                        status: rd.status_code,
+                    });
+                }
+            }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                if let Some(rw) = &f.url_rewrite {
+                    filters.push(Filter::Rewrite {
+                        hostname: rw.hostname.clone(),
+                        path: rw.path.as_ref().and_then(|p| match p.r#type {
+                            HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
+                                p.replace_full_path.clone().map(PathModifier::Full)
+                            }
+                            HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
+                                p.replace_prefix_match.clone().map(PathModifier::Prefix)
+                            }
+                        }),
+                    });
+                }
+            }
+            HttpRouteRulesFiltersType::RequestMirror => {
+                if let Some(m) = &f.request_mirror {
+                    filters.push(Filter::mirror(m, ns));
+                }
+            }
+            HttpRouteRulesFiltersType::ExtensionRef => {
+                unsupported.push(format!("rule {ri}: {}", Field::ExtensionRefFilter));
+            }
+            HttpRouteRulesFiltersType::Cors => {
+                unsupported.push(format!("rule {ri}: {}", Field::CorsFilter));
+            }
+            HttpRouteRulesFiltersType::ExternalAuth => {
+                unsupported.push(format!("rule {ri}: {}", Field::ExternalAuthFilter));
+            }
+        }
+    }
+    unsupported.extend(rule_messages(ri, crate::unsupported::http_rule(rule)));
+    Rule {
+        matches,
+        filters,
+        backends: backends(rule.backend_refs.iter().flatten(), ns),
+    }
+}
+
+impl From<&HttpRouteRulesMatches> for Match {
+    fn from(m: &HttpRouteRulesMatches) -> Self {
+        let path = m.path.as_ref().map_or_else(
+            || PathMatch::Prefix("/".to_owned()),
+            |p| http_path(p.r#type.as_ref(), p.value.as_deref()),
+        );
+        let mut headers: Vec<ValueMatch> = m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| ValueMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+                regex: matches!(
+                    h.r#type,
+                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+                ),
+            })
+            .collect();
+        dedup_headers(&mut headers);
+        let mut query: Vec<ValueMatch> = m
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| ValueMatch {
+                name: q.name.clone(),
+                value: q.value.clone(),
+                regex: matches!(
+                    q.r#type,
+                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+                ),
+            })
+            .collect();
+        // Query parameter names are case-sensitive; first one wins.
+        let mut seen = std::collections::HashSet::new();
+        query.retain(|q| seen.insert(q.name.clone()));
+        let method = m.method.as_ref().and_then(|m| {
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+        });
+        let (rank, len) = match &path {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Prefix(p) | PathMatch::RawPrefix(p) => (1, p.len()),
+            PathMatch::Regex(p) => (2, p.len()),
+        };
+        let precedence = Precedence::Http(
+            rank,
+            std::cmp::Reverse(len),
+            method.is_none(),
+            std::cmp::Reverse(headers.len()),
+            std::cmp::Reverse(query.len()),
+        );
+        Self {
+            path,
+            method,
+            headers,
+            query,
+            grpc: false,
+            precedence,
+        }
+    }
+}
+
+fn http_path(kind: Option<&HttpRouteRulesMatchesPathType>, value: Option<&str>) -> PathMatch {
+    let value = value.unwrap_or("/");
+    match kind.unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix) {
+        HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value.to_owned()),
+        HttpRouteRulesMatchesPathType::RegularExpression => PathMatch::Regex(value.to_owned()),
+        HttpRouteRulesMatchesPathType::PathPrefix => {
+            // A trailing slash does not change a segment-aware prefix.
+            let trimmed = value.trim_end_matches('/');
+            PathMatch::Prefix(if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            })
+        }
+    }
+}
+
+impl From<&GrpcRoute> for Route {
+    fn from(r: &GrpcRoute) -> Self {
+        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
+        let mut unsupported = messages(&crate::unsupported::grpc_route(r));
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(ri, rule)| grpc_rule(ri, rule, ns, &mut unsupported))
+            .collect();
+        Self::new(
+            RouteKind::Grpc,
+            &r.metadata,
+            r.spec.hostnames.clone().unwrap_or_default(),
+            r.spec.parent_refs.as_deref().unwrap_or_default(),
+            rules,
+            unsupported,
+        )
+    }
+}
+
+/// Rule `ri` of a GRPCRoute in namespace `ns`; what it asks for that
+/// Gatewright does not implement is added to `unsupported`.
+fn grpc_rule(ri: usize, rule: &GrpcRouteRules, ns: &str, unsupported: &mut Vec<String>) -> Rule {
+    let mut matches: Vec<Match> = rule.matches.iter().flatten().map(Match::from).collect();
+    if matches.is_empty() {
+        matches.push(Match {
+            path: PathMatch::RawPrefix("/".to_owned()),
+            method: None,
+            headers: vec![],
+            query: vec![],
+            grpc: true,
+            precedence: Precedence::Grpc(
+                std::cmp::Reverse(0),
+                std::cmp::Reverse(0),
+                std::cmp::Reverse(0),
+            ),
+        });
+    }
+    let mut filters = Vec::new();
+    for f in rule.filters.iter().flatten() {
+        match f.r#type {
+            GrpcRouteRulesFiltersType::RequestHeaderModifier => {
+                if let Some(m) = &f.request_header_modifier {
+                    filters.push(Filter::RequestHeaders(m.into()));
+                }
+            }
+            GrpcRouteRulesFiltersType::ResponseHeaderModifier => {
+                if let Some(m) = &f.response_header_modifier {
+                    filters.push(Filter::ResponseHeaders(m.into()));
+                }
+            }
+            GrpcRouteRulesFiltersType::RequestMirror => {
+                if let Some(m) = &f.request_mirror {
+                    filters.push(Filter::mirror(m, ns));
+                }
+            }
+            GrpcRouteRulesFiltersType::ExtensionRef => {
+                unsupported.push(format!("rule {ri}: {}", Field::ExtensionRefFilter));
+            }
+        }
+    }
+    unsupported.extend(rule_messages(ri, crate::unsupported::grpc_rule(rule)));
+    Rule {
+        matches,
+        filters,
+        backends: backends(rule.backend_refs.iter().flatten(), ns),
+    }
+}
+
+impl From<&GrpcRouteRulesMatches> for Match {
+    fn from(m: &GrpcRouteRulesMatches) -> Self {
+        let mut headers: Vec<ValueMatch> = m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| ValueMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+                regex: matches!(
+                    h.r#type,
+                    Some(GrpcRouteRulesMatchesHeadersType::RegularExpression)
+                ),
+            })
+            .collect();
+        dedup_headers(&mut headers);
+        let (service, method, regex) = match &m.method {
+            Some(mm) => (
+                mm.service.clone().unwrap_or_default(),
+                mm.method.clone().unwrap_or_default(),
+                matches!(
+                    mm.r#type,
+                    Some(GrpcRouteRulesMatchesMethodType::RegularExpression)
+                ),
+            ),
+            None => (String::new(), String::new(), false),
+        };
+        let path = match (service.is_empty(), method.is_empty(), regex) {
+            (true, true, _) => PathMatch::RawPrefix("/".to_owned()),
+            (false, false, false) => PathMatch::Exact(format!("/{service}/{method}")),
+            (false, true, false) => PathMatch::RawPrefix(format!("/{service}/")),
+            (true, false, false) => PathMatch::Regex(format!("/[^/]+/{}", regex_escape(&method))),
+            (_, _, true) => {
+                let s = if service.is_empty() {
+                    "[^/]+".to_owned()
+                } else {
+                    service.clone()
+                };
+                let m = if method.is_empty() {
+                    "[^/]+".to_owned()
+                } else {
+                    method.clone()
+                };
+                PathMatch::Regex(format!("/{s}/{m}"))
+            }
+        };
+        let precedence = Precedence::Grpc(
+            std::cmp::Reverse(service.len()),
+            std::cmp::Reverse(method.len()),
+            std::cmp::Reverse(headers.len()),
+        );
+        Self {
+            path,
+            method: None,
+            headers,
+            query: vec![],
+            grpc: true,
+            precedence,
+        }
+    }
+}
+
+impl From<&TlsRoute> for Route {
+    fn from(r: &TlsRoute) -> Self {
+        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
+        let rules = r
+            .spec
+            .rules
+            .iter()
+            .map(|rule| Rule {
+                matches: vec![],
+                filters: vec![],
+                backends: backends(&rule.backend_refs, ns),
+            })
+            .collect();
+        Self::new(
+            RouteKind::Tls,
+            &r.metadata,
+            r.spec.hostnames.clone(),
+            r.spec.parent_refs.as_deref().unwrap_or_default(),
+            rules,
+            messages(&crate::unsupported::tls_route(r)),
+        )
+    }
+}
+
+/// A route kind's `status.parents` entry type.
+pub(crate) trait StatusParent {
+    /// The entry for `parent`, written by controller `controller`.
+    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self;
+}
+
+impl StatusParent for HttpRouteStatusParents {
+    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
+        Self {
+            conditions,
+            controller_name: controller.to_owned(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                group: Some(parent.group),
+                kind: Some(parent.kind),
+                name: parent.name,
+                namespace: Some(parent.namespace),
+                port: parent.port,
+                section_name: parent.section_name,
+            },
+        }
+    }
+}
+
+impl StatusParent for GrpcRouteStatusParents {
+    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
+        Self {
+            conditions,
+            controller_name: controller.to_owned(),
+            parent_ref: GrpcRouteStatusParentsParentRef {
+                group: Some(parent.group),
+                kind: Some(parent.kind),
+                name: parent.name,
+                namespace: Some(parent.namespace),
+                port: parent.port,
+                section_name: parent.section_name,
+            },
+        }
+    }
+}
+
+impl StatusParent for TlsRouteStatusParents {
+    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
+        Self {
+            conditions,
+            controller_name: controller.to_owned(),
+            parent_ref: TlsRouteStatusParentsParentRef {
+                group: Some(parent.group),
+                kind: Some(parent.kind),
+                name: parent.name,
+                namespace: Some(parent.namespace),
+                port: parent.port,
+                section_name: parent.section_name,
+            },
+        }
+    }
+}
