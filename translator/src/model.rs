@@ -81,7 +81,30 @@ impl Route {
                     );
                 }
             }
+            // ReplacePrefixMatch replaces the matched prefix: with any
+            // other kind of match there is none, and the spec asks for the
+            // route to be refused rather than the path left unchanged.
+            let prefix_matches_only = rule
+                .matches
+                .iter()
+                .all(|m| matches!(m.path, PathMatch::Prefix(_)));
             for f in &rule.filters {
+                if let Filter::Redirect {
+                    path: Some(PathModifier::Prefix(_)),
+                    ..
+                }
+                | Filter::Rewrite {
+                    path: Some(PathModifier::Prefix(_)),
+                    ..
+                } = f
+                    && !prefix_matches_only
+                {
+                    check(
+                        ri,
+                        Err("ReplacePrefixMatch needs every match of its rule to be a PathPrefix match"
+                            .to_owned()),
+                    );
+                }
                 match f {
                     Filter::RequestHeaders(h) | Filter::ResponseHeaders(h) => {
                         for (name, value) in h.set.iter().chain(&h.add) {
@@ -239,7 +262,7 @@ pub(crate) enum Filter {
     },
     Mirror {
         backend: BackendRef,
-        /// Share of requests mirrored, in millionths.
+        /// Share of requests mirrored, as (numerator, denominator).
         fraction: Option<(u32, u32)>,
     },
 }
