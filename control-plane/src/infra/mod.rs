@@ -37,6 +37,8 @@ pub enum NotProgrammed {
     Invalid,
     /// The Envoy Service has no address yet.
     AddressNotAssigned,
+    /// A requested `spec.addresses` value was not given to the Gateway.
+    AddressNotUsable,
 }
 
 impl std::fmt::Display for NotProgrammed {
@@ -44,6 +46,7 @@ impl std::fmt::Display for NotProgrammed {
         f.write_str(match self {
             Self::Invalid => "Invalid",
             Self::AddressNotAssigned => "AddressNotAssigned",
+            Self::AddressNotUsable => "AddressNotUsable",
         })
     }
 }
@@ -70,6 +73,49 @@ fn not_programmed(status: &mut GatewayStatus, reason: NotProgrammed, message: St
             c.status = "False".to_owned();
             c.reason = reason.to_string();
             c.message.clone_from(&message);
+        }
+    }
+}
+
+/// A Gateway whose `spec.addresses` asks for a value its infrastructure did
+/// not give it (the host honours the first IP address; Kubernetes
+/// infrastructure takes addresses from the Service it provisions) is
+/// `Programmed=False`/`AddressNotUsable`, never silently served elsewhere.
+/// Only Gateways whose addresses the infrastructure reported are judged.
+fn check_requested_addresses(input: &Input, learned: &mut BTreeMap<ObjectKey, Learned>) {
+    for gateway in &input.gateways {
+        let key = ObjectKey::new(
+            gateway.metadata.namespace.clone().unwrap_or_default(),
+            gateway.metadata.name.clone().unwrap_or_default(),
+        );
+        let Some(entry) = learned.get_mut(&key) else {
+            continue;
+        };
+        let (Some(given), None) = (&entry.addresses, &entry.not_programmed) else {
+            continue;
+        };
+        let missing: Vec<&str> = gateway
+            .spec
+            .addresses
+            .iter()
+            .flatten()
+            .filter_map(|a| a.value.as_deref().filter(|v| !v.is_empty()))
+            .filter(|v| !given.iter().any(|g| g.value == *v))
+            .collect();
+        if !missing.is_empty() {
+            entry.not_programmed = Some((
+                NotProgrammed::AddressNotUsable,
+                format!(
+                    "spec.addresses {} cannot be given to this Gateway by its infrastructure; \
+                     it has {}",
+                    missing.join(", "),
+                    given
+                        .iter()
+                        .map(|g| g.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
         }
     }
 }
@@ -103,11 +149,13 @@ impl Infra {
         output: &Output,
         leading: bool,
     ) -> BTreeMap<ObjectKey, Learned> {
-        match self {
+        let mut learned = match self {
             Self::Host(host) => host.reconcile_output(output).await,
             Self::Kubernetes(kube) if leading => kube.provision(snapshot, output).await,
             Self::Kubernetes(_) => BTreeMap::new(),
-        }
+        };
+        check_requested_addresses(&snapshot.input, &mut learned);
+        learned
     }
 
     /// The Envoys this process runs itself (none on Kubernetes).
@@ -129,5 +177,68 @@ impl Infra {
         if let Self::Host(host) = self {
             host.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatewright_translator::api::gateways::{Gateway, GatewayAddresses};
+
+    fn gateway(addresses: &[(&str, &str)]) -> Gateway {
+        let mut g = Gateway::default();
+        g.metadata.namespace = Some("ns".to_owned());
+        g.metadata.name = Some("gw".to_owned());
+        g.spec.addresses = Some(
+            addresses
+                .iter()
+                .map(|(t, v)| GatewayAddresses {
+                    r#type: Some((*t).to_owned()),
+                    value: (!v.is_empty()).then(|| (*v).to_owned()),
+                })
+                .collect(),
+        );
+        g
+    }
+
+    fn given(ip: &str) -> BTreeMap<ObjectKey, Learned> {
+        BTreeMap::from([(
+            ObjectKey::new("ns", "gw"),
+            Learned {
+                addresses: Some(vec![GatewayStatusAddresses {
+                    r#type: Some("IPAddress".to_owned()),
+                    value: ip.to_owned(),
+                }]),
+                not_programmed: None,
+            },
+        )])
+    }
+
+    fn verdict(addresses: &[(&str, &str)], ip: &str) -> Option<(NotProgrammed, String)> {
+        let input = Input {
+            gateways: vec![gateway(addresses)],
+            ..Input::default()
+        };
+        let mut learned = given(ip);
+        check_requested_addresses(&input, &mut learned);
+        learned.remove(&ObjectKey::new("ns", "gw"))?.not_programmed
+    }
+
+    #[test]
+    fn an_address_that_was_given_or_left_empty_is_fine() {
+        assert_eq!(verdict(&[("IPAddress", "127.0.1.9")], "127.0.1.9"), None);
+        assert_eq!(verdict(&[("IPAddress", "")], "127.0.1.1"), None);
+    }
+
+    #[test]
+    fn an_address_that_was_not_given_makes_the_gateway_not_programmed() {
+        let (reason, message) = verdict(
+            &[("IPAddress", "127.0.1.9"), ("Hostname", "gw.example.com")],
+            "127.0.1.9",
+        )
+        .expect("the Hostname address was not given");
+        assert_eq!(reason, NotProgrammed::AddressNotUsable);
+        assert!(message.contains("gw.example.com"), "{message}");
+        assert!(!message.contains("spec.addresses 127.0.1.9"), "{message}");
     }
 }
