@@ -610,14 +610,19 @@ impl KubeMode {
             }
         };
         let mut provisions = Vec::new();
+        // Keyed once, so a round stays linear in the number of Gateways.
+        let gateways: BTreeMap<ObjectKey, &Gateway> =
+            input.gateways.iter().map(|g| (gateway_key(g), g)).collect();
+        let classes: BTreeMap<&str, &GatewayClass> = input
+            .gateway_classes
+            .iter()
+            .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+            .collect();
         for (key, resources) in &output.gateways {
-            let Some(gateway) = input.gateways.iter().find(|g| gateway_key(g) == *key) else {
+            let Some(gateway) = gateways.get(key).copied() else {
                 continue;
             };
-            let class = input
-                .gateway_classes
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some(&gateway.spec.gateway_class_name));
+            let class = classes.get(gateway.spec.gateway_class_name.as_str());
             let parameters = match class
                 .map(|class| resolve_parameters(&snapshot.proxy_parameters, class, gateway))
             {
