@@ -6,7 +6,8 @@
 //! cannot read keeps its last good version. Every such case is reported as
 //! a [`Problem`] naming the file and line.
 
-use gatewright_translator::Input;
+use crate::infra::kubernetes::{ProxyParameters, ProxyParametersSpec};
+use gatewright_translator::{Input, ObjectKey};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -197,7 +198,11 @@ impl FileSource {
                 });
                 continue;
             }
-            match input.add_document(doc.value.clone()) {
+            match check_parameters(&id, &doc.value).and_then(|()| {
+                input
+                    .add_document(doc.value.clone())
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(()) => {
                     good_objects.insert(id.clone(), doc.value);
                     objects.insert(id, doc.location);
@@ -224,13 +229,44 @@ impl FileSource {
                 }
             }
         }
+        let proxy_parameters = good_objects
+            .iter()
+            .filter(|(id, _)| is_proxy_parameters(id))
+            .filter_map(|(id, value)| {
+                let spec = parameters_spec(value).ok()?;
+                Some((ObjectKey::new(&id.namespace, &id.name), spec))
+            })
+            .collect();
         self.last_good_objects = good_objects;
         Snapshot {
             input,
             problems,
             objects,
-            proxy_parameters: Default::default(),
+            proxy_parameters,
         }
+    }
+}
+
+fn is_proxy_parameters(id: &ObjectId) -> bool {
+    id.group == crate::infra::kubernetes::params::GROUP
+        && id.kind == crate::infra::kubernetes::params::KIND
+}
+
+/// The spec of a ProxyParameters document.
+fn parameters_spec(value: &Value) -> Result<ProxyParametersSpec, String> {
+    serde_json::from_value::<ProxyParameters>(value.clone())
+        .map(|p| p.spec)
+        .map_err(|e| format!("cannot decode ProxyParameters: {e}"))
+}
+
+/// A ProxyParameters document must decode: one that does not is refused
+/// like any undecodable object, so a Gateway naming it is not served with
+/// its parameters half read.
+fn check_parameters(id: &ObjectId, value: &Value) -> Result<(), String> {
+    if is_proxy_parameters(id) {
+        parameters_spec(value).map(drop)
+    } else {
+        Ok(())
     }
 }
 

@@ -28,9 +28,7 @@ fn gateway_file(info: &WorldInfo, listeners: &[String]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routing_by_path_and_header() {
-    let Some((envoy, _slot)) = begin("http_routing_by_path_and_header", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("http_routing_by_path_and_header", Slot::Shared).await;
     let exact_rule = "  - matches:
     - path:
         type: Exact
@@ -129,9 +127,7 @@ async fn http_routing_by_path_and_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_modifiers() {
-    let Some((envoy, _slot)) = begin("header_modifiers", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("header_modifiers", Slot::Shared).await;
     let modifiers = "    - type: RequestHeaderModifier
       requestHeaderModifier:
         set:
@@ -225,9 +221,7 @@ async fn header_modifiers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_redirects() {
-    let Some((envoy, _slot)) = begin("request_redirects", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("request_redirects", Slot::Shared).await;
     let rules = "  - matches:
     - path:
         type: PathPrefix
@@ -323,9 +317,7 @@ async fn request_redirects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split() {
-    let Some((envoy, _slot)) = begin("weighted_split", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("weighted_split", Slot::Shared).await;
     let rules = "  - backendRefs:
     - name: heavy
       port: 8080
@@ -381,9 +373,7 @@ async fn weighted_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_termination() {
-    let Some((envoy, _slot)) = begin("https_termination", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("https_termination", Slot::Shared).await;
     let certs = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     let host = "secure.e2e.test";
@@ -445,9 +435,7 @@ async fn https_termination() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_passthrough_by_sni() {
-    let Some((envoy, _slot)) = begin("tls_passthrough_by_sni", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("tls_passthrough_by_sni", Slot::Shared).await;
     let certs = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     let a = pki.server_cert(certs.path(), "a.pass.test");
@@ -534,9 +522,7 @@ const GRPC_RULES: &str = "  - matches:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_routing() {
-    let Some((envoy, _slot)) = begin("grpc_routing", Slot::Shared).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("grpc_routing", Slot::Shared).await;
     let w = World::start(&envoy, 7, &["alpha", "beta", "beta-special"], &[], |i| {
         vec![
             gateway_file(i, &[http_listener("http", i.port)]),
@@ -609,9 +595,7 @@ async fn grpc_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_change_within_one_second() {
-    let Some((envoy, _slot)) = begin("live_change_within_one_second", Slot::Exclusive).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("live_change_within_one_second", Slot::Exclusive).await;
     let route = |svc: &str| http_route("live", &prefix_rule("/live", svc, ""));
     let w = World::http(
         &envoy,
@@ -663,9 +647,7 @@ async fn live_change_within_one_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_under_load() {
-    let Some((envoy, _slot)) = begin("changes_under_load", Slot::Exclusive).await else {
-        return;
-    };
+    let (envoy, _slot) = begin("changes_under_load", Slot::Exclusive).await;
     // An HTTPRoute `name` for prefix `path` to `svc`, optionally setting
     // X-Version on the request.
     let path_route = |name: &str, path: &str, svc: &str, version: Option<&str>| {
@@ -857,10 +839,7 @@ async fn changes_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_skipped_and_reported() {
-    let Some((envoy, _slot)) = begin("bad_input_is_skipped_and_reported", Slot::Shared).await
-    else {
-        return;
-    };
+    let (envoy, _slot) = begin("bad_input_is_skipped_and_reported", Slot::Shared).await;
     let certs = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     let host = "bad.e2e.test";
@@ -1005,10 +984,7 @@ async fn bad_input_is_skipped_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_envoys_and_exits_zero() {
-    let Some((envoy, _slot)) = begin("sigterm_stops_envoys_and_exits_zero", Slot::Shared).await
-    else {
-        return;
-    };
+    let (envoy, _slot) = begin("sigterm_stops_envoys_and_exits_zero", Slot::Shared).await;
     let mut w = World::http(
         &envoy,
         11,
@@ -1070,4 +1046,139 @@ async fn sigterm_stops_envoys_and_exits_zero() {
         "the Gateway's port {} still accepts connections after shutdown",
         w.addr(w.port)
     );
+}
+
+// ---------------------------------------------------------------------------
+// 12. ProxyParameters on the host: Envoy's options apply, the rest is refused.
+
+/// The command line of the one Envoy gatewright runs, once it runs.
+async fn envoy_cmdline(gw: &Gatewright) -> Result<(u32, Vec<String>), String> {
+    let (code, body) = gw.admin_get("/debug/status").await?;
+    if code != 200 {
+        return Err(format!("/debug/status answered {code}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
+    let pids: Vec<u64> = status["envoys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["pid"].as_u64())
+        .filter(|&p| p != 0)
+        .collect();
+    let [pid] = pids[..] else {
+        return Err(format!("expected one running Envoy, found pids {pids:?}"));
+    };
+    let pid = u32::try_from(pid).map_err(|e| e.to_string())?;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+    let args = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Ok((pid, args))
+}
+
+/// The value after `flag` in `args`.
+fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+fn proxy_parameters(spec: &str) -> String {
+    format!(
+        "apiVersion: gatewright.dev/v1alpha1
+kind: ProxyParameters
+metadata:
+  name: tuned
+  namespace: default
+spec:
+{spec}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_parameters_apply_on_the_host() {
+    let (envoy, _slot) = begin("proxy_parameters_apply_on_the_host", Slot::Shared).await;
+    let gateway_with_parameters = |info: &WorldInfo| {
+        gateway(info.ip, &[http_listener("http", info.port)]).replace(
+            "spec:\n  gatewayClassName: gatewright\n",
+            "spec:\n  gatewayClassName: gatewright\n  infrastructure:\n    parametersRef:\n      \
+             group: gatewright.dev\n      kind: ProxyParameters\n      name: tuned\n",
+        )
+    };
+    let w = World::start(&envoy, 12, &["echo"], &[], |i| {
+        vec![
+            (
+                "gateway.yaml".into(),
+                docs(&[gateway_class(), gateway_with_parameters(i)]),
+            ),
+            (
+                "params.yaml".into(),
+                proxy_parameters("  envoy:\n    logLevel: debug\n    concurrency: 2\n"),
+            ),
+            ("backends.yaml".into(), i.backend("echo", "echo")),
+            ("route.yaml".into(), http_route("web", &to_service("echo"))),
+        ]
+    });
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let base = w.base();
+    w.gw.wait("traffic through the Gateway", async || {
+        served_by(&c, &format!("{base}/"), &[], "echo").await
+    })
+    .await;
+    let (first_pid, args) =
+        w.gw.wait("Envoy's command line", async || envoy_cmdline(&w.gw).await)
+            .await;
+    assert_eq!(flag(&args, "--log-level"), Some("debug"), "{args:?}");
+    assert_eq!(flag(&args, "--concurrency"), Some("2"), "{args:?}");
+
+    // A changed log level restarts the Envoy with it, and traffic returns.
+    w.gw.write(
+        "params.yaml",
+        &proxy_parameters("  envoy:\n    logLevel: warning\n"),
+    );
+    let (_, args) =
+        w.gw.wait("Envoy restarted with the new log level", async || {
+            let (pid, args) = envoy_cmdline(&w.gw).await?;
+            match flag(&args, "--log-level") {
+                Some("warning") if pid != first_pid => Ok((pid, args)),
+                other => Err(format!("pid {pid}, --log-level {other:?}")),
+            }
+        })
+        .await;
+    // Unset concurrency falls back to the host's default (`gatewright run
+    // --envoy-concurrency`, 1), not the old value.
+    assert_eq!(flag(&args, "--concurrency"), Some("1"), "{args:?}");
+    w.gw.wait("traffic after the restart", async || {
+        served_by(&c, &format!("{base}/"), &[], "echo").await
+    })
+    .await;
+
+    // A Deployment cannot be made on the host: the Gateway says so and no
+    // Envoy serves it, rather than running one Envoy as if asked for two.
+    w.gw.write(
+        "params.yaml",
+        &proxy_parameters("  deployment:\n    replicas: 2\n"),
+    );
+    let message =
+        w.gw.wait("Gateway Programmed=False/Invalid", async || {
+            let status =
+                w.gw.status_file("Gateway", "default", "gw")
+                    .ok_or("no status")?;
+            match condition(&status, "Programmed") {
+                Some((s, r)) if s == "False" && r == "Invalid" => Ok(format!("{status:?}")),
+                other => Err(format!("Programmed is {other:?}")),
+            }
+        })
+        .await;
+    assert!(message.contains("spec.deployment"), "{message}");
+    w.gw.wait("the Envoy stopped", async || {
+        match envoy_cmdline(&w.gw).await {
+            Err(e) if e.contains("found pids []") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

@@ -135,37 +135,50 @@ pub fn translate(input: &Input) -> Output {
             },
         );
     }
-    // Gateways of a rejected class are not programmed; they say why.
+    // Gateways of a rejected class, or whose own parametersRef is invalid,
+    // are not accepted and not programmed; they say why.
+    let mut invalid_parameters: BTreeSet<(&str, &str)> = BTreeSet::new();
     for g in &input.gateways {
-        if let Some(message) = rejected.get(g.spec.gateway_class_name.as_str()) {
-            let mut c = Conditions::new(&now, g.metadata.generation);
-            let why = format!(
+        let why = match rejected.get(g.spec.gateway_class_name.as_str()) {
+            Some(message) => format!(
                 "GatewayClass {} is not accepted: {message}",
                 g.spec.gateway_class_name
-            );
-            c.set(
-                ConditionType::Accepted,
-                false,
-                Reason::InvalidParameters,
-                why.clone(),
-            );
-            c.set(ConditionType::Programmed, false, Reason::Invalid, why);
-            let (ns, name) = index::key_of(&g.metadata);
-            out.statuses.gateways.insert(
-                ObjectKey::new(ns, name),
-                crate::api::gateways::GatewayStatus {
-                    conditions: Some(c.into_vec()),
-                    ..Default::default()
-                },
-            );
-        }
+            ),
+            None if classes.contains(g.spec.gateway_class_name.as_str()) => {
+                match gateway_parameters(&index, g) {
+                    Ok(()) => continue,
+                    Err(message) => message,
+                }
+            }
+            None => continue,
+        };
+        let mut c = Conditions::new(&now, g.metadata.generation);
+        c.set(
+            ConditionType::Accepted,
+            false,
+            Reason::InvalidParameters,
+            why.clone(),
+        );
+        c.set(ConditionType::Programmed, false, Reason::Invalid, why);
+        let (ns, name) = index::key_of(&g.metadata);
+        invalid_parameters.insert((ns, name));
+        out.statuses.gateways.insert(
+            ObjectKey::new(ns, name),
+            crate::api::gateways::GatewayStatus {
+                conditions: Some(c.into_vec()),
+                ..Default::default()
+            },
+        );
     }
 
     // Gateways of our classes, in key order, one per key.
     let mut gateways: Vec<&crate::api::gateways::Gateway> = input
         .gateways
         .iter()
-        .filter(|g| classes.contains(g.spec.gateway_class_name.as_str()))
+        .filter(|g| {
+            classes.contains(g.spec.gateway_class_name.as_str())
+                && !invalid_parameters.contains(&index::key_of(&g.metadata))
+        })
         .collect();
     gateways.sort_by(|a, b| {
         index::key_of(&a.metadata)
@@ -431,48 +444,67 @@ fn status_parents<P: model::StatusParent>(parents: Vec<ParentStatus>, controller
         .collect()
 }
 
-/// Checks a GatewayClass parametersRef. Gatewright reads no parameters
-/// yet (its own parameters CRD comes with the Kubernetes infrastructure), so
-/// the only kind it takes is a core ConfigMap, which must exist.
+/// Checks a GatewayClass parametersRef: the only kind Gatewright reads
+/// parameters from is its own `ProxyParameters`, which is namespaced and
+/// must exist. Any other kind (a ConfigMap included) would be accepted and
+/// its content dropped, so it is refused.
 fn class_parameters(
     index: &Index<'_>,
     p: &crate::api::gatewayclasses::GatewayClassParametersRef,
 ) -> Result<(), String> {
+    check_parameters_kind(&p.group, &p.kind, "parametersRef")?;
     let ns = p.namespace.as_deref().unwrap_or("");
-    if p.group == PROXY_PARAMETERS_GROUP && p.kind == "ProxyParameters" {
-        if ns.is_empty() {
-            return Err(format!(
-                "parametersRef to ProxyParameters {} needs a namespace",
-                p.name
-            ));
-        }
-        return if index.proxy_parameters(ns, &p.name) {
-            Ok(())
-        } else {
-            Err(format!(
-                "parametersRef ProxyParameters {ns}/{} does not exist",
-                p.name
-            ))
-        };
-    }
-    if !p.group.is_empty() || p.kind != "ConfigMap" {
-        return Err(format!(
-            "parametersRef kind {}/{} is not supported",
-            p.group, p.kind
-        ));
-    }
     if ns.is_empty() {
         return Err(format!(
-            "parametersRef to ConfigMap {} needs a namespace",
+            "parametersRef to ProxyParameters {} needs a namespace",
             p.name
         ));
     }
-    match index.config_map(ns, &p.name) {
-        Some(_) => Ok(()),
-        None => Err(format!(
-            "parametersRef ConfigMap {ns}/{} does not exist",
+    if index.proxy_parameters(ns, &p.name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "parametersRef ProxyParameters {ns}/{} does not exist",
             p.name
-        )),
+        ))
+    }
+}
+
+/// Checks a Gateway's `spec.infrastructure.parametersRef`: a
+/// `ProxyParameters` in the Gateway's namespace that exists.
+fn gateway_parameters(
+    index: &Index<'_>,
+    gateway: &crate::api::gateways::Gateway,
+) -> Result<(), String> {
+    let Some(p) = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+    else {
+        return Ok(());
+    };
+    let field = "spec.infrastructure.parametersRef";
+    check_parameters_kind(&p.group, &p.kind, field)?;
+    let (ns, _) = index::key_of(&gateway.metadata);
+    if index.proxy_parameters(ns, &p.name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} ProxyParameters {ns}/{} does not exist",
+            p.name
+        ))
+    }
+}
+
+fn check_parameters_kind(group: &str, kind: &str, field: &str) -> Result<(), String> {
+    if group == PROXY_PARAMETERS_GROUP && kind == "ProxyParameters" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} refers to {kind} (group {group:?}); only ProxyParameters \
+             (group {PROXY_PARAMETERS_GROUP:?}) is supported"
+        ))
     }
 }
 

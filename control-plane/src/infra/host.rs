@@ -1,10 +1,13 @@
 //! Host infrastructure: one supervised Envoy child process per Gateway, each
 //! on a loopback address of its own, fed over ADS by this process.
 
-use super::Learned;
+use super::kubernetes::{ProxyParametersSpec, resolve_parameters};
+use super::{Learned, NotProgrammed};
+use crate::source::Snapshot;
 use crate::xds::group_of;
 use anyhow::Context as _;
-use gatewright_translator::api::gateways::GatewayStatusAddresses;
+use gatewright_translator::api::gatewayclasses::GatewayClass;
+use gatewright_translator::api::gateways::{Gateway, GatewayStatusAddresses};
 use gatewright_translator::{Input, ObjectKey, Output};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +52,8 @@ pub struct HostConfig {
 pub struct EnvoyState {
     /// The Gateway's address; its listeners bind here.
     pub address: IpAddr,
+    /// The options this Envoy was started with.
+    pub options: EnvoyOptions,
     /// The process id, 0 when not running.
     pub pid: AtomicU32,
     /// Whether Envoy's admin `/ready` last answered LIVE.
@@ -75,6 +80,59 @@ struct Managed {
     state: Arc<EnvoyState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// Envoy's own options for one Gateway: the host's defaults with the
+/// `envoy` section of the Gateway's ProxyParameters laid over them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoyOptions {
+    /// `--log-level`.
+    pub log_level: String,
+    /// `--concurrency`.
+    pub concurrency: u32,
+}
+
+impl EnvoyOptions {
+    /// The options `params` give on a host whose defaults are `config`'s.
+    /// Host infrastructure runs Envoy as a local process, so it can apply
+    /// only the `envoy` section; `service` and `deployment` describe
+    /// Kubernetes objects it never creates, and parameters that cannot be
+    /// honoured are refused rather than dropped.
+    pub fn for_host(
+        config: &HostConfig,
+        params: Option<&ProxyParametersSpec>,
+    ) -> Result<Self, String> {
+        let mut options = Self {
+            log_level: config.log_level.clone(),
+            concurrency: config.concurrency,
+        };
+        let Some(params) = params else {
+            return Ok(options);
+        };
+        let ignored: Vec<&str> = [
+            ("spec.service", params.service.is_some()),
+            ("spec.deployment", params.deployment.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect();
+        if !ignored.is_empty() {
+            return Err(format!(
+                "ProxyParameters {} set(s) Kubernetes objects, which host infrastructure \
+                 does not create (it runs Envoy as a local process); only spec.envoy applies here",
+                ignored.join(" and ")
+            ));
+        }
+        if let Some(envoy) = &params.envoy {
+            if let Some(level) = envoy.log_level {
+                level.as_str().clone_into(&mut options.log_level);
+            }
+            if let Some(n) = envoy.concurrency {
+                options.concurrency = n;
+            }
+        }
+        Ok(options)
+    }
 }
 
 /// The set of running Envoys.
@@ -163,30 +221,77 @@ impl Host {
         &self.planned
     }
 
-    /// Runs an Envoy, on its planned address, for each Gateway `output`
-    /// programs, and stops the others. Each such Gateway's address is what
-    /// its status reports.
-    pub async fn reconcile_output(&mut self, output: &Output) -> BTreeMap<ObjectKey, Learned> {
-        let wanted: BTreeMap<ObjectKey, IpAddr> = self
-            .planned
+    /// Runs an Envoy, on its planned address and with the options of its
+    /// ProxyParameters, for each Gateway `output` programs, and stops the
+    /// others. Each such Gateway's address is what its status reports; a
+    /// Gateway whose parameters cannot be honoured here runs no Envoy and
+    /// says why.
+    pub async fn reconcile_output(
+        &mut self,
+        snapshot: &Snapshot,
+        output: &Output,
+    ) -> BTreeMap<ObjectKey, Learned> {
+        let gateways: BTreeMap<ObjectKey, &Gateway> = snapshot
+            .input
+            .gateways
             .iter()
-            .filter(|(k, _)| output.gateways.contains_key(*k))
-            .map(|(k, ip)| (k.clone(), *ip))
-            .collect();
-        self.reconcile(&wanted).await;
-        wanted
-            .into_iter()
-            .map(|(key, ip)| {
-                let learned = Learned {
-                    addresses: Some(vec![GatewayStatusAddresses {
-                        r#type: Some("IPAddress".to_owned()),
-                        value: ip.to_string(),
-                    }]),
-                    not_programmed: None,
-                };
-                (key, learned)
+            .map(|g| {
+                let key = ObjectKey::new(
+                    g.metadata.namespace.clone().unwrap_or_default(),
+                    g.metadata.name.clone().unwrap_or_default(),
+                );
+                (key, g)
             })
-            .collect()
+            .collect();
+        let classes: BTreeMap<&str, &GatewayClass> = snapshot
+            .input
+            .gateway_classes
+            .iter()
+            .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+            .collect();
+        let mut learned = BTreeMap::new();
+        let mut wanted: BTreeMap<ObjectKey, (IpAddr, EnvoyOptions)> = BTreeMap::new();
+        for (key, ip) in &self.planned {
+            let Some(gateway) = gateways
+                .get(key)
+                .filter(|_| output.gateways.contains_key(key))
+            else {
+                continue;
+            };
+            let options = classes
+                .get(gateway.spec.gateway_class_name.as_str())
+                .map_or(Ok(None), |class| {
+                    resolve_parameters(&snapshot.proxy_parameters, class, gateway)
+                })
+                .and_then(|params| EnvoyOptions::for_host(&self.config, params.as_ref()));
+            match options {
+                Ok(options) => {
+                    wanted.insert(key.clone(), (*ip, options));
+                }
+                Err(message) => {
+                    tracing::warn!(gateway = %group_of(key), "not running Envoy: {message}");
+                    learned.insert(
+                        key.clone(),
+                        Learned {
+                            addresses: None,
+                            not_programmed: Some((NotProgrammed::Invalid, message)),
+                        },
+                    );
+                }
+            }
+        }
+        self.reconcile(&wanted).await;
+        for (key, (ip, _)) in wanted {
+            let given = Learned {
+                addresses: Some(vec![GatewayStatusAddresses {
+                    r#type: Some("IPAddress".to_owned()),
+                    value: ip.to_string(),
+                }]),
+                not_programmed: None,
+            };
+            learned.insert(key, given);
+        }
+        learned
     }
 
     /// The address of each running Gateway.
@@ -206,25 +311,38 @@ impl Host {
     }
 
     /// Starts an Envoy for each Gateway in `wanted` that has none (or whose
-    /// address changed), and stops those no longer wanted.
-    pub async fn reconcile(&mut self, wanted: &BTreeMap<ObjectKey, IpAddr>) {
+    /// address or options changed), and stops those no longer wanted.
+    pub async fn reconcile(&mut self, wanted: &BTreeMap<ObjectKey, (IpAddr, EnvoyOptions)>) {
         let stale: Vec<ObjectKey> = self
             .envoys
             .iter()
-            .filter(|(k, m)| wanted.get(*k) != Some(&m.state.address))
+            .filter(|(k, m)| {
+                wanted
+                    .get(*k)
+                    .is_none_or(|(ip, o)| *ip != m.state.address || *o != m.state.options)
+            })
             .map(|(k, _)| k.clone())
             .collect();
-        let mut stopping = Vec::new();
+        let (mut restarting, mut stopping) = (Vec::new(), Vec::new());
         for key in stale {
             if let Some(managed) = self.envoys.remove(&key) {
                 tracing::info!(gateway = %group_of(&key), "stopping Envoy");
                 let _ = managed.stop.send(true);
-                stopping.push(managed.task);
+                if wanted.contains_key(&key) {
+                    restarting.push(managed.task);
+                } else {
+                    stopping.push(managed.task);
+                }
             }
         }
-        for (key, address) in wanted {
+        // A restarted Envoy may bind the same address: its old one must be
+        // gone first. Others start without waiting for unrelated drains.
+        for task in restarting {
+            let _ = task.await;
+        }
+        for (key, (address, options)) in wanted {
             if !self.envoys.contains_key(key) {
-                match self.start(key, *address) {
+                match self.start(key, *address, options.clone()) {
                     Ok(managed) => {
                         self.envoys.insert(key.clone(), managed);
                     }
@@ -250,7 +368,12 @@ impl Host {
         }
     }
 
-    fn start(&self, key: &ObjectKey, address: IpAddr) -> anyhow::Result<Managed> {
+    fn start(
+        &self,
+        key: &ObjectKey,
+        address: IpAddr,
+        options: EnvoyOptions,
+    ) -> anyhow::Result<Managed> {
         let dir = self
             .config
             .state_dir
@@ -263,6 +386,7 @@ impl Host {
             .with_context(|| format!("writing {}", bootstrap.display()))?;
         let state = Arc::new(EnvoyState {
             address,
+            options,
             pid: AtomicU32::new(0),
             live: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
@@ -427,9 +551,9 @@ fn spawn_envoy(
         .arg(&admin_file)
         .arg("--disable-hot-restart")
         .arg("--concurrency")
-        .arg(config.concurrency.to_string())
+        .arg(state.options.concurrency.to_string())
         .arg("--log-level")
-        .arg(&config.log_level)
+        .arg(&state.options.log_level)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -606,5 +730,46 @@ mod tests {
         let second = assign_addresses(&wanted, &first);
         assert_eq!(second[&key("c")], ip("127.0.1.3"));
         assert_eq!(second.len(), 2);
+    }
+
+    fn config() -> HostConfig {
+        HostConfig {
+            envoy: PathBuf::from("envoy"),
+            state_dir: PathBuf::from("/nonexistent"),
+            xds_address: "127.0.0.1:1".parse().expect("address"),
+            log_level: "info".to_owned(),
+            concurrency: 2,
+            drain: Duration::from_secs(1),
+        }
+    }
+
+    fn params(yaml: &str) -> ProxyParametersSpec {
+        serde_yaml::from_str(yaml).expect("ProxyParameters spec")
+    }
+
+    #[test]
+    fn envoy_options_lay_parameters_over_the_host_defaults() {
+        let defaults = EnvoyOptions::for_host(&config(), None).expect("no parameters");
+        assert_eq!(defaults.log_level, "info");
+        assert_eq!(defaults.concurrency, 2);
+        let tuned = params("envoy: {logLevel: debug}");
+        let options = EnvoyOptions::for_host(&config(), Some(&tuned)).expect("envoy only");
+        assert_eq!(options.log_level, "debug");
+        assert_eq!(options.concurrency, 2);
+    }
+
+    #[test]
+    fn kubernetes_only_parameters_are_refused_on_the_host() {
+        for (yaml, field) in [
+            ("service: {type: NodePort}", "spec.service"),
+            (
+                "deployment: {replicas: 3}\nenvoy: {concurrency: 1}",
+                "spec.deployment",
+            ),
+        ] {
+            let message = EnvoyOptions::for_host(&config(), Some(&params(yaml)))
+                .expect_err("cannot be applied on the host");
+            assert!(message.contains(field), "{message}");
+        }
     }
 }

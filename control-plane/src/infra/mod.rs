@@ -150,7 +150,7 @@ impl Infra {
         leading: bool,
     ) -> BTreeMap<ObjectKey, Learned> {
         let mut learned = match self {
-            Self::Host(host) => host.reconcile_output(output).await,
+            Self::Host(host) => host.reconcile_output(snapshot, output).await,
             Self::Kubernetes(kube) if leading => kube.provision(snapshot, output).await,
             Self::Kubernetes(_) => BTreeMap::new(),
         };

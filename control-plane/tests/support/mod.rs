@@ -42,10 +42,10 @@ pub struct SlotGuard {
     _exclusive: Option<tokio::sync::RwLockWriteGuard<'static, ()>>,
 }
 
-/// The start of every test: the Envoy binary (or `None` after printing
-/// why the test is skipped) and the test's slot.
-pub async fn begin(test: &str, slot: Slot) -> Option<(PathBuf, SlotGuard)> {
-    let envoy = envoy_or_skip(test)?;
+/// The start of every test: the Envoy binary (a test without one fails,
+/// it is never skipped) and the test's slot.
+pub async fn begin(test: &str, slot: Slot) -> (PathBuf, SlotGuard) {
+    let envoy = envoy_or_fail(test);
     let guard = match slot {
         Slot::Shared => SlotGuard {
             _shared: Some(EXCLUSIVE.read().await),
@@ -56,7 +56,7 @@ pub async fn begin(test: &str, slot: Slot) -> Option<(PathBuf, SlotGuard)> {
             _exclusive: Some(EXCLUSIVE.write().await),
         },
     };
-    Some((envoy, guard))
+    (envoy, guard)
 }
 
 // ---------------------------------------------------------------------------
@@ -86,16 +86,15 @@ pub fn envoy_binary() -> Option<PathBuf> {
     })
 }
 
-/// The Envoy binary, or `None` after printing why the test is skipped.
-pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
-    let envoy = envoy_binary();
-    if envoy.is_none() {
-        eprintln!(
-            "SKIPPED {test}: no Envoy found (ENVOY_BIN unset, no .tools/envoy/bin/envoy, \
+/// The Envoy binary; panics saying how to install it when there is none,
+/// so that a machine without Envoy fails the test instead of passing it.
+pub fn envoy_or_fail(test: &str) -> PathBuf {
+    envoy_binary().unwrap_or_else(|| {
+        panic!(
+            "{test}: no Envoy found (ENVOY_BIN unset, no .tools/envoy/bin/envoy, \
              no envoy on PATH); run `make envoy` or `make test`"
-        );
-    }
-    envoy
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------
