@@ -7,6 +7,8 @@
 //! parallel. Tests that measure time or push load run alone (an exclusive
 //! lock); the rest share.
 
+// Each test binary uses its own part of the shared helpers.
+#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;

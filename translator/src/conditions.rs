@@ -12,6 +12,7 @@ pub(crate) enum ConditionType {
     Conflicted,
     OverlappingTlsConfig,
     DefaultGateway,
+    InsecureFrontendValidationMode,
 }
 
 impl ConditionType {
@@ -24,6 +25,7 @@ impl ConditionType {
             Self::Conflicted => "Conflicted",
             Self::OverlappingTlsConfig => "OverlappingTLSConfig",
             Self::DefaultGateway => "DefaultGateway",
+            Self::InsecureFrontendValidationMode => "InsecureFrontendValidationMode",
         }
     }
 }
@@ -63,6 +65,11 @@ pub(crate) enum Reason {
     BackendNotFound,
     InvalidKind,
     InvalidClientCertificateRef,
+    InvalidCaCertificateRef,
+    InvalidCaCertificateKind,
+    NoValidCaCertificate,
+    /// Frontend validation was switched to `AllowInsecureFallback`.
+    ConfigurationChanged,
 }
 
 impl Reason {
@@ -92,6 +99,10 @@ impl Reason {
             Self::BackendNotFound => "BackendNotFound",
             Self::InvalidKind => "InvalidKind",
             Self::InvalidClientCertificateRef => "InvalidClientCertificateRef",
+            Self::InvalidCaCertificateRef => "InvalidCACertificateRef",
+            Self::InvalidCaCertificateKind => "InvalidCACertificateKind",
+            Self::NoValidCaCertificate => "NoValidCACertificate",
+            Self::ConfigurationChanged => "ConfigurationChanged",
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::api::gateways::{
     GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
 use crate::conditions::{ConditionType, Conditions, Reason};
+use crate::frontend::{ClientValidation, Frontend};
 use crate::hostname;
 use crate::index::{GATEWAY_GROUP, Index, RefTarget};
 use crate::input::ObjectKey;
@@ -26,6 +27,9 @@ pub(crate) enum Protocol {
     Https,
     /// TLS passed through to the backend, routed by SNI.
     TlsPassthrough,
+    /// TLS terminated by Envoy, the plain stream proxied to the TLSRoute's
+    /// backend (routed by SNI).
+    TlsTerminate,
 }
 
 impl Protocol {
@@ -33,14 +37,14 @@ impl Protocol {
     fn family(self) -> u8 {
         match self {
             Self::Http => 0,
-            Self::Https | Self::TlsPassthrough => 1,
+            Self::Https | Self::TlsPassthrough | Self::TlsTerminate => 1,
         }
     }
 
     fn kinds(self) -> &'static [RouteKind] {
         match self {
             Self::Http | Self::Https => &[RouteKind::Http, RouteKind::Grpc],
-            Self::TlsPassthrough => &[RouteKind::Tls],
+            Self::TlsPassthrough | Self::TlsTerminate => &[RouteKind::Tls],
         }
     }
 }
@@ -76,6 +80,8 @@ pub(crate) struct Listener {
     /// Kinds routes may have to attach (allowed ∩ supported).
     pub(crate) kinds: Vec<RouteKind>,
     pub(crate) certificates: Vec<Certificate>,
+    /// Client-certificate validation (HTTPS listeners whose port asks for it).
+    pub(crate) client_validation: Option<ClientValidation>,
     accepted: Result<(), (Reason, String)>,
     conflict: Option<Reason>,
     /// Route kinds in allowedRoutes that this listener cannot serve; they
@@ -138,6 +144,8 @@ pub(crate) struct GatewayInfo<'a> {
     pub(crate) listeners: Vec<Listener>,
     /// Gateway-level fields Gatewright does not implement that are set.
     unsupported: unsupported::GatewayFields,
+    /// Whether some frontend validation lets clients through unverified.
+    insecure_fallback: bool,
 }
 
 fn listener_kinds(
@@ -218,7 +226,7 @@ fn read_certificate(secret: &Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
 
 /// Whether `der` is exactly one DER SEQUENCE (what certificates and keys
 /// are), so random bytes in a PEM wrapper are caught before Envoy sees them.
-fn is_der_sequence(der: &[u8]) -> bool {
+pub(crate) fn is_der_sequence(der: &[u8]) -> bool {
     let [0x30, len0, rest @ ..] = der else {
         return false;
     };
@@ -315,6 +323,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
     let ns = gateway.metadata.namespace.as_deref().unwrap_or("");
     let key = ObjectKey::new(ns, gateway.metadata.name.as_deref().unwrap_or(""));
     let fields = unsupported::gateway(gateway);
+    let frontend = Frontend::of(gateway);
     let mut listeners: Vec<Listener> = gateway
         .spec
         .listeners
@@ -338,13 +347,9 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 ("TLS", GatewayListenersTlsMode::Passthrough) => {
                     (Some(Protocol::TlsPassthrough), Ok(()))
                 }
-                ("TLS", GatewayListenersTlsMode::Terminate) => (
-                    None,
-                    Err((
-                        Reason::UnsupportedValue,
-                        "TLS listeners with tls.mode Terminate are not supported yet".to_owned(),
-                    )),
-                ),
+                ("TLS", GatewayListenersTlsMode::Terminate) => {
+                    (Some(Protocol::TlsTerminate), Ok(()))
+                }
                 (p, _) => (
                     None,
                     Err((
@@ -367,21 +372,42 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 (a, _) => a,
             };
             // Fail closed: a listener asked for something Gatewright cannot
-            // do (client-certificate validation above all) serves nothing.
+            // do serves nothing.
             let accepted = accepted.and_then(|()| {
-                let field = unsupported::listener(l).or_else(|| {
-                    (protocol == Some(Protocol::Https) && fields.frontend.applies(l.port))
-                        .then_some(unsupported::Field::FrontendValidation)
-                });
-                field.map_or(Ok(()), |f| Err((Reason::UnsupportedValue, f.to_string())))
+                unsupported::listener(l)
+                    .map_or(Ok(()), |f| Err((Reason::UnsupportedValue, f.to_string())))
             });
             let (kinds, kinds_ok) = listener_kinds(l, protocol);
             let (certificates, resolved) = match protocol {
-                Some(Protocol::Https) => match resolve_certificates(index, ns, l) {
-                    Ok(c) => (c, Ok(())),
-                    Err(e) => (vec![], Err(e)),
-                },
+                Some(Protocol::Https | Protocol::TlsTerminate) => {
+                    match resolve_certificates(index, ns, l) {
+                        Ok(c) => (c, Ok(())),
+                        Err(e) => (vec![], Err(e)),
+                    }
+                }
                 _ => (vec![], Ok(())),
+            };
+            // Client validation applies to HTTPS listeners only; a bad CA
+            // reference leaves the listener unprogrammed (fail closed).
+            let (client_validation, resolved, accepted) = match protocol {
+                Some(Protocol::Https) => match frontend.resolve(index, ns, l.port) {
+                    Ok(v) => (v, resolved, accepted),
+                    Err(invalid) => {
+                        let accepted = if invalid.none_valid {
+                            accepted.and(Err((
+                                Reason::NoValidCaCertificate,
+                                format!(
+                                    "no valid CA certificate for client validation on port {}: {}",
+                                    l.port, invalid.resolved.1
+                                ),
+                            )))
+                        } else {
+                            accepted
+                        };
+                        (None, resolved.and(Err(invalid.resolved)), accepted)
+                    }
+                },
+                _ => (None, resolved, accepted),
             };
             let ns_cfg = l
                 .allowed_routes
@@ -410,6 +436,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                 from,
                 kinds,
                 certificates,
+                client_validation,
                 accepted,
                 conflict: None,
                 invalid_kinds: kinds_ok,
@@ -473,6 +500,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
         gateway,
         listeners,
         unsupported: fields,
+        insecure_fallback: frontend.insecure_fallback(),
     }
 }
 
@@ -620,6 +648,15 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
             false,
             Reason::InvalidClientCertificateRef,
             unsupported::Field::BackendClientCertificate.to_string(),
+        );
+    }
+    if info.insecure_fallback {
+        c.set(
+            ConditionType::InsecureFrontendValidationMode,
+            true,
+            Reason::ConfigurationChanged,
+            "spec.tls.frontend validation mode AllowInsecureFallback admits clients without \
+             a valid certificate; the backends must authorize them",
         );
     }
     if info.unsupported.default_scope {

@@ -194,7 +194,6 @@ impl<'a> Index<'a> {
         })
     }
 
-    #[expect(dead_code, reason = "read next by CA bundles of client validation")]
     pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {
         self.config_maps.get(ns).and_then(|m| m.get(name)).copied()
     }

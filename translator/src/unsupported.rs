@@ -15,11 +15,6 @@ use crate::api::tlsroutes::{TlsRoute, TlsRouteUseDefaultGateways};
 /// A field (or object kind) Gatewright does not implement yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Field {
-    /// Gateway `spec.tls.frontend` client-certificate validation. Every
-    /// HTTPS listener on a port it applies to is `Accepted=False`/
-    /// `UnsupportedValue` and not programmed: no client reaches it
-    /// unverified.
-    FrontendValidation,
     /// Gateway `spec.tls.backend.clientCertificateRef`. The Gateway gets
     /// `ResolvedRefs=False`/`InvalidClientCertificateRef`; no upstream TLS
     /// connection exists that could present it, since backends covered by
@@ -62,7 +57,6 @@ impl Field {
     /// Where the field is, as a user writes it.
     pub(crate) fn path(self) -> &'static str {
         match self {
-            Self::FrontendValidation => "spec.tls.frontend validation",
             Self::BackendClientCertificate => "spec.tls.backend.clientCertificateRef",
             Self::DefaultScope => "spec.defaultScope",
             Self::ListenerTlsOptions => "tls.options",
@@ -89,46 +83,14 @@ impl std::fmt::Display for Field {
 /// Which of a Gateway's own (not per-listener) unimplemented fields are set.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GatewayFields {
-    /// Ports whose HTTPS listeners client-certificate validation applies to;
-    /// `all` when the default applies to every port without an entry.
-    pub(crate) frontend: FrontendPorts,
     pub(crate) backend_client_certificate: bool,
     pub(crate) default_scope: bool,
-}
-
-/// The ports `spec.tls.frontend` asks client-certificate validation on.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct FrontendPorts {
-    /// The default applies to every port not in `per_port`.
-    default: bool,
-    /// Per-port entries, with whether each asks for validation.
-    per_port: Vec<(i32, bool)>,
-}
-
-impl FrontendPorts {
-    /// Whether HTTPS listeners on `port` are asked to validate clients.
-    pub(crate) fn applies(&self, port: i32) -> bool {
-        match self.per_port.iter().find(|(p, _)| *p == port) {
-            Some((_, validates)) => *validates,
-            None => self.default,
-        }
-    }
 }
 
 /// The Gateway-level unimplemented fields `gateway` sets.
 pub(crate) fn gateway(gateway: &Gateway) -> GatewayFields {
     let tls = gateway.spec.tls.as_ref();
-    let frontend = tls.and_then(|t| t.frontend.as_ref());
     GatewayFields {
-        frontend: FrontendPorts {
-            default: frontend.is_some_and(|f| f.default.validation.is_some()),
-            per_port: frontend
-                .and_then(|f| f.per_port.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|p| (p.port, p.tls.validation.is_some()))
-                .collect(),
-        },
         backend_client_certificate: tls
             .and_then(|t| t.backend.as_ref())
             .is_some_and(|b| b.client_certificate_ref.is_some()),

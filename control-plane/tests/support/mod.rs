@@ -984,6 +984,24 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A client certificate (ClientAuth) for `name` and its key, PEM, as
+    /// one bundle (certificate then key) that `reqwest::Identity` reads.
+    pub fn client_identity(&self, name: &str) -> String {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("generating a client key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("signing a client cert");
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // HTTP clients.
 

@@ -1,6 +1,6 @@
 //! Envoy listeners, one per port, and their filter chains: an HTTP
 //! connection manager for HTTP and HTTPS listeners, a TCP proxy per
-//! TLS passthrough route.
+//! TLSRoute (TLS passed through, or terminated by Envoy).
 
 use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
 use super::{Emitter, ads, any, secrets, socket};
@@ -20,8 +20,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext,
+    CommonTlsContext, DownstreamTlsContext, common_tls_context,
 };
+use envoy_types::pb::google::protobuf::BoolValue;
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Emitter<'_, '_> {
@@ -40,7 +41,7 @@ impl Emitter<'_, '_> {
         if first.protocol == Some(Protocol::Http) {
             let name = format!("http-{port}");
             out.routes
-                .push(self.route_config(&name, port, listeners, clusters));
+                .push(self.route_config(&name, port, listeners, listeners, clusters));
             Some(Listener {
                 name: name.clone(),
                 address: Some(socket(self.bind_address, port_u)),
@@ -72,7 +73,8 @@ impl Emitter<'_, '_> {
     }
 
     /// Filter chains of a TLS-family port: one per HTTPS listener (by its
-    /// hostname) and one per passthrough route (by the SNI names it owns).
+    /// hostname), and one per TLSRoute and TLS listener (by the SNI names it
+    /// owns), which terminates TLS or passes it through.
     fn tls_chains(
         &self,
         port: i32,
@@ -83,29 +85,31 @@ impl Emitter<'_, '_> {
         let mut chains = Vec::new();
         // SNI name → owner; HTTPS listeners own their hostname outright.
         let mut taken: BTreeSet<Option<String>> = BTreeSet::new();
-        for &li in listeners {
+        let https: Vec<usize> = listeners
+            .iter()
+            .copied()
+            .filter(|&li| self.gateway.listeners[li].protocol == Some(Protocol::Https))
+            .collect();
+        for &li in &https {
             let l = &self.gateway.listeners[li];
-            if l.protocol != Some(Protocol::Https) {
-                continue;
-            }
             taken.insert(l.hostname.clone());
             let rc_name = format!("https-{port}-{}", l.name);
             out.routes
-                .push(self.route_config(&rc_name, port, &[li], clusters));
-            out.secrets
-                .extend(l.certificates.iter().map(secrets::tls_certificate));
-            let tls = DownstreamTlsContext {
-                common_tls_context: Some(CommonTlsContext {
-                    tls_certificate_sds_secret_configs: l
-                        .certificates
-                        .iter()
-                        .map(secrets::sds_config)
-                        .collect(),
-                    alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+                .push(self.route_config(&rc_name, port, &https, &[li], clusters));
+            let mut tls = self.downstream_tls(l, vec!["h2".to_owned(), "http/1.1".to_owned()], out);
+            if let Some(v) = &l.client_validation {
+                out.secrets.push(secrets::client_validation(v));
+                if let Some(common) = tls.common_tls_context.as_mut() {
+                    common.validation_context_type = Some(
+                        common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                            secrets::by_name(&v.secret),
+                        ),
+                    );
+                }
+                tls.require_client_certificate = Some(BoolValue {
+                    value: !v.insecure_fallback,
+                });
+            }
             chains.push(FilterChain {
                 name: format!("https-{port}-{}", l.name),
                 filter_chain_match: Some(FilterChainMatch {
@@ -113,22 +117,22 @@ impl Emitter<'_, '_> {
                     ..Default::default()
                 }),
                 filters: vec![hcm(&rc_name, &rc_name)],
-                transport_socket: Some(TransportSocket {
-                    name: "envoy.transport_sockets.tls".to_owned(),
-                    config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
-                }),
+                transport_socket: Some(tls_socket(&tls)),
                 ..Default::default()
             });
         }
-        // Passthrough: each SNI name goes to the most specific listener that
+        // TLSRoutes: each SNI name goes to the most specific listener that
         // accepts it, and within it to the oldest route claiming it.
-        let mut sni: BTreeMap<String, usize> = BTreeMap::new();
+        let mut sni: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for a in self.attachments {
             if !listeners.contains(&a.listener) {
                 continue;
             }
             let l = &self.gateway.listeners[a.listener];
-            if l.protocol != Some(Protocol::TlsPassthrough) {
+            if !matches!(
+                l.protocol,
+                Some(Protocol::TlsPassthrough | Protocol::TlsTerminate)
+            ) {
                 continue;
             }
             for h in &a.hostnames {
@@ -138,20 +142,29 @@ impl Emitter<'_, '_> {
                 {
                     continue;
                 }
-                let entry = sni.entry(h.clone()).or_insert(a.route);
-                if self.routes[a.route].route.age_key() < self.routes[*entry].route.age_key() {
-                    *entry = a.route;
+                let entry = sni.entry(h.clone()).or_insert((a.route, a.listener));
+                if self.routes[a.route].route.age_key() < self.routes[entry.0].route.age_key() {
+                    *entry = (a.route, a.listener);
                 }
             }
         }
-        let mut by_route: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for (h, r) in sni {
-            by_route.entry(r).or_default().push(h);
+        let mut by_route: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
+        for (h, owner) in sni {
+            by_route.entry(owner).or_default().push(h);
         }
-        for (ri, names) in by_route {
+        for ((ri, li), names) in by_route {
             let rr = &self.routes[ri];
+            let l = &self.gateway.listeners[li];
             let key = &rr.route.key;
-            let stat = format!("tls-{port}-{}-{}", key.namespace, key.name);
+            let terminate = l.protocol == Some(Protocol::TlsTerminate);
+            let stat = if terminate {
+                format!(
+                    "tls-terminate-{port}-{}-{}-{}",
+                    l.name, key.namespace, key.name
+                )
+            } else {
+                format!("tls-{port}-{}-{}", key.namespace, key.name)
+            };
             let spec = match rr.rules.first() {
                 Some(rule) => tcp_target(rule, clusters),
                 None => tcp_proxy::ClusterSpecifier::Cluster(INVALID_BACKEND_CLUSTER.to_owned()),
@@ -161,6 +174,10 @@ impl Emitter<'_, '_> {
                 cluster_specifier: Some(spec),
                 ..Default::default()
             };
+            // Terminated: Envoy holds the listener's certificate and the
+            // backend gets the plain stream (no ALPN: it is not HTTP).
+            let transport_socket =
+                terminate.then(|| tls_socket(&self.downstream_tls(l, Vec::new(), out)));
             chains.push(FilterChain {
                 name: stat,
                 filter_chain_match: Some(FilterChainMatch {
@@ -171,10 +188,42 @@ impl Emitter<'_, '_> {
                     name: "envoy.filters.network.tcp_proxy".to_owned(),
                     config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
                 }],
+                transport_socket,
                 ..Default::default()
             });
         }
         chains
+    }
+
+    /// The TLS context of a terminating listener `l`, serving its
+    /// certificates (added to `out` as SDS secrets) with `alpn`.
+    fn downstream_tls(
+        &self,
+        l: &crate::gateway::Listener,
+        alpn: Vec<String>,
+        out: &mut GatewayResources,
+    ) -> DownstreamTlsContext {
+        out.secrets
+            .extend(l.certificates.iter().map(secrets::tls_certificate));
+        DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: l
+                    .certificates
+                    .iter()
+                    .map(secrets::sds_config)
+                    .collect(),
+                alpn_protocols: alpn,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn tls_socket(tls: &DownstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(tls))),
     }
 }
 

@@ -25,12 +25,19 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Emitter<'_, '_> {
-    /// The route configuration serving `listeners` (all on `port`).
+    /// The route configuration serving `serve`, some of the `listeners` on
+    /// `port` among which hostnames are owned. A Host owned by one of
+    /// `listeners` outside `serve` gets 421 Misdirected Request: on an HTTPS
+    /// port each listener has its own configuration (chosen by SNI), and a
+    /// client that reuses a connection for another listener's hostname must
+    /// be told to open a new one rather than be served by the wrong
+    /// listener's routes.
     pub(super) fn route_config(
         &self,
         name: &str,
         port: i32,
         listeners: &[usize],
+        serve: &[usize],
         clusters: &mut BTreeSet<ClusterRef>,
     ) -> RouteConfiguration {
         // Every hostname a route serves here, and every listener hostname,
@@ -42,8 +49,15 @@ impl Emitter<'_, '_> {
         let mut exact: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
         let mut wild: Vec<(&str, usize, usize)> = Vec::new();
         for &li in listeners {
-            if let Some(h) = &self.gateway.listeners[li].hostname {
-                domains.insert(h);
+            match &self.gateway.listeners[li].hostname {
+                Some(h) => {
+                    domains.insert(h);
+                }
+                // Another listener takes every Host no listener names.
+                None if !serve.contains(&li) => {
+                    domains.insert("*");
+                }
+                None => {}
             }
         }
         for a in self
@@ -73,6 +87,9 @@ impl Emitter<'_, '_> {
                     .iter()
                     .copied()
                     .find(|&li| self.owns(listeners, li, domain));
+                if owner.is_some_and(|li| !serve.contains(&li)) {
+                    return misdirected(domain);
+                }
                 let mut candidates: Vec<(&str, usize)> = exact
                     .get(domain)
                     .into_iter()
@@ -475,5 +492,26 @@ fn apply_path_rewrite(action: &mut RouteAction, matched: &PathMatch, path: Optio
             }
         }
         _ => {}
+    }
+}
+
+/// A virtual host answering 421 Misdirected Request for `domain`, which
+/// another listener on the port serves.
+fn misdirected(domain: &str) -> VirtualHost {
+    VirtualHost {
+        name: format!("misdirected:{domain}"),
+        domains: vec![domain.to_owned()],
+        routes: vec![Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::DirectResponse(DirectResponseAction {
+                status: 421,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
     }
 }
