@@ -1184,3 +1184,177 @@ async fn proxy_parameters_apply_on_the_host() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 13. Timeouts: 504 when exceeded, no cut-off without them.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_and_none_by_default() {
+    let (envoy, _slot) = begin("route_timeouts_and_none_by_default", Slot::Shared).await;
+    let rules = "  - matches:
+    - path:
+        type: PathPrefix
+        value: /request
+    timeouts:
+      request: 500ms
+    backendRefs:
+    - name: echo
+      port: 8080
+  - matches:
+    - path:
+        type: PathPrefix
+        value: /attempt
+    timeouts:
+      backendRequest: 500ms
+    backendRefs:
+    - name: echo
+      port: 8080
+  - backendRefs:
+    - name: echo
+      port: 8080
+";
+    let w = World::http(
+        &envoy,
+        13,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("web", rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let base = w.base();
+    w.gw.wait("traffic through the Gateway", async || {
+        served_by(&c, &format!("{base}/request"), &[], "echo").await
+    })
+    .await;
+    for path in ["/request", "/attempt"] {
+        let t = Instant::now();
+        let r = get(&c, &format!("{base}{path}?delay=3s"), &[])
+            .await
+            .expect("a response");
+        assert_eq!(r.status, 504, "{path} with a 3 s backend: {}", r.summary());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{path}: the 500 ms timeout answered only after {:?}",
+            t.elapsed()
+        );
+    }
+    // Envoy's default would answer 504 after 15 s; a rule without timeouts
+    // waits for the backend.
+    let t = Instant::now();
+    let r = served_by(&c, &format!("{base}/plain?delay=16s"), &[], "echo")
+        .await
+        .expect("a 16 s request without a timeout is served");
+    assert!(t.elapsed() >= Duration::from_secs(16), "{}", r.summary());
+}
+
+// ---------------------------------------------------------------------------
+// 14. CORS: preflights answered by Envoy, origins matched as the spec says.
+
+/// A CORS preflight for `path` from `origin` asking for `method`.
+async fn preflight(c: &reqwest::Client, url: &str, origin: &str, method: &str) -> Reply {
+    let req = c
+        .request(reqwest::Method::OPTIONS, url)
+        .header("origin", origin)
+        .header("access-control-request-method", method)
+        .header("access-control-request-headers", "x-token");
+    send(req).await.expect("a preflight answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_simple_requests() {
+    let (envoy, _slot) = begin("cors_preflights_and_simple_requests", Slot::Shared).await;
+    let rules = "  - matches:
+    - path:
+        type: PathPrefix
+        value: /api
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins:
+        - https://app.example.com
+        - https://*.example.org
+        allowMethods: [GET, PUT]
+        allowHeaders: [x-token]
+        exposeHeaders: [x-echo-backend]
+        allowCredentials: true
+        maxAge: 60
+    backendRefs:
+    - name: echo
+      port: 8080
+";
+    let w = World::http(
+        &envoy,
+        14,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("web", rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/api", w.base());
+    w.gw.wait("traffic through the Gateway", async || {
+        served_by(&c, &url, &[], "echo").await
+    })
+    .await;
+
+    // Allowed origins, exact and through the wildcard (several labels, and
+    // the default port written out): Envoy answers, the backend never sees
+    // the preflight.
+    for origin in [
+        "https://app.example.com",
+        "https://deep.sub.example.org",
+        "https://app.example.com:443",
+    ] {
+        let r = preflight(&c, &url, origin, "PUT").await;
+        assert!(matches!(r.status, 200 | 204), "{origin}: {}", r.summary());
+        assert_eq!(
+            r.backend(),
+            "",
+            "{origin}: the preflight reached the backend"
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        assert_eq!(r.header("access-control-max-age"), Some("60"));
+        let methods = r.header("access-control-allow-methods").unwrap_or("");
+        assert!(methods.contains("PUT"), "{origin}: methods {methods:?}");
+    }
+    // A refused origin: no CORS headers, and still not forwarded.
+    for origin in [
+        "https://evil.example.com",
+        "https://example.org",
+        "http://app.example.com",
+    ] {
+        let r = preflight(&c, &url, origin, "PUT").await;
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            None,
+            "{origin}: {r:?}"
+        );
+        assert_eq!(
+            r.backend(),
+            "",
+            "{origin}: a refused preflight reached the backend"
+        );
+    }
+    // Simple requests reach the backend; only allowed origins get headers.
+    let r = get(&c, &url, &[("origin", "https://x.example.org")])
+        .await
+        .expect("a response");
+    assert_eq!((r.status, r.backend()), (200, "echo"), "{}", r.summary());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://x.example.org")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-echo-backend")
+    );
+    let r = get(&c, &url, &[("origin", "https://evil.example.com")])
+        .await
+        .expect("a response");
+    assert_eq!((r.status, r.backend()), (200, "echo"), "{}", r.summary());
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}

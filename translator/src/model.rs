@@ -140,6 +140,15 @@ impl Route {
                         }
                     }
                     Filter::Mirror { .. } => {}
+                    Filter::Cors(c) => {
+                        check(ri, c.origin_patterns().map(drop));
+                        for name in c.headers.iter().chain(&c.expose).filter(|h| *h != "*") {
+                            check(ri, validate::header_name(name));
+                        }
+                        for m in c.methods.iter().filter(|m| *m != "*") {
+                            check(ri, validate::header_name(m));
+                        }
+                    }
                 }
             }
         }
@@ -176,6 +185,19 @@ pub(crate) struct Rule {
     pub(crate) matches: Vec<Match>,
     pub(crate) filters: Vec<Filter>,
     pub(crate) backends: Vec<BackendRef>,
+    pub(crate) timeouts: Timeouts,
+    /// `rules[].name`, shown in the Envoy route's name and metadata.
+    pub(crate) name: Option<String>,
+}
+
+/// An HTTPRoute rule's `timeouts` (GEP-1742). A zero duration disables
+/// that timeout, as does leaving both unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// From the request's start to the end of the response.
+    pub(crate) request: Option<std::time::Duration>,
+    /// Each attempt at the backend; never above `request`.
+    pub(crate) backend_request: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,6 +287,70 @@ pub(crate) enum Filter {
         /// Share of requests mirrored, as (numerator, denominator).
         fraction: Option<(u32, u32)>,
     },
+    Cors(Cors),
+}
+
+impl Cors {
+    /// One RE2 pattern per allowed origin, matching the whole `Origin`
+    /// header: `*` matches any origin; a `*` in the host matches one or more
+    /// labels; a missing port also matches the scheme's default one.
+    pub(crate) fn origin_patterns(&self) -> Result<Vec<String>, String> {
+        self.origins.iter().map(|o| origin_pattern(o)).collect()
+    }
+}
+
+fn origin_pattern(origin: &str) -> Result<String, String> {
+    if origin == "*" {
+        return Ok(".*".to_owned());
+    }
+    let bad = || format!("CORS allowOrigins {origin:?} is not \"*\" or scheme://host[:port]");
+    let (scheme, rest) = origin.split_once("://").ok_or_else(bad)?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err(bad());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        Some(_) => return Err(bad()),
+        None => (rest, None),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+        return Err(bad());
+    }
+    let host = host
+        .split('*')
+        .map(regex_escape)
+        .collect::<Vec<_>>()
+        .join("[^/?#@]+");
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => Some("443"),
+        "http" => Some("80"),
+        _ => None,
+    };
+    let port = match (port, default_port) {
+        (Some(p), Some(d)) if p == d => format!("(:{p})?"),
+        (Some(p), _) => format!(":{p}"),
+        (None, Some(d)) => format!("(:{d})?"),
+        (None, None) => String::new(),
+    };
+    Ok(format!("{}://{host}{port}", regex_escape(scheme)))
+}
+
+/// An HTTPRoute `CORS` filter (GEP-1767).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cors {
+    /// `allowOrigins` as written: `*`, or `scheme://host[:port]` whose host
+    /// may hold `*` (one or more labels).
+    pub(crate) origins: Vec<String>,
+    pub(crate) methods: Vec<String>,
+    pub(crate) headers: Vec<String>,
+    pub(crate) expose: Vec<String>,
+    pub(crate) credentials: bool,
+    /// Seconds a preflight answer may be cached (the spec's default is 5).
+    pub(crate) max_age: i32,
 }
 
 /// A backendRef with defaults applied.

@@ -29,14 +29,10 @@ pub(crate) enum Field {
     /// Route `spec.useDefaultGateways: All`: the route is
     /// `Accepted=False`/`UnsupportedValue` on every parent of ours.
     UseDefaultGateways,
-    /// HTTPRoute rule `timeouts`.
-    Timeouts,
     /// HTTPRoute rule `retry`.
     Retry,
     /// HTTPRoute and GRPCRoute rule `sessionPersistence`.
     SessionPersistence,
-    /// HTTPRoute filter `CORS`.
-    CorsFilter,
     /// HTTPRoute filter `ExternalAuth`.
     ExternalAuthFilter,
     /// Route filter `ExtensionRef` (Gatewright has no extension kinds).
@@ -61,10 +57,8 @@ impl Field {
             Self::DefaultScope => "spec.defaultScope",
             Self::ListenerTlsOptions => "tls.options",
             Self::UseDefaultGateways => "spec.useDefaultGateways",
-            Self::Timeouts => "timeouts",
             Self::Retry => "retry",
             Self::SessionPersistence => "sessionPersistence",
-            Self::CorsFilter => "filter type CORS",
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
             Self::BackendRefFilters => "filters on backendRefs",
@@ -124,13 +118,6 @@ pub(crate) fn http_route(route: &HttpRoute) -> Vec<Field> {
 /// those are refused where each filter type is converted).
 pub(crate) fn http_rule(rule: &HttpRouteRules) -> Vec<Field> {
     let mut out = Vec::new();
-    if rule
-        .timeouts
-        .as_ref()
-        .is_some_and(|t| t.request.is_some() || t.backend_request.is_some())
-    {
-        out.push(Field::Timeouts);
-    }
     if rule.retry.is_some() {
         out.push(Field::Retry);
     }

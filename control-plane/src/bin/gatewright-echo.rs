@@ -6,7 +6,8 @@
 //! JSON description of it. Requests whose content-type starts with
 //! `application/grpc` get a gRPC-shaped answer (one length-prefixed message
 //! holding that JSON, then `grpc-status: 0` in the trailers), and
-//! `/status/NNN` answers with status NNN.
+//! `/status/NNN` answers with status NNN; `?delay=500ms` (or `2s`) answers
+//! that much later.
 //!
 //! After binding it prints exactly one line, `listening on IP:PORT`, so a
 //! caller that asked for port 0 learns the port.
@@ -247,6 +248,10 @@ async fn handle(req: Request<Incoming>, echo: &Echo) -> Response<EchoBody> {
     // rather than being reset while the client is still sending.
     let body_ok = Limited::new(body, MAX_REQUEST_BODY).collect().await.is_ok();
 
+    // `?delay=500ms` (or `2s`) answers late, for timeout tests.
+    if let Some(d) = parts.uri.query().and_then(delay) {
+        tokio::time::sleep(d).await;
+    }
     let description = describe(&parts, echo);
     let json = match serde_json::to_vec(&description) {
         Ok(j) => Bytes::from(j),
@@ -284,6 +289,17 @@ async fn handle(req: Request<Incoming>, echo: &Echo) -> Response<EchoBody> {
     h.insert(X_ECHO_BACKEND, echo.header.clone());
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// The `delay` query parameter (`<n>ms` or `<n>s`), capped at a minute.
+fn delay(query: &str) -> Option<Duration> {
+    let value = query.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    let d = if let Some(ms) = value.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().ok()?)
+    } else {
+        Duration::from_secs(value.strip_suffix('s')?.parse().ok()?)
+    };
+    Some(d.min(Duration::from_secs(60)))
 }
 
 /// The JSON description of a request.

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
     listener_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -228,6 +229,11 @@ fn tls_socket(tls: &DownstreamTlsContext) -> TransportSocket {
 }
 
 fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
+    let cors = HttpFilter {
+        name: super::routes::CORS_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
+        ..Default::default()
+    };
     let router = HttpFilter {
         name: "envoy.filters.http.router".to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -242,7 +248,10 @@ fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
             config_source: Some(ads()),
             route_config_name: route_config.to_owned(),
         })),
-        http_filters: vec![router],
+        // CORS acts only on routes whose per-filter config carries a policy;
+        // it is always present so that adding the first CORS route changes
+        // route configuration only, never the listener.
+        http_filters: vec![cors, router],
         // Backends with appProtocol kubernetes.io/ws take WebSocket upgrades.
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_owned(),

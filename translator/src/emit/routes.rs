@@ -7,21 +7,25 @@ use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
 use crate::hostname;
 use crate::model::{
-    Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, ValueMatch, regex_escape,
+    Cors, Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, Timeouts, ValueMatch,
+    regex_escape,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent, header_value_option,
+    HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent, header_value_option,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
     query_parameter_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
 };
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
-use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    BoolValue, Duration as ProtoDuration, Struct, UInt32Value, Value, value,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Emitter<'_, '_> {
@@ -44,6 +48,11 @@ impl Emitter<'_, '_> {
         // gets a virtual host (a listener hostname always has its own, so
         // requests for it never fall through to a wildcard listener).
         let mut domains: BTreeSet<&str> = BTreeSet::new();
+        // Redirects without a port keep the listener's, written out unless
+        // it is the well-known one of the listener's scheme.
+        let tls = serve.iter().any(|&li| {
+            self.gateway.listeners[li].protocol == Some(crate::gateway::Protocol::Https)
+        });
         // (listener, route, hostname) for each hostname an attachment serves,
         // split into exact names (looked up directly) and wildcards.
         let mut exact: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
@@ -130,7 +139,7 @@ impl Emitter<'_, '_> {
                 }
                 let mut routes = Vec::with_capacity(entries.len());
                 for &(_, ri, rule_i, mi) in &entries {
-                    routes.push(self.route(port, ri, rule_i, mi, clusters));
+                    routes.push(self.route(port, tls, ri, rule_i, mi, clusters));
                 }
                 VirtualHost {
                     name: domain.to_owned(),
@@ -155,6 +164,7 @@ impl Emitter<'_, '_> {
     fn route(
         &self,
         port: i32,
+        tls: bool,
         ri: usize,
         rule_i: usize,
         mi: usize,
@@ -165,8 +175,15 @@ impl Emitter<'_, '_> {
         let resolved = &rr.rules[rule_i];
         let m = &rule.matches[mi];
         let mut out = Route {
-            name: route_name(rr.route.kind, &rr.route.key, rule_i, mi),
+            name: route_name(
+                rr.route.kind,
+                &rr.route.key,
+                rule.name.as_deref(),
+                rule_i,
+                mi,
+            ),
             r#match: Some(route_match(m)),
+            metadata: rule.name.as_deref().map(rule_metadata),
             ..Default::default()
         };
         let mut rewrite = None;
@@ -190,6 +207,10 @@ impl Emitter<'_, '_> {
                     rewrite.get_or_insert(f);
                 }
                 Filter::Mirror { .. } => {}
+                Filter::Cors(c) => {
+                    out.typed_per_filter_config
+                        .insert(CORS_FILTER.to_owned(), super::any(&cors_policy(c)));
+                }
             }
         }
         out.action = Some(match redirect {
@@ -200,10 +221,17 @@ impl Emitter<'_, '_> {
                 path,
                 status,
             }) => route::Action::Redirect(redirect_action(
-                port, &m.path, scheme, hostname, *to_port, path, *status,
+                (port, tls),
+                &m.path,
+                scheme,
+                hostname,
+                *to_port,
+                path,
+                *status,
             )),
             _ => match route_action(resolved, clusters) {
                 Some(mut action) => {
+                    apply_timeouts(&mut action, rule.timeouts);
                     if let Some(Filter::Rewrite { hostname, path }) = rewrite {
                         if let Some(h) = hostname {
                             action.host_rewrite_specifier = Some(
@@ -220,6 +248,9 @@ impl Emitter<'_, '_> {
                             .request_mirror_policies
                             .push(route_action::RequestMirrorPolicy {
                                 cluster: c.name().to_owned(),
+                                // The mirror sees the Host the client sent,
+                                // not Envoy's default "<host>-shadow".
+                                disable_shadow_host_suffix_append: true,
                                 runtime_fraction: fraction.map(|(n, d)| RuntimeFractionalPercent {
                                     default_value: Some(fraction_percent(n, d)),
                                     ..Default::default()
@@ -277,16 +308,52 @@ fn host_rank(h: &str) -> (u8, std::cmp::Reverse<usize>) {
 
 /// `<kind>/<namespace>/<name>/rule/<i>/match/<j>`, built in one allocation:
 /// there is one per Envoy route.
-fn route_name(kind: RouteKind, key: &crate::input::ObjectKey, rule: usize, m: usize) -> String {
+/// The Envoy route name of match `m` of a rule: by the rule's `name` when
+/// it has one (so access logs, stats and config dumps show it), else by
+/// its index.
+fn route_name(
+    kind: RouteKind,
+    key: &crate::input::ObjectKey,
+    rule_name: Option<&str>,
+    rule: usize,
+    m: usize,
+) -> String {
     use std::fmt::Write as _;
     let slug = kind_slug(kind);
     let mut name = String::with_capacity(slug.len() + key.namespace.len() + key.name.len() + 40);
-    let _ = write!(
-        name,
-        "{slug}/{}/{}/rule/{rule}/match/{m}",
-        key.namespace, key.name
-    );
+    let _ = match rule_name {
+        Some(n) => write!(
+            name,
+            "{slug}/{}/{}/rule/{n}/match/{m}",
+            key.namespace, key.name
+        ),
+        None => write!(
+            name,
+            "{slug}/{}/{}/rule/{rule}/match/{m}",
+            key.namespace, key.name
+        ),
+    };
     name
+}
+
+/// Route metadata naming the rule, under the `gatewright.dev` filter key.
+/// One field only: prost encodes `Struct` maps in hash order, and a single
+/// entry keeps the encoding, and so the xDS version, stable.
+fn rule_metadata(rule_name: &str) -> Metadata {
+    let rule = Value {
+        kind: Some(value::Kind::StringValue(rule_name.to_owned())),
+    };
+    Metadata {
+        filter_metadata: [(
+            "gatewright.dev".to_owned(),
+            Struct {
+                fields: [("rule".to_owned(), rule)].into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
 }
 
 fn kind_slug(k: RouteKind) -> &'static str {
@@ -388,6 +455,72 @@ fn header_ops(h: &HeaderModifier) -> (Vec<HeaderValueOption>, Vec<String>) {
     )
 }
 
+/// The name of Envoy's CORS HTTP filter, which per-route policies key on.
+pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// Envoy's CORS policy for a rule's `CORS` filter. Envoy answers every
+/// preflight of such a route itself, matching or not, so none reaches the
+/// backend; it echoes the request's Origin rather than `*`, which is right
+/// with and without credentials. A lone `*` in methods or headers makes
+/// Envoy echo what the preflight asked for, never a literal `*`.
+fn cors_policy(c: &Cors) -> CorsPolicy {
+    let join = |v: &[String]| {
+        if v.iter().any(|x| x == "*") {
+            "*".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    CorsPolicy {
+        allow_origin_string_match: c
+            .origin_patterns()
+            .unwrap_or_default()
+            .into_iter()
+            // Schemes and host names compare without case.
+            .map(|p| StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex(&format!(
+                    "(?i){p}"
+                )))),
+                ignore_case: false,
+            })
+            .collect(),
+        allow_methods: join(&c.methods),
+        allow_headers: join(&c.headers),
+        expose_headers: join(&c.expose),
+        max_age: c.max_age.to_string(),
+        allow_credentials: c.credentials.then_some(BoolValue { value: true }),
+        forward_not_matching_preflights: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// Sets the rule's timeouts on `action`. Envoy's own default (15 s for the
+/// whole request) is never left in place: without `timeouts` a request may
+/// take as long as it needs (gRPC streams, long polls), and only the
+/// connection manager's stream idle timeout bounds it.
+fn apply_timeouts(action: &mut RouteAction, t: Timeouts) {
+    let request = t.request.or(t.backend_request).unwrap_or_default();
+    action.timeout = Some(duration(request));
+    // A per-attempt limit below the whole request's: one attempt may not
+    // use up the time left for the others.
+    if let (Some(_), Some(b)) = (t.request, t.backend_request)
+        && !b.is_zero()
+        && b != request
+    {
+        action.retry_policy = Some(RetryPolicy {
+            per_try_timeout: Some(duration(b)),
+            ..Default::default()
+        });
+    }
+}
+
+fn duration(d: std::time::Duration) -> ProtoDuration {
+    ProtoDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// The route action for a rule's backends, or None when every request must
 /// get a 500 (no backends, all weights zero, or nothing valid to send to).
 fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Option<RouteAction> {
@@ -418,8 +551,9 @@ fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Opt
     })
 }
 
+/// `listener` is the port and whether it speaks HTTPS.
 fn redirect_action(
-    listener_port: i32,
+    listener: (i32, bool),
     matched: &PathMatch,
     scheme: &Option<String>,
     hostname: &Option<String>,
@@ -440,8 +574,8 @@ fn redirect_action(
     let port_redirect = match (port, scheme) {
         (Some(p), _) => u32::try_from(p).unwrap_or(0),
         (None, Some(_)) => 0,
-        (None, None) if listener_port == 80 || listener_port == 443 => 0,
-        (None, None) => u32::try_from(listener_port).unwrap_or(0),
+        (None, None) if listener == (80, false) || listener == (443, true) => 0,
+        (None, None) => u32::try_from(listener.0).unwrap_or(0),
     };
     let path_rewrite_specifier = match (path, matched) {
         (Some(PathModifier::Full(p)), _) => Some(

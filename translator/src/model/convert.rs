@@ -5,8 +5,8 @@
 //! once for all kinds.
 
 use super::{
-    BackendRef, Filter, HeaderModifier, Match, ParentRef, PathMatch, PathModifier, Precedence,
-    Route, RouteKind, Rule, ValueMatch, regex_escape,
+    BackendRef, Cors, Filter, HeaderModifier, Match, ParentRef, PathMatch, PathModifier,
+    Precedence, Route, RouteKind, Rule, Timeouts, ValueMatch, regex_escape,
 };
 use crate::api::grpcroutes::{
     GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
@@ -22,7 +22,8 @@ use crate::api::httproutes::{
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
     HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts, HttpRouteStatusParents,
+    HttpRouteStatusParentsParentRef,
 };
 use crate::api::tlsroutes::{
     TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
@@ -489,7 +490,16 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
                 unsupported.push(format!("rule {ri}: {}", Field::ExtensionRefFilter));
             }
             HttpRouteRulesFiltersType::Cors => {
-                unsupported.push(format!("rule {ri}: {}", Field::CorsFilter));
+                if let Some(c) = &f.cors {
+                    filters.push(Filter::Cors(Cors {
+                        origins: c.allow_origins.clone().unwrap_or_default(),
+                        methods: c.allow_methods.clone().unwrap_or_default(),
+                        headers: c.allow_headers.clone().unwrap_or_default(),
+                        expose: c.expose_headers.clone().unwrap_or_default(),
+                        credentials: c.allow_credentials.unwrap_or(false),
+                        max_age: c.max_age.unwrap_or(5),
+                    }));
+                }
             }
             HttpRouteRulesFiltersType::ExternalAuth => {
                 unsupported.push(format!("rule {ri}: {}", Field::ExternalAuthFilter));
@@ -497,11 +507,50 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
         }
     }
     unsupported.extend(rule_messages(ri, crate::unsupported::http_rule(rule)));
+    let timeouts = match rule.timeouts.as_ref().map(timeouts).transpose() {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => {
+            unsupported.push(format!("rule {ri}: {e}"));
+            Timeouts::default()
+        }
+    };
     Rule {
         matches,
         filters,
         backends: backends(rule.backend_refs.iter().flatten(), ns),
+        timeouts,
+        name: rule.name.clone().filter(|n| !n.is_empty()),
     }
+}
+
+/// Reads `timeouts` (GEP-2257 durations such as `500ms` or `1h30m`).
+fn timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
+    let parse = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<gateway_api::Duration>()
+                    .map(|d| {
+                        std::time::Duration::from_millis(
+                            d.as_millis().try_into().unwrap_or(u64::MAX),
+                        )
+                    })
+                    .map_err(|e| format!("timeouts.{field} {s:?} is not a valid duration: {e}"))
+            })
+            .transpose()
+    };
+    let out = Timeouts {
+        request: parse("request", &t.request)?,
+        backend_request: parse("backendRequest", &t.backend_request)?,
+    };
+    if let (Some(r), Some(b)) = (out.request, out.backend_request)
+        && !r.is_zero()
+        && b > r
+    {
+        return Err(format!(
+            "timeouts.backendRequest ({b:?}) must not exceed timeouts.request ({r:?})"
+        ));
+    }
+    Ok(out)
 }
 
 impl From<&HttpRouteRulesMatches> for Match {
@@ -654,6 +703,8 @@ fn grpc_rule(ri: usize, rule: &GrpcRouteRules, ns: &str, unsupported: &mut Vec<S
         matches,
         filters,
         backends: backends(rule.backend_refs.iter().flatten(), ns),
+        timeouts: Timeouts::default(),
+        name: rule.name.clone().filter(|n| !n.is_empty()),
     }
 }
 
@@ -730,6 +781,8 @@ impl From<&TlsRoute> for Route {
                 matches: vec![],
                 filters: vec![],
                 backends: backends(&rule.backend_refs, ns),
+                timeouts: Timeouts::default(),
+                name: rule.name.clone().filter(|n| !n.is_empty()),
             })
             .collect();
         Self::new(
