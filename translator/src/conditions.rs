@@ -63,6 +63,12 @@ pub(crate) enum Reason {
     BackendNotFound,
     InvalidKind,
     InvalidClientCertificateRef,
+    /// Gateway: a listener's references do not resolve.
+    ListenersNotResolved,
+    /// BackendTLSPolicy: a caCertificateRef does not resolve to a CA.
+    InvalidCaCertificateRef,
+    /// BackendTLSPolicy: none of its CA certificates is usable.
+    NoValidCaCertificate,
 }
 
 impl Reason {
@@ -92,6 +98,9 @@ impl Reason {
             Self::BackendNotFound => "BackendNotFound",
             Self::InvalidKind => "InvalidKind",
             Self::InvalidClientCertificateRef => "InvalidClientCertificateRef",
+            Self::ListenersNotResolved => "ListenersNotResolved",
+            Self::InvalidCaCertificateRef => "InvalidCACertificateRef",
+            Self::NoValidCaCertificate => "NoValidCACertificate",
         }
     }
 }
@@ -154,6 +163,14 @@ mod tests {
         assert_eq!(
             Reason::InvalidClientCertificateRef.to_string(),
             "InvalidClientCertificateRef"
+        );
+        assert_eq!(
+            Reason::InvalidCaCertificateRef.to_string(),
+            "InvalidCACertificateRef"
+        );
+        assert_eq!(
+            Reason::NoValidCaCertificate.to_string(),
+            "NoValidCACertificate"
         );
     }
 }

@@ -6,7 +6,6 @@
 //! carries no traffic at all rather than traffic without the protection
 //! asked for. A feature issue that implements a field removes its variant.
 
-use crate::api::backendtlspolicies::BackendTlsPolicy;
 use crate::api::gateways::{Gateway, GatewayDefaultScope, GatewayListeners};
 use crate::api::grpcroutes::{GrpcRoute, GrpcRouteRules, GrpcRouteUseDefaultGateways};
 use crate::api::httproutes::{HttpRoute, HttpRouteRules, HttpRouteUseDefaultGateways};
@@ -20,11 +19,6 @@ pub(crate) enum Field {
     /// `UnsupportedValue` and not programmed: no client reaches it
     /// unverified.
     FrontendValidation,
-    /// Gateway `spec.tls.backend.clientCertificateRef`. The Gateway gets
-    /// `ResolvedRefs=False`/`InvalidClientCertificateRef`; no upstream TLS
-    /// connection exists that could present it, since backends covered by
-    /// a BackendTLSPolicy are refused (see [`Field::BackendTlsPolicy`]).
-    BackendClientCertificate,
     /// Gateway `spec.defaultScope: All` (default Gateways). The Gateway
     /// gets `DefaultGateway=False`/`UnsupportedValue` and claims no route.
     DefaultScope,
@@ -48,11 +42,6 @@ pub(crate) enum Field {
     ExtensionRefFilter,
     /// Filters on a route's `backendRefs[]`.
     BackendRefFilters,
-    /// A BackendTLSPolicy. It is `Accepted=False`/`Invalid` for every
-    /// Gateway of ours whose routes use a Service port it targets, and
-    /// those backendRefs are unresolved (`UnsupportedProtocol`): requests
-    /// to them get HTTP 500 instead of going out in plaintext.
-    BackendTlsPolicy,
     /// A ListenerSet attached to a Gateway of ours: `Accepted=False`/
     /// `ListenersNotValid`; none of its listeners is served.
     ListenerSet,
@@ -63,7 +52,6 @@ impl Field {
     pub(crate) fn path(self) -> &'static str {
         match self {
             Self::FrontendValidation => "spec.tls.frontend validation",
-            Self::BackendClientCertificate => "spec.tls.backend.clientCertificateRef",
             Self::DefaultScope => "spec.defaultScope",
             Self::ListenerTlsOptions => "tls.options",
             Self::UseDefaultGateways => "spec.useDefaultGateways",
@@ -74,7 +62,6 @@ impl Field {
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
             Self::BackendRefFilters => "filters on backendRefs",
-            Self::BackendTlsPolicy => "BackendTLSPolicy",
             Self::ListenerSet => "ListenerSet",
         }
     }
@@ -92,7 +79,6 @@ pub(crate) struct GatewayFields {
     /// Ports whose HTTPS listeners client-certificate validation applies to;
     /// `all` when the default applies to every port without an entry.
     pub(crate) frontend: FrontendPorts,
-    pub(crate) backend_client_certificate: bool,
     pub(crate) default_scope: bool,
 }
 
@@ -129,9 +115,6 @@ pub(crate) fn gateway(gateway: &Gateway) -> GatewayFields {
                 .map(|p| (p.port, p.tls.validation.is_some()))
                 .collect(),
         },
-        backend_client_certificate: tls
-            .and_then(|t| t.backend.as_ref())
-            .is_some_and(|b| b.client_certificate_ref.is_some()),
         default_scope: matches!(gateway.spec.default_scope, Some(GatewayDefaultScope::All)),
     }
 }
@@ -225,23 +208,4 @@ pub(crate) fn tls_route(route: &TlsRoute) -> Vec<Field> {
         out.push(Field::UseDefaultGateways);
     }
     out
-}
-
-/// Whether `policy` targets port `port_name` of Service `namespace/service`
-/// (a target without `sectionName` covers every port).
-pub(crate) fn tls_policy_targets(
-    policy: &BackendTlsPolicy,
-    namespace: &str,
-    service: &str,
-    port_name: Option<&str>,
-) -> bool {
-    policy.metadata.namespace.as_deref() == Some(namespace)
-        && policy.spec.target_refs.iter().any(|t| {
-            t.group.is_empty()
-                && t.kind == "Service"
-                && t.name == service
-                && t.section_name
-                    .as_deref()
-                    .is_none_or(|s| Some(s) == port_name)
-        })
 }

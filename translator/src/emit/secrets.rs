@@ -1,4 +1,5 @@
-//! SDS secrets: the certificates HTTPS listeners serve.
+//! SDS secrets: the certificates HTTPS listeners serve and the client
+//! certificates Gateways present to TLS backends.
 
 use super::ads;
 use crate::gateway::Certificate;
