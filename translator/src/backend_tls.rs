@@ -107,12 +107,18 @@ impl<'a> Policies<'a> {
         let mut targets: HashMap<Target<'a>, Vec<(&'a str, &'a str)>> = HashMap::new();
         // Sorted by precedence, so each target's list is too.
         let mut sorted: Vec<&'a BackendTlsPolicy> = policies.iter().collect();
-        sorted.sort_by(|a, b| precedence(a).cmp(&precedence(b)));
-        // The API server never stores two objects under one key; a file
-        // might: the first by precedence is kept.
-        sorted.dedup_by(|a, b| key_of(&a.metadata) == key_of(&b.metadata));
+        sorted.sort_by(|a, b| {
+            precedence(a)
+                .cmp(&precedence(b))
+                .then_with(|| crate::json_cmp(*a, *b))
+        });
         for p in sorted {
             let key = key_of(&p.metadata);
+            // The API server never stores two objects under one key; files
+            // might: the first by precedence is kept.
+            if by_key.contains_key(&key) {
+                continue;
+            }
             let ns = key.0;
             for t in &p.spec.target_refs {
                 if !t.group.is_empty() || t.kind != "Service" {

@@ -40,10 +40,13 @@ pub const PROXY_PARAMETERS_GROUP: &str = "gatewright.dev";
 /// A feature is listed only once the upstream conformance tests for it pass
 /// (`make conformance`).
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayBackendClientCertificate",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "HTTPRoute",
