@@ -16,18 +16,21 @@ use std::net::SocketAddr;
 use support::*;
 
 /// A BackendTLSPolicy `default/name` for Service `service`: `hostname`,
-/// the CA ConfigMap `ca` (when given), and `sans` as YAML list items
-/// indented by four (or "").
+/// the CA ConfigMap `ca` (the system CAs when None), and `sans` as YAML
+/// list items indented by four (or "").
 fn policy(name: &str, service: &str, hostname: &str, ca: Option<&str>, sans: &str) -> String {
-    let ca = ca.map_or_else(String::new, |ca| {
-        format!(
-            "    caCertificateRefs:
+    let ca = ca.map_or_else(
+        || "    wellKnownCACertificates: System\n".to_owned(),
+        |ca| {
+            format!(
+                "    caCertificateRefs:
     - group: \"\"
       kind: ConfigMap
       name: {ca}
 "
-        )
-    });
+            )
+        },
+    );
     let sans = if sans.is_empty() {
         String::new()
     } else {
@@ -549,4 +552,63 @@ async fn gateway_client_certificate_presented() {
         }
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. `wellKnownCACertificates: System` trusts the file `--system-ca-file`
+// names.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_ca_file_is_trusted_for_well_known_system() {
+    let Some((envoy, _slot)) = begin(
+        "system_ca_file_is_trusted_for_well_known_system",
+        Slot::Shared,
+    )
+    .await
+    else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("gatewright-btls-")
+        .tempdir()
+        .expect("a temp dir");
+    let pki = Pki::new();
+    let host = "system.btls.test";
+    let cert = pki.server_cert(root.path(), host);
+    let echo = tls_echo(root.path(), "system", &cert, None);
+    // The test CA stands in for the host's bundle: the real one would not
+    // trust it, so a 200 shows that the flag's file is what Envoy trusts.
+    let bundle = root.path().join("system-ca.pem");
+    std::fs::write(&bundle, &pki.ca_pem).expect("writing the CA bundle");
+    let (ip, port) = address_block(43);
+    let config = root.path().join("config");
+    std::fs::create_dir_all(&config).expect("creating the config dir");
+    std::fs::write(
+        config.join("all.yaml"),
+        docs(&[
+            gateway_class(),
+            gateway(ip, &[http_listener("http", port)]),
+            service_for("svc-system", "default", echo.addr, None),
+            policy("system", "svc-system", host, None, ""),
+            http_route("web", &to_service("svc-system")),
+        ]),
+    )
+    .expect("writing the config");
+    let gw = Gatewright::start_with(
+        root.path(),
+        &envoy,
+        &[OsStr::new("--system-ca-file"), bundle.as_os_str()],
+    );
+    gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("http://{ip}:{port}/");
+    let r = gw
+        .wait(
+            "the backend trusted through the system CA file",
+            async || served_by(&c, &url, &[], "system").await,
+        )
+        .await;
+    let json = r.json.as_ref().expect("JSON");
+    assert_eq!(json["tls"], true);
+    assert_eq!(json["sni"], host);
 }

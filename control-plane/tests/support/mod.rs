@@ -342,6 +342,12 @@ impl Gatewright {
     /// Starts `gatewright run` on `root/config` (already filled by the test),
     /// and waits until it has written its admin address.
     pub fn start(root: &Path, envoy: &Path) -> Self {
+        Self::start_with(root, envoy, &[])
+    }
+
+    /// [`Gatewright::start`] with `extra` arguments to `gatewright run`.
+    #[allow(dead_code)] // used directly by backend_tls.rs, not by e2e.rs
+    pub fn start_with(root: &Path, envoy: &Path, extra: &[&std::ffi::OsStr]) -> Self {
         let config_dir = root.join("config");
         let state_dir = root.join("state");
         let status_dir = root.join("status");
@@ -363,6 +369,7 @@ impl Gatewright {
             .args(["--admin-address", "127.0.0.1:0"])
             .arg("--envoy")
             .arg(envoy)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
