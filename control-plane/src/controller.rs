@@ -75,6 +75,9 @@ pub struct ControllerOptions {
     pub xds_service: String,
     /// The Envoy image of provisioned Deployments (kubernetes).
     pub envoy_image: String,
+    /// The CA bundle file, where Envoy runs, that BackendTLSPolicies with
+    /// `wellKnownCACertificates: System` trust.
+    pub system_ca_file: String,
 }
 
 /// How often a round runs with no change, to retry failed writes.
@@ -202,6 +205,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         })),
     };
     let mut pipeline = Pipeline::new(Arc::clone(&shared), infra);
+    pipeline.set_system_ca_file(options.system_ca_file.clone());
     let writer = StatusWriter::new(client.clone(), options.controller_name.clone());
     let mut undecodable =
         UndecodableReport::new(client.clone(), &options.controller_name, &options.identity);

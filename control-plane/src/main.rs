@@ -96,6 +96,10 @@ struct ControllerArgs {
     /// Envoy image of provisioned Deployments (kubernetes).
     #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
     envoy_image: String,
+    /// The CA bundle file, on the host where Envoy runs, that
+    /// BackendTLSPolicies with `wellKnownCACertificates: System` trust.
+    #[arg(long, default_value = gatewright_translator::DEFAULT_SYSTEM_CA_FILE)]
+    system_ca_file: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +141,10 @@ struct RunArgs {
     /// Seconds Envoy's listeners drain before it is stopped.
     #[arg(long, default_value_t = 1.0)]
     drain_seconds: f64,
+    /// The CA bundle file, on the host where Envoy runs, that
+    /// BackendTLSPolicies with `wellKnownCACertificates: System` trust.
+    #[arg(long, default_value = gatewright_translator::DEFAULT_SYSTEM_CA_FILE)]
+    system_ca_file: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -227,6 +235,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         envoy_log_level: args.envoy_log_level,
         envoy_concurrency: args.envoy_concurrency.max(1),
         drain: Duration::from_secs_f64(args.drain_seconds),
+        system_ca_file: args.system_ca_file,
     };
     runtime()?.block_on(run(options))?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -270,6 +279,7 @@ fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::Exit
         drain: Duration::from_secs_f64(args.drain_seconds),
         xds_service: args.xds_service,
         envoy_image: args.envoy_image,
+        system_ca_file: args.system_ca_file,
     };
     runtime()?.block_on(gatewright::controller::run(options))?;
     Ok(std::process::ExitCode::SUCCESS)

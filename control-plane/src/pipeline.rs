@@ -42,6 +42,9 @@ pub struct Pipeline {
     infra: Infra,
     /// Problems of the last round, logged again only when they change.
     last_problems: Vec<String>,
+    /// The CA bundle file for `wellKnownCACertificates: System`, given to
+    /// every translation (the translator's default when None).
+    system_ca_file: Option<String>,
 }
 
 impl Pipeline {
@@ -53,7 +56,14 @@ impl Pipeline {
             shared,
             infra,
             last_problems: Vec::new(),
+            system_ca_file: None,
         }
+    }
+
+    /// Sets the CA bundle file (on the Envoys' hosts) that BackendTLSPolicies
+    /// with `wellKnownCACertificates: System` trust.
+    pub fn set_system_ca_file(&mut self, path: String) {
+        self.system_ca_file = Some(path);
     }
 
     /// Runs one full round on `snapshot`. Status is written only while
@@ -67,6 +77,10 @@ impl Pipeline {
     ) {
         let started = Instant::now();
         snapshot.input.now = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        snapshot
+            .input
+            .system_ca_file
+            .clone_from(&self.system_ca_file);
         // Translating is CPU work: keep it off the threads serving xDS.
         let mut output = tokio::task::block_in_place(|| {
             self.infra.prepare(&mut snapshot.input);

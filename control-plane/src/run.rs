@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub envoy_concurrency: u32,
     /// How long listeners drain before an Envoy is stopped.
     pub drain: Duration,
+    /// The CA bundle file BackendTLSPolicies with
+    /// `wellKnownCACertificates: System` trust.
+    pub system_ca_file: String,
 }
 
 /// Runs until SIGINT or SIGTERM, then drains and stops every Envoy.
@@ -107,6 +110,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         drain: options.drain,
     });
     let mut pipeline = Pipeline::new(Arc::clone(&shared), Infra::Host(host));
+    pipeline.set_system_ca_file(options.system_ca_file.clone());
     let mut source = FileSource::new(options.config.clone());
     let mut sink = FileSink(options.status_dir.clone().map(StatusWriter::new));
 

@@ -179,8 +179,9 @@ async fn client_certificates_are_validated_per_port() {
     let clients = Pki::new();
     let strangers = Pki::new();
     let server = servers.server_cert(certs.path(), "app.mtls.test");
-    let good = clients.client_identity("good client");
-    let stranger = strangers.client_identity("stranger");
+    let identity = |c: ServerCert| format!("{}{}", c.cert_pem, c.key_pem);
+    let good = identity(clients.client_cert(certs.path(), "good-client"));
+    let stranger = identity(strangers.client_cert(certs.path(), "stranger"));
     let validation = |mode: &str| {
         format!(
             "validation:

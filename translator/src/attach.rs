@@ -25,7 +25,7 @@ pub(crate) struct ResolvedRoute {
     pub(crate) rules: Vec<ResolvedRule>,
     /// The first unresolved reference, with a message naming all of them.
     pub(crate) refs_error: Option<Unresolved>,
-    /// BackendTLSPolicies that refused a backend of this route.
+    /// BackendTLSPolicies that name a Service port this route sends to.
     pub(crate) tls_policies: BTreeSet<ObjectKey>,
 }
 

@@ -1,14 +1,18 @@
 //! Backend references: resolution to Service ports, and the Envoy cluster
 //! each one maps to.
 
+use crate::backend_tls::UpstreamTls;
 use crate::conditions::Reason;
 use crate::index::{Index, RefTarget};
 use crate::input::ObjectKey;
 use crate::model::{BackendRef, RouteKind};
-use crate::unsupported::Field;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-/// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2.
+/// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2, in
+/// plaintext or over the TLS of a BackendTLSPolicy. TLS is part of the
+/// identity: one port used with and without a policy (a TLSRoute passes
+/// TLS through, an HTTPRoute originates it) is two clusters.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ClusterRef {
     /// The Envoy name, first so that ordering mostly compares one string.
@@ -17,15 +21,24 @@ pub(crate) struct ClusterRef {
     pub(crate) service: String,
     pub(crate) port: i32,
     pub(crate) http2: bool,
+    /// The policy's TLS, when one covers the port.
+    pub(crate) tls: Option<Arc<UpstreamTls>>,
 }
 
 impl ClusterRef {
-    pub(crate) fn new(namespace: &str, service: &str, port: i32, http2: bool) -> Self {
+    pub(crate) fn new(
+        namespace: &str,
+        service: &str,
+        port: i32,
+        http2: bool,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
         use std::fmt::Write as _;
-        let mut name = String::with_capacity(namespace.len() + service.len() + 20);
+        let mut name = String::with_capacity(namespace.len() + service.len() + 24);
         let _ = write!(
             name,
-            "svc/{namespace}/{service}/{port}{}",
+            "svc/{namespace}/{service}/{port}{}{}",
+            if tls.is_some() { "/tls" } else { "" },
             if http2 { "/h2" } else { "" }
         );
         Self {
@@ -34,7 +47,14 @@ impl ClusterRef {
             service: service.to_owned(),
             port,
             http2,
+            tls,
         }
+    }
+
+    /// Whether a policy covers the port but cannot be honoured: requests
+    /// must fail rather than go out in plaintext.
+    pub(crate) fn refused(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.settings.is_none())
     }
 
     /// The cluster's Envoy name; depends only on what it represents.
@@ -45,7 +65,13 @@ impl ClusterRef {
     /// The same Service port spoken to as plain TCP/HTTP1.
     pub(crate) fn without_http2(&self) -> Self {
         if self.http2 {
-            Self::new(&self.namespace, &self.service, self.port, false)
+            Self::new(
+                &self.namespace,
+                &self.service,
+                self.port,
+                false,
+                self.tls.clone(),
+            )
         } else {
             self.clone()
         }
@@ -55,9 +81,9 @@ impl ClusterRef {
 /// Why a backendRef could not be resolved: (reason, message).
 pub(crate) type Unresolved = (Reason, String);
 
-/// Resolves one backendRef of a route of `kind` in `route_ns`. A
-/// BackendTLSPolicy that covers the backend (and so refuses it, see
-/// [`Field::BackendTlsPolicy`]) is added to `tls_policies`.
+/// Resolves one backendRef of a route of `kind` in `route_ns`. Every
+/// BackendTLSPolicy that names the backend's port (applying or not) is
+/// added to `tls_policies`: the route's Gateways are its ancestors.
 pub(crate) fn resolve(
     index: &Index<'_>,
     kind: RouteKind,
@@ -115,12 +141,16 @@ pub(crate) fn resolve(
             format!("Service {}/{} has no port {port}", b.namespace, b.name),
         ));
     };
-    // appProtocol says how to speak to the backend; TLS passthrough only
-    // forwards bytes, so it ignores it.
-    let h2_app = match sp.app_protocol.as_deref() {
-        _ if kind == RouteKind::Tls => false,
-        None | Some("http" | "kubernetes.io/ws") => false,
-        Some("kubernetes.io/h2c" | "h2c") => true,
+    // TLS passthrough only forwards bytes: it ignores appProtocol and
+    // policies (the client's TLS is already end to end).
+    if kind == RouteKind::Tls {
+        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
+    }
+    // appProtocol says how to speak to the backend.
+    let (h2_app, wants_tls) = match sp.app_protocol.as_deref() {
+        None | Some("http" | "kubernetes.io/ws") => (false, false),
+        Some("kubernetes.io/h2c" | "h2c") => (true, false),
+        Some("HTTPS" | "https" | "kubernetes.io/wss") => (false, true),
         Some(other) => {
             return Err((
                 Reason::UnsupportedProtocol,
@@ -131,22 +161,22 @@ pub(crate) fn resolve(
             ));
         }
     };
-    // Upstream TLS is not implemented: a backend whose owner asked for it
-    // gets no traffic rather than plaintext. Passthrough TLS is already
-    // end-to-end, so TLSRoute backends are not affected.
-    if kind != RouteKind::Tls
-        && let Some(policy) = index.backend_tls_policy(&b.namespace, &b.name, sp.name.as_deref())
-    {
-        let (ns, name) = crate::index::key_of(&policy.metadata);
-        tls_policies.insert(ObjectKey::new(ns, name));
+    let policies = index.backend_tls();
+    tls_policies.extend(policies.targeting(&b.namespace, &b.name, sp.name.as_deref()));
+    let tls = policies
+        .applying(&b.namespace, &b.name, sp.name.as_deref())
+        .cloned();
+    // A port that says it speaks TLS but has no policy saying how to verify
+    // it gets nothing: neither plaintext nor unverified TLS.
+    if wants_tls && tls.is_none() {
         return Err((
             Reason::UnsupportedProtocol,
             format!(
-                "Service {}/{} port {port} is covered by BackendTLSPolicy {ns}/{name}: {}; \
-                 requests to it are refused instead of being sent in plaintext",
+                "Service {}/{} port {port} has appProtocol {:?} but no BackendTLSPolicy says how \
+                 to verify it; requests to it are refused",
                 b.namespace,
                 b.name,
-                Field::BackendTlsPolicy
+                sp.app_protocol.as_deref().unwrap_or("")
             ),
         ));
     }
@@ -155,5 +185,6 @@ pub(crate) fn resolve(
         &b.name,
         port,
         kind == RouteKind::Grpc || h2_app,
+        tls,
     ))
 }

@@ -65,8 +65,13 @@ pub(crate) enum Reason {
     BackendNotFound,
     InvalidKind,
     InvalidClientCertificateRef,
+    /// Gateway: a listener's references do not resolve.
+    ListenersNotResolved,
+    /// A caCertificateRef does not resolve to a CA (listener, BackendTLSPolicy).
     InvalidCaCertificateRef,
+    /// A caCertificateRef names a kind that holds no CA.
     InvalidCaCertificateKind,
+    /// None of the CA certificates is usable.
     NoValidCaCertificate,
     /// Frontend validation was switched to `AllowInsecureFallback`.
     ConfigurationChanged,
@@ -99,6 +104,7 @@ impl Reason {
             Self::BackendNotFound => "BackendNotFound",
             Self::InvalidKind => "InvalidKind",
             Self::InvalidClientCertificateRef => "InvalidClientCertificateRef",
+            Self::ListenersNotResolved => "ListenersNotResolved",
             Self::InvalidCaCertificateRef => "InvalidCACertificateRef",
             Self::InvalidCaCertificateKind => "InvalidCACertificateKind",
             Self::NoValidCaCertificate => "NoValidCACertificate",
@@ -165,6 +171,14 @@ mod tests {
         assert_eq!(
             Reason::InvalidClientCertificateRef.to_string(),
             "InvalidClientCertificateRef"
+        );
+        assert_eq!(
+            Reason::InvalidCaCertificateRef.to_string(),
+            "InvalidCACertificateRef"
+        );
+        assert_eq!(
+            Reason::NoValidCaCertificate.to_string(),
+            "NoValidCACertificate"
         );
     }
 }

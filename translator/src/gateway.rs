@@ -146,6 +146,9 @@ pub(crate) struct GatewayInfo<'a> {
     unsupported: unsupported::GatewayFields,
     /// Whether some frontend validation lets clients through unverified.
     insecure_fallback: bool,
+    /// The certificate presented to TLS backends (`spec.tls.backend`), or
+    /// why its reference does not resolve.
+    pub(crate) client_certificate: Result<Option<Certificate>, (Reason, String)>,
 }
 
 fn listener_kinds(
@@ -188,7 +191,7 @@ fn listener_kinds(
 
 /// Reads tls.crt and tls.key of a kubernetes.io/tls Secret and checks they
 /// hold PEM an Envoy can load (at least one certificate, one private key).
-fn read_certificate(secret: &Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub(crate) fn read_certificate(secret: &Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
     let get = |k: &str| -> Option<Vec<u8>> {
         secret
             .data
@@ -501,6 +504,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
         listeners,
         unsupported: fields,
         insecure_fallback: frontend.insecure_fallback(),
+        client_certificate: crate::backend_tls::client_certificate(index, gateway),
     }
 }
 
@@ -642,13 +646,36 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
             "no listener of the gateway is valid",
         );
     }
-    if info.unsupported.backend_client_certificate {
-        c.set(
+    // The client certificate's own reason comes first: it is the
+    // Gateway's own reference, listeners report theirs themselves.
+    let unresolved: Vec<&str> = info
+        .listeners
+        .iter()
+        .filter(|l| l.resolved.is_err() || l.invalid_kinds.is_err())
+        .map(|l| l.name.as_str())
+        .collect();
+    match &info.client_certificate {
+        Err((r, m)) => c.set(
             ConditionType::ResolvedRefs,
             false,
-            Reason::InvalidClientCertificateRef,
-            unsupported::Field::BackendClientCertificate.to_string(),
-        );
+            *r,
+            format!("{m}; requests to TLS backends are refused"),
+        ),
+        Ok(_) if !unresolved.is_empty() => c.set(
+            ConditionType::ResolvedRefs,
+            false,
+            Reason::ListenersNotResolved,
+            format!(
+                "listeners with unresolved references: {}",
+                unresolved.join(", ")
+            ),
+        ),
+        Ok(_) => c.set(
+            ConditionType::ResolvedRefs,
+            true,
+            Reason::ResolvedRefs,
+            "all references resolved",
+        ),
     }
     if info.insecure_fallback {
         c.set(

@@ -1,8 +1,8 @@
 //! Look-ups over the input: objects by key, EndpointSlices by Service,
-//! Namespace labels and ReferenceGrants.
+//! Namespace labels, ReferenceGrants and BackendTLSPolicies.
 
-use crate::api::backendtlspolicies::BackendTlsPolicy;
 use crate::api::referencegrants::ReferenceGrant;
+use crate::backend_tls::Policies;
 use crate::input::{Input, ObjectKey};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -88,8 +88,8 @@ pub(crate) struct Index<'a> {
     config_maps: NsMap<'a, &'a ConfigMap>,
     namespaces: HashMap<&'a str, &'a Namespace>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
-    /// BackendTLSPolicies by namespace, each list sorted by name.
-    tls_policies: HashMap<&'a str, Vec<&'a BackendTlsPolicy>>,
+    /// BackendTLSPolicies, resolved, and which one applies where.
+    backend_tls: Policies<'a>,
     proxy_parameters: &'a std::collections::BTreeSet<crate::ObjectKey>,
 }
 
@@ -117,16 +117,14 @@ impl<'a> Index<'a> {
                 .or_default()
                 .push(g);
         }
-        let mut tls_policies: HashMap<&'a str, Vec<&'a BackendTlsPolicy>> = HashMap::new();
-        for p in &input.backend_tls_policies {
-            tls_policies
-                .entry(p.metadata.namespace.as_deref().unwrap_or(""))
-                .or_default()
-                .push(p);
-        }
-        for list in tls_policies.values_mut() {
-            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        }
+        let backend_tls = Policies::new(
+            &input.backend_tls_policies,
+            |ns, name| config_maps.get(ns).and_then(|m| m.get(name)).copied(),
+            input
+                .system_ca_file
+                .as_deref()
+                .unwrap_or(crate::backend_tls::DEFAULT_SYSTEM_CA_FILE),
+        );
         Self {
             services,
             slices,
@@ -134,7 +132,7 @@ impl<'a> Index<'a> {
             config_maps,
             namespaces,
             grants,
-            tls_policies,
+            backend_tls,
             proxy_parameters: &input.proxy_parameters,
         }
     }
@@ -160,7 +158,7 @@ impl<'a> Index<'a> {
             config_maps: HashMap::new(),
             namespaces: HashMap::new(),
             grants: HashMap::new(),
-            tls_policies: HashMap::new(),
+            backend_tls: Policies::default(),
             proxy_parameters: &input.proxy_parameters,
         }
     }
@@ -179,19 +177,9 @@ impl<'a> Index<'a> {
             .contains(&crate::ObjectKey::new(ns, name))
     }
 
-    /// The first BackendTLSPolicy (by name) that targets port `port_name`
-    /// of Service `ns/service`.
-    pub(crate) fn backend_tls_policy(
-        &self,
-        ns: &str,
-        service: &str,
-        port_name: Option<&str>,
-    ) -> Option<&'a BackendTlsPolicy> {
-        self.tls_policies.get(ns).and_then(|list| {
-            list.iter()
-                .copied()
-                .find(|p| crate::unsupported::tls_policy_targets(p, ns, service, port_name))
-        })
+    /// The BackendTLSPolicies, resolved.
+    pub(crate) fn backend_tls(&self) -> &Policies<'a> {
+        &self.backend_tls
     }
 
     pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {

@@ -86,6 +86,10 @@ pub struct Input {
     pub config_maps: Vec<ConfigMap>,
     /// Namespaces (their labels feed allowedRoutes selectors).
     pub namespaces: Vec<Namespace>,
+    /// The CA bundle file on the Envoy host that BackendTLSPolicies with
+    /// `wellKnownCACertificates: System` trust; None means
+    /// [`crate::DEFAULT_SYSTEM_CA_FILE`].
+    pub system_ca_file: Option<String>,
     /// Gatewright `ProxyParameters` objects (group `gatewright.dev`) that
     /// exist, by key: a GatewayClass `parametersRef` to one is valid. Their
     /// content only matters to infrastructure, not to translation.

@@ -8,6 +8,7 @@
 pub mod api;
 mod attach;
 mod backend;
+mod backend_tls;
 mod conditions;
 mod emit;
 mod frontend;
@@ -20,6 +21,7 @@ mod output;
 mod unsupported;
 mod validate;
 
+pub use backend_tls::DEFAULT_SYSTEM_CA_FILE;
 pub use emit::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
@@ -39,10 +41,13 @@ pub const PROXY_PARAMETERS_GROUP: &str = "gatewright.dev";
 /// A feature is listed only once the upstream conformance tests for it pass
 /// (`make conformance`).
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayBackendClientCertificate",
     "GatewayFrontendClientCertificateValidation",
     "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
@@ -245,7 +250,7 @@ pub fn translate(input: &Input) -> Output {
 
     out.statuses.listener_sets = unsupported_listener_sets(input, &ours, &now);
     out.statuses.backend_tls_policies =
-        refused_tls_policies(input, &resolved, &route_statuses, &now);
+        tls_policy_statuses(input, &index, &resolved, &route_statuses, &now);
 
     for (rr, parents) in resolved.iter().zip(route_statuses) {
         if parents.is_empty() {
@@ -386,63 +391,31 @@ fn unsupported_listener_sets(
     out
 }
 
-/// BackendTLSPolicies are not implemented yet: each one that covers a
-/// backend of a route attached to a Gateway of ours gets, for that Gateway,
-/// `Accepted=False` saying that the backend is refused (see
-/// [`unsupported::Field::BackendTlsPolicy`]).
-fn refused_tls_policies(
+/// The status of every BackendTLSPolicy that names a Service port a route
+/// attached to a Gateway of ours sends to: one ancestor per such Gateway.
+fn tls_policy_statuses(
     input: &Input,
+    index: &Index<'_>,
     routes: &[attach::ResolvedRoute],
     route_statuses: &[Vec<ParentStatus>],
     now: &Time,
 ) -> BTreeMap<ObjectKey, api::backendtlspolicies::BackendTlsPolicyStatus> {
-    use api::backendtlspolicies::{
-        BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
-        BackendTlsPolicyStatusAncestorsAncestorRef,
-    };
-    // (policy, Gateway namespace, Gateway name), sorted and unique.
-    let mut pairs: BTreeSet<(&ObjectKey, &str, &str)> = BTreeSet::new();
+    let mut ancestors: BTreeMap<ObjectKey, BTreeSet<ObjectKey>> = BTreeMap::new();
     for (rr, parents) in routes.iter().zip(route_statuses) {
         for policy in &rr.tls_policies {
+            let gateways = ancestors.entry(policy.clone()).or_default();
             for p in parents {
-                pairs.insert((policy, p.parent.namespace.as_str(), p.parent.name.as_str()));
+                gateways.insert(ObjectKey::new(
+                    p.parent.namespace.as_str(),
+                    p.parent.name.as_str(),
+                ));
             }
         }
     }
-    let mut out: BTreeMap<ObjectKey, BackendTlsPolicyStatus> = BTreeMap::new();
-    for (key, gw_ns, gw_name) in pairs {
-        let generation = input
-            .backend_tls_policies
-            .iter()
-            .find(|p| index::key_of(&p.metadata) == (key.namespace.as_str(), key.name.as_str()))
-            .and_then(|p| p.metadata.generation);
-        let mut c = Conditions::new(now, generation);
-        c.set(
-            ConditionType::Accepted,
-            false,
-            Reason::Invalid,
-            format!(
-                "{}: requests to the Services it targets are refused instead of being sent in plaintext",
-                unsupported::Field::BackendTlsPolicy
-            ),
-        );
-        out.entry(key.clone())
-            .or_insert_with(|| BackendTlsPolicyStatus { ancestors: vec![] })
-            .ancestors
-            .push(BackendTlsPolicyStatusAncestors {
-                ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
-                    group: Some(index::GATEWAY_GROUP.to_owned()),
-                    kind: Some("Gateway".to_owned()),
-                    name: gw_name.to_owned(),
-                    namespace: Some(gw_ns.to_owned()),
-                    port: None,
-                    section_name: None,
-                },
-                conditions: c.into_vec(),
-                controller_name: input.controller_name.clone(),
-            });
-    }
-    out
+    ancestors.retain(|_, gateways| !gateways.is_empty());
+    index
+        .backend_tls()
+        .statuses(&ancestors, &input.controller_name, now)
 }
 
 /// A route kind's `status.parents` list from kind-agnostic parent statuses.

@@ -6,7 +6,6 @@
 //! carries no traffic at all rather than traffic without the protection
 //! asked for. A feature issue that implements a field removes its variant.
 
-use crate::api::backendtlspolicies::BackendTlsPolicy;
 use crate::api::gateways::{Gateway, GatewayDefaultScope, GatewayListeners};
 use crate::api::grpcroutes::{GrpcRoute, GrpcRouteRules, GrpcRouteUseDefaultGateways};
 use crate::api::httproutes::{HttpRoute, HttpRouteRules, HttpRouteUseDefaultGateways};
@@ -15,11 +14,6 @@ use crate::api::tlsroutes::{TlsRoute, TlsRouteUseDefaultGateways};
 /// A field (or object kind) Gatewright does not implement yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Field {
-    /// Gateway `spec.tls.backend.clientCertificateRef`. The Gateway gets
-    /// `ResolvedRefs=False`/`InvalidClientCertificateRef`; no upstream TLS
-    /// connection exists that could present it, since backends covered by
-    /// a BackendTLSPolicy are refused (see [`Field::BackendTlsPolicy`]).
-    BackendClientCertificate,
     /// Gateway `spec.defaultScope: All` (default Gateways). The Gateway
     /// gets `DefaultGateway=False`/`UnsupportedValue` and claims no route.
     DefaultScope,
@@ -39,11 +33,6 @@ pub(crate) enum Field {
     ExtensionRefFilter,
     /// Filters on a route's `backendRefs[]`.
     BackendRefFilters,
-    /// A BackendTLSPolicy. It is `Accepted=False`/`Invalid` for every
-    /// Gateway of ours whose routes use a Service port it targets, and
-    /// those backendRefs are unresolved (`UnsupportedProtocol`): requests
-    /// to them get HTTP 500 instead of going out in plaintext.
-    BackendTlsPolicy,
     /// A ListenerSet attached to a Gateway of ours: `Accepted=False`/
     /// `ListenersNotValid`; none of its listeners is served.
     ListenerSet,
@@ -53,7 +42,6 @@ impl Field {
     /// Where the field is, as a user writes it.
     pub(crate) fn path(self) -> &'static str {
         match self {
-            Self::BackendClientCertificate => "spec.tls.backend.clientCertificateRef",
             Self::DefaultScope => "spec.defaultScope",
             Self::ListenerTlsOptions => "tls.options",
             Self::UseDefaultGateways => "spec.useDefaultGateways",
@@ -62,7 +50,6 @@ impl Field {
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
             Self::BackendRefFilters => "filters on backendRefs",
-            Self::BackendTlsPolicy => "BackendTLSPolicy",
             Self::ListenerSet => "ListenerSet",
         }
     }
@@ -77,17 +64,12 @@ impl std::fmt::Display for Field {
 /// Which of a Gateway's own (not per-listener) unimplemented fields are set.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GatewayFields {
-    pub(crate) backend_client_certificate: bool,
     pub(crate) default_scope: bool,
 }
 
 /// The Gateway-level unimplemented fields `gateway` sets.
 pub(crate) fn gateway(gateway: &Gateway) -> GatewayFields {
-    let tls = gateway.spec.tls.as_ref();
     GatewayFields {
-        backend_client_certificate: tls
-            .and_then(|t| t.backend.as_ref())
-            .is_some_and(|b| b.client_certificate_ref.is_some()),
         default_scope: matches!(gateway.spec.default_scope, Some(GatewayDefaultScope::All)),
     }
 }
@@ -174,23 +156,4 @@ pub(crate) fn tls_route(route: &TlsRoute) -> Vec<Field> {
         out.push(Field::UseDefaultGateways);
     }
     out
-}
-
-/// Whether `policy` targets port `port_name` of Service `namespace/service`
-/// (a target without `sectionName` covers every port).
-pub(crate) fn tls_policy_targets(
-    policy: &BackendTlsPolicy,
-    namespace: &str,
-    service: &str,
-    port_name: Option<&str>,
-) -> bool {
-    policy.metadata.namespace.as_deref() == Some(namespace)
-        && policy.spec.target_refs.iter().any(|t| {
-            t.group.is_empty()
-                && t.kind == "Service"
-                && t.name == service
-                && t.section_name
-                    .as_deref()
-                    .is_none_or(|s| Some(s) == port_name)
-        })
 }

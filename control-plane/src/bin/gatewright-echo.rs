@@ -9,6 +9,11 @@
 //! `/status/NNN` answers with status NNN; `?delay=500ms` (or `2s`) answers
 //! that much later.
 //!
+//! Over TLS the answer also says which SNI the client sent (`sni`) and, with
+//! `--tls-client-ca`, which client certificate it presented (`client_cert`:
+//! its subject); clients without a certificate signed by that CA are
+//! refused during the handshake.
+//!
 //! After binding it prints exactly one line, `listening on IP:PORT`, so a
 //! caller that asked for port 0 learns the port.
 
@@ -63,6 +68,18 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM CA certificates; with TLS, require a client certificate signed by
+    /// one of them and report its subject.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// What one connection's TLS handshake told: the SNI and the subject of the
+/// client certificate (None when absent or in plaintext).
+#[derive(Clone, Debug, Default)]
+struct ConnInfo {
+    sni: Option<String>,
+    client_cert: Option<String>,
 }
 
 /// What every request handler needs: the backend's name, in both forms.
@@ -101,7 +118,7 @@ async fn run(args: Args) -> Result<()> {
     let header = HeaderValue::from_str(&args.name)
         .with_context(|| format!("--name {:?} is not a valid header value", args.name))?;
     let acceptor = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, args.tls_client_ca.as_deref())?),
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
     };
@@ -177,23 +194,48 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Reads the certificate chain and key and builds a TLS acceptor offering
-/// h2 and http/1.1.
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading certificates from {}", cert.display()))?
+/// Reads PEM certificates from `path`, at least one.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading certificates from {}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
+        .with_context(|| format!("parsing certificates in {}", path.display()))?;
     if certs.is_empty() {
-        bail!("no certificate found in {}", cert.display());
+        bail!("no certificate found in {}", path.display());
     }
+    Ok(certs)
+}
+
+/// Reads the certificate chain and key and builds a TLS acceptor offering
+/// h2 and http/1.1; with `client_ca`, clients must present a certificate
+/// that CA signed.
+fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor> {
+    let certs = read_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("reading the private key from {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .context("choosing TLS protocol versions")?
-        .with_no_client_auth()
+        .context("choosing TLS protocol versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in read_certs(path)? {
+                roots
+                    .add(ca)
+                    .with_context(|| format!("adding a CA certificate of {}", path.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .context("building the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not make a usable pair")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -209,9 +251,19 @@ async fn connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let result = match acceptor {
-        None => serve(stream, echo, shutdown).await,
+        None => serve(stream, echo, ConnInfo::default(), shutdown).await,
         Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => serve(tls, echo, shutdown).await,
+            Ok(tls) => {
+                let (_, session) = tls.get_ref();
+                let info = ConnInfo {
+                    sni: session.server_name().map(str::to_owned),
+                    client_cert: session
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| subject(c.as_ref())),
+                };
+                serve(tls, echo, info, shutdown).await
+            }
             Err(e) => Err(anyhow::Error::new(e).context("TLS handshake")),
         },
     };
@@ -222,14 +274,21 @@ async fn connection(
 
 /// Speaks HTTP/1.1 or HTTP/2 (told apart by the HTTP/2 preface) until the
 /// peer closes or shutdown starts, then lets in-flight requests finish.
-async fn serve<S>(io: S, echo: Arc<Echo>, mut shutdown: watch::Receiver<bool>) -> Result<()>
+async fn serve<S>(
+    io: S,
+    echo: Arc<Echo>,
+    info: ConnInfo,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let info = Arc::new(info);
     let service = hyper::service::service_fn(move |req| {
         let echo = Arc::clone(&echo);
-        async move { Ok::<_, Infallible>(handle(req, &echo).await) }
+        let info = Arc::clone(&info);
+        async move { Ok::<_, Infallible>(handle(req, &echo, &info).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -242,7 +301,7 @@ where
 }
 
 /// Answers one request.
-async fn handle(req: Request<Incoming>, echo: &Echo) -> Response<EchoBody> {
+async fn handle(req: Request<Incoming>, echo: &Echo, info: &ConnInfo) -> Response<EchoBody> {
     let (parts, body) = req.into_parts();
     // Read (and drop) the body first, so that an HTTP/2 stream ends cleanly
     // rather than being reset while the client is still sending.
@@ -252,7 +311,7 @@ async fn handle(req: Request<Incoming>, echo: &Echo) -> Response<EchoBody> {
     if let Some(d) = parts.uri.query().and_then(delay) {
         tokio::time::sleep(d).await;
     }
-    let description = describe(&parts, echo);
+    let description = describe(&parts, echo, info);
     let json = match serde_json::to_vec(&description) {
         Ok(j) => Bytes::from(j),
         Err(_) => Bytes::from_static(b"{}"),
@@ -303,7 +362,11 @@ fn delay(query: &str) -> Option<Duration> {
 }
 
 /// The JSON description of a request.
-fn describe(parts: &hyper::http::request::Parts, echo: &Echo) -> serde_json::Value {
+fn describe(
+    parts: &hyper::http::request::Parts,
+    echo: &Echo,
+    info: &ConnInfo,
+) -> serde_json::Value {
     let mut headers: BTreeMap<&str, String> = BTreeMap::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
@@ -335,7 +398,18 @@ fn describe(parts: &hyper::http::request::Parts, echo: &Echo) -> serde_json::Val
         "headers": headers,
         "protocol": protocol,
         "tls": echo.tls,
+        "sni": info.sni,
+        "client_cert": info.client_cert,
     })
+}
+
+/// The subject of a DER certificate (`CN=...`), or why it cannot be read:
+/// the verifier already accepted it, so this only describes it.
+fn subject(der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => cert.subject().to_string(),
+        Err(e) => format!("unparsable certificate: {e}"),
+    }
 }
 
 /// A gRPC-shaped answer: one uncompressed length-prefixed message carrying

@@ -341,6 +341,12 @@ impl Gatewright {
     /// Starts `gatewright run` on `root/config` (already filled by the test),
     /// and waits until it has written its admin address.
     pub fn start(root: &Path, envoy: &Path) -> Self {
+        Self::start_with(root, envoy, &[])
+    }
+
+    /// [`Gatewright::start`] with `extra` arguments to `gatewright run`.
+    #[allow(dead_code)] // used directly by backend_tls.rs, not by e2e.rs
+    pub fn start_with(root: &Path, envoy: &Path, extra: &[&std::ffi::OsStr]) -> Self {
         let config_dir = root.join("config");
         let state_dir = root.join("state");
         let status_dir = root.join("status");
@@ -362,6 +368,7 @@ impl Gatewright {
             .args(["--admin-address", "127.0.0.1:0"])
             .arg("--envoy")
             .arg(envoy)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -984,24 +991,6 @@ impl Pki {
     }
 }
 
-impl Pki {
-    /// A client certificate (ClientAuth) for `name` and its key, PEM, as
-    /// one bundle (certificate then key) that `reqwest::Identity` reads.
-    pub fn client_identity(&self, name: &str) -> String {
-        let mut params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = rcgen::KeyPair::generate().expect("generating a client key");
-        let cert = params
-            .signed_by(&key, &self.ca)
-            .expect("signing a client cert");
-        format!("{}{}", cert.pem(), key.serialize_pem())
-    }
-}
-
 // ---------------------------------------------------------------------------
 // HTTP clients.
 
@@ -1255,4 +1244,125 @@ pub fn yaml_summary(v: &serde_yaml::Value) -> String {
 /// At most `n` characters of `s`, for messages.
 pub fn clip(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Upstream TLS (control-plane/tests/backend_tls.rs).
+
+/// Starts `gatewright-echo --name NAME` on 127.0.0.1 with `args` added
+/// (TLS and client-certificate options) and waits for its `listening on`
+/// line.
+#[allow(dead_code)] // used by backend_tls.rs, not by e2e.rs
+pub fn start_echo_with(dir: &Path, name: &str, args: &[&std::ffi::OsStr]) -> Echo {
+    let log = dir.join(format!("echo-{name}.log"));
+    let stderr = std::fs::File::create(&log).expect("creating the echo log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatewright-echo"));
+    cmd.args(["--listen", "127.0.0.1:0", "--name", name])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    die_with_parent(&mut cmd, libc::SIGKILL);
+    let mut child = cmd.spawn().expect("starting gatewright-echo");
+    let stdout = child.stdout.take().expect("echo stdout");
+    let proc = Proc {
+        child: Some(child),
+        name: format!("gatewright-echo {name}"),
+        log,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("gatewright-echo {name} printed nothing within 10 s"));
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "gatewright-echo {name}: expected `listening on IP:PORT`, got {line:?}; log:\n{}",
+                proc.log_tail(20)
+            )
+        });
+    Echo { _proc: proc, addr }
+}
+
+#[allow(dead_code)] // used by backend_tls.rs, not by e2e.rs
+impl Pki {
+    /// A server certificate with CN `cn` and exactly the DNS SANs `dns`
+    /// and URI SANs `uris`, written to `dir` as `<file>.crt`/`<file>.key`.
+    pub fn server_cert_with_sans(
+        &self,
+        dir: &Path,
+        file: &str,
+        cn: &str,
+        dns: &[&str],
+        uris: &[&str],
+    ) -> ServerCert {
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        for uri in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(uri.to_string()).expect("an ASCII URI"),
+            ));
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, dir, file)
+    }
+
+    /// A client certificate with CN `cn`, written to `dir` as
+    /// `<cn>.crt`/`<cn>.key`.
+    pub fn client_cert(&self, dir: &Path, cn: &str) -> ServerCert {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, dir, cn)
+    }
+
+    fn sign(&self, params: rcgen::CertificateParams, dir: &Path, file: &str) -> ServerCert {
+        let key = rcgen::KeyPair::generate().expect("generating a key");
+        let cert = params.signed_by(&key, &self.ca).expect("signing a cert");
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        let cert_file = dir.join(format!("{file}.crt"));
+        let key_file = dir.join(format!("{file}.key"));
+        std::fs::write(&cert_file, &cert_pem).expect("writing a cert file");
+        std::fs::write(&key_file, &key_pem).expect("writing a key file");
+        ServerCert {
+            cert_pem,
+            key_pem,
+            cert_file,
+            key_file,
+        }
+    }
+}
+
+/// The conditions of the `status.ancestors[]` entry for Gateway `gateway`
+/// in a policy status, as a status holding just that list (so
+/// [`condition`] reads it).
+#[allow(dead_code)] // used by backend_tls.rs, not by e2e.rs
+pub fn ancestor_status(status: &serde_yaml::Value, gateway: &str) -> Option<serde_yaml::Value> {
+    status
+        .get("ancestors")?
+        .as_sequence()?
+        .iter()
+        .find(|a| {
+            a.get("ancestorRef")
+                .and_then(|r| r.get("name"))
+                .and_then(|n| n.as_str())
+                == Some(gateway)
+        })
+        .cloned()
 }

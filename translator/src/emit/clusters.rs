@@ -1,20 +1,29 @@
-//! Clusters (CDS), one per Service port and protocol a route sends to, and
-//! their endpoints (EDS).
+//! Clusters (CDS), one per Service port, protocol and upstream TLS a route
+//! sends to, and their endpoints (EDS).
 
-use super::{Emitter, ads, any, socket};
+use super::{Emitter, ads, any, secrets, socket};
 use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
+use crate::backend_tls::{San, TlsSettings, TrustedCa};
+use crate::gateway::Certificate;
 use crate::index::Index;
 use crate::input::ObjectKey;
 use crate::output::{GatewayResources, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Http2ProtocolOptions, TransportSocket, data_source, transport_socket,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Duration;
 use std::collections::BTreeSet;
 
@@ -35,7 +44,22 @@ impl Emitter<'_, '_> {
         out.clusters.reserve_exact(clusters.len());
         out.endpoints.reserve_exact(clusters.len());
         for c in clusters {
-            out.clusters.push(cluster(c));
+            // A cluster left out answers 500 (route actions set
+            // cluster_not_found_response_code; a mirror to it is dropped):
+            // that is what a backend whose TLS cannot be honoured gets. Its
+            // policy is invalid (routes already point at the invalid
+            // backend), or the Gateway's client certificate does not
+            // resolve, and no TLS connection goes out without it.
+            let client = match (&c.tls, &self.gateway.client_certificate) {
+                (Some(t), _) if t.settings.is_none() => continue,
+                (Some(_), Err(_)) => continue,
+                (Some(_), Ok(cert)) => cert.as_ref(),
+                (None, _) => None,
+            };
+            if let Some(cert) = client {
+                out.secrets.push(secrets::tls_certificate(cert));
+            }
+            out.clusters.push(cluster(c, client));
             out.endpoints.push(load_assignment(
                 self.index,
                 c.name(),
@@ -137,6 +161,8 @@ pub(super) fn backend_weights(
             continue;
         }
         let name = match target {
+            // A policy that cannot be honoured: fail, never plaintext.
+            Ok(c) if c.refused() => INVALID_BACKEND_CLUSTER.to_owned(),
             Ok(c) => {
                 let c = if tcp && c.http2 {
                     std::borrow::Cow::Owned(c.without_http2())
@@ -165,7 +191,8 @@ pub(super) fn backend_weights(
     weights
 }
 
-fn cluster(c: &ClusterRef) -> Cluster {
+/// The cluster of `c`; `client` is the certificate its TLS presents.
+fn cluster(c: &ClusterRef, client: Option<&Certificate>) -> Cluster {
     let mut out = Cluster {
         name: c.name().to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -179,6 +206,11 @@ fn cluster(c: &ClusterRef) -> Cluster {
             seconds: 10,
             nanos: 0,
         }),
+        transport_socket: c
+            .tls
+            .as_ref()
+            .and_then(|t| t.settings.as_ref())
+            .map(|t| upstream_tls(t, c.http2, client)),
         ..Default::default()
     };
     if c.http2 {
@@ -198,4 +230,60 @@ fn cluster(c: &ClusterRef) -> Cluster {
         );
     }
     out
+}
+
+/// The TLS transport socket of a cluster covered by a valid policy: SNI,
+/// the trusted CAs, the SANs the backend's certificate must have, ALPN for
+/// the cluster's protocol, and the Gateway's client certificate if any.
+fn upstream_tls(t: &TlsSettings, http2: bool, client: Option<&Certificate>) -> TransportSocket {
+    let trusted_ca = match &t.ca {
+        TrustedCa::Pem(pem) => data_source::Specifier::InlineBytes(pem.clone()),
+        TrustedCa::File(path) => data_source::Specifier::Filename(path.clone()),
+    };
+    let sans = t
+        .sans
+        .iter()
+        .map(|san| {
+            let (san_type, value) = match san {
+                San::Dns(v) => (subject_alt_name_matcher::SanType::Dns, v),
+                San::Uri(v) => (subject_alt_name_matcher::SanType::Uri, v),
+            };
+            SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(value.clone())),
+                    ignore_case: false,
+                }),
+                oid: String::new(),
+            }
+        })
+        .collect();
+    let context = UpstreamTlsContext {
+        sni: t.sni.clone(),
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec![if http2 { "h2" } else { "http/1.1" }.to_owned()],
+            tls_certificate_sds_secret_configs: client
+                .map(secrets::sds_config)
+                .into_iter()
+                .collect(),
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(DataSource {
+                            specifier: Some(trusted_ca),
+                            ..Default::default()
+                        }),
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    }
 }

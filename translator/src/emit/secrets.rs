@@ -1,5 +1,6 @@
-//! SDS secrets: the certificates HTTPS and TLS listeners serve, and the CA
-//! bundles they validate clients with. Listeners refer to them by name, so
+//! SDS secrets: the certificates HTTPS and TLS listeners serve, the CA
+//! bundles they validate clients with, and the client certificates Gateways
+//! present to TLS backends. Listeners and clusters refer to them by name, so
 //! a changed Secret or ConfigMap reaches Envoy as a secret update alone: the
 //! listener is not replaced and its connections are not drained.
 

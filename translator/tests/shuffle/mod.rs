@@ -29,6 +29,7 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
         now: _,
         bind_addresses: _,
         proxy_parameters: _,
+        system_ca_file: _,
         gateway_classes,
         gateways,
         listener_sets,
