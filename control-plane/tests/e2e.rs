@@ -1358,3 +1358,69 @@ async fn cors_preflights_and_simple_requests() {
     assert_eq!((r.status, r.backend()), (200, "echo"), "{}", r.summary());
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+// ---------------------------------------------------------------------------
+// 15. Per-backend filters under a weighted split.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_filters_follow_their_backend() {
+    let (envoy, _slot) = begin("backend_filters_follow_their_backend", Slot::Shared).await;
+    let backend = |svc: &str| {
+        format!(
+            "    - name: {svc}
+      port: 8080
+      weight: 1
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier:
+          set:
+          - name: x-chosen
+            value: {svc}
+"
+        )
+    };
+    let rules = format!(
+        "  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set:
+        - name: x-chosen
+          value: rule
+    backendRefs:
+{}{}",
+        backend("alpha"),
+        backend("beta")
+    );
+    let w = World::http(
+        &envoy,
+        15,
+        &[("alpha", "alpha"), ("beta", "beta")],
+        &[("route.yaml", http_route("web", &rules))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/", w.base());
+    w.gw.wait("traffic through the Gateway", async || {
+        served_by(&c, &url, &[], "alpha").await
+    })
+    .await;
+    // Each backend sees only its own value, which beats the rule's.
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        let r = get(&c, &url, &[]).await.expect("a response");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(
+            r.echoed_header("x-chosen").as_deref(),
+            Some(r.backend()),
+            "backend {} got another backend's header: {}",
+            r.backend(),
+            r.summary()
+        );
+        *seen.entry(r.backend().to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["alpha", "beta"],
+        "a 1:1 split over 40 requests reaches both backends: {seen:?}"
+    );
+}

@@ -152,6 +152,20 @@ impl Route {
                 }
             }
         }
+        // backendRef header filters: the same checks as a rule's.
+        for (ri, rule) in self.rules.iter().enumerate() {
+            for f in rule.backends.iter().flat_map(|b| &b.filters) {
+                if let Filter::RequestHeaders(h) | Filter::ResponseHeaders(h) = f {
+                    for (name, value) in h.set.iter().chain(&h.add) {
+                        check(Some(ri), validate::modifiable_header(name));
+                        check(Some(ri), validate::header_value(value));
+                    }
+                    for name in &h.remove {
+                        check(Some(ri), validate::modifiable_header(name));
+                    }
+                }
+            }
+        }
         self.unsupported.extend(problems);
         self
     }
@@ -362,6 +376,9 @@ pub(crate) struct BackendRef {
     pub(crate) name: String,
     pub(crate) port: Option<i32>,
     pub(crate) weight: u32,
+    /// `filters` of this backendRef (header modifiers only), applied to the
+    /// requests sent to it and the responses it gives.
+    pub(crate) filters: Vec<Filter>,
 }
 
 /// Escapes RE2 metacharacters so `s` matches literally.

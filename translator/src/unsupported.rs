@@ -31,8 +31,6 @@ pub(crate) enum Field {
     ExternalAuthFilter,
     /// Route filter `ExtensionRef` (Gatewright has no extension kinds).
     ExtensionRefFilter,
-    /// Filters on a route's `backendRefs[]`.
-    BackendRefFilters,
     /// A ListenerSet attached to a Gateway of ours: `Accepted=False`/
     /// `ListenersNotValid`; none of its listeners is served.
     ListenerSet,
@@ -49,7 +47,6 @@ impl Field {
             Self::SessionPersistence => "sessionPersistence",
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
-            Self::BackendRefFilters => "filters on backendRefs",
             Self::ListenerSet => "ListenerSet",
         }
     }
@@ -106,14 +103,6 @@ pub(crate) fn http_rule(rule: &HttpRouteRules) -> Vec<Field> {
     if rule.session_persistence.is_some() {
         out.push(Field::SessionPersistence);
     }
-    if rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
-    {
-        out.push(Field::BackendRefFilters);
-    }
     out
 }
 
@@ -134,14 +123,6 @@ pub(crate) fn grpc_rule(rule: &GrpcRouteRules) -> Vec<Field> {
     let mut out = Vec::new();
     if rule.session_persistence.is_some() {
         out.push(Field::SessionPersistence);
-    }
-    if rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
-    {
-        out.push(Field::BackendRefFilters);
     }
     out
 }

@@ -160,24 +160,7 @@ pub(super) fn backend_weights(
         if *weight == 0 {
             continue;
         }
-        let name = match target {
-            // A policy that cannot be honoured: fail, never plaintext.
-            Ok(c) if c.refused() => INVALID_BACKEND_CLUSTER.to_owned(),
-            Ok(c) => {
-                let c = if tcp && c.http2 {
-                    std::borrow::Cow::Owned(c.without_http2())
-                } else {
-                    std::borrow::Cow::Borrowed(c)
-                };
-                let name = c.name().to_owned();
-                if !clusters.contains(c.as_ref()) {
-                    clusters.insert(c.into_owned());
-                }
-                name
-            }
-            Err(_) => INVALID_BACKEND_CLUSTER.to_owned(),
-        };
-        weights.push((name, *weight));
+        weights.push((cluster_name(target, clusters, tcp), *weight));
     }
     // Merge repeated clusters, in name order.
     weights.sort_unstable();
@@ -189,6 +172,33 @@ pub(super) fn backend_weights(
         same
     });
     weights
+}
+
+/// The Envoy cluster one resolved backend sends to, added to `clusters`
+/// (spoken to as plain TCP when `tcp`); the invalid-backend cluster when it
+/// did not resolve.
+pub(super) fn cluster_name(
+    target: &Result<ClusterRef, crate::backend::Unresolved>,
+    clusters: &mut BTreeSet<ClusterRef>,
+    tcp: bool,
+) -> String {
+    match target {
+        // A policy that cannot be honoured: fail, never plaintext.
+        Ok(c) if c.refused() => INVALID_BACKEND_CLUSTER.to_owned(),
+        Ok(c) => {
+            let c = if tcp && c.http2 {
+                std::borrow::Cow::Owned(c.without_http2())
+            } else {
+                std::borrow::Cow::Borrowed(c)
+            };
+            let name = c.name().to_owned();
+            if !clusters.contains(c.as_ref()) {
+                clusters.insert(c.into_owned());
+            }
+            name
+        }
+        Err(_) => INVALID_BACKEND_CLUSTER.to_owned(),
+    }
 }
 
 /// The cluster of `c`; `client` is the certificate its TLS presents.

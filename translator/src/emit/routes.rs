@@ -7,8 +7,8 @@ use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
 use crate::hostname;
 use crate::model::{
-    Cors, Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, Timeouts, ValueMatch,
-    regex_escape,
+    Cors, Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, Rule, Timeouts,
+    ValueMatch, regex_escape,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent, header_value_option,
@@ -229,8 +229,11 @@ impl Emitter<'_, '_> {
                 path,
                 *status,
             )),
-            _ => match route_action(resolved, clusters) {
+            _ => match route_action(rule, resolved, clusters) {
                 Some(mut action) => {
+                    if rule.backends.iter().any(|b| !b.filters.is_empty()) {
+                        move_headers_to_backends(&mut out, &mut action);
+                    }
                     apply_timeouts(&mut action, rule.timeouts);
                     if let Some(Filter::Rewrite { hostname, path }) = rewrite {
                         if let Some(h) = hostname {
@@ -494,6 +497,96 @@ fn cors_policy(c: &Cors) -> CorsPolicy {
     }
 }
 
+/// The route action of a rule some of whose backendRefs have filters: one
+/// weighted cluster per backendRef (two refs to one Service with different
+/// filters stay two entries), each with its own header changes.
+fn filtered_route_action(
+    rule: &Rule,
+    resolved: &ResolvedRule,
+    clusters: &mut BTreeSet<ClusterRef>,
+) -> Option<RouteAction> {
+    let mut entries: Vec<(String, u32, &[Filter])> = Vec::new();
+    for ((target, weight), backend) in resolved.backends.iter().zip(&rule.backends) {
+        if *weight == 0 {
+            continue;
+        }
+        let name = super::clusters::cluster_name(target, clusters, false);
+        match entries
+            .iter_mut()
+            .find(|(n, _, f)| *n == name && *f == backend.filters.as_slice())
+        {
+            Some(entry) => entry.1 = entry.1.saturating_add(*weight),
+            None => entries.push((name, *weight, &backend.filters)),
+        }
+    }
+    if entries.iter().all(|(n, _, _)| n == INVALID_BACKEND_CLUSTER) {
+        return None;
+    }
+    let clusters = entries
+        .into_iter()
+        .map(|(name, weight, filters)| {
+            let mut w = weighted_cluster::ClusterWeight {
+                name,
+                weight: Some(UInt32Value { value: weight }),
+                ..Default::default()
+            };
+            for f in filters {
+                match f {
+                    Filter::RequestHeaders(h) => {
+                        let (add, remove) = header_ops(h);
+                        w.request_headers_to_add.extend(add);
+                        w.request_headers_to_remove.extend(remove);
+                    }
+                    Filter::ResponseHeaders(h) => {
+                        let (add, remove) = header_ops(h);
+                        w.response_headers_to_add.extend(add);
+                        w.response_headers_to_remove.extend(remove);
+                    }
+                    // Conversion keeps only header modifiers on backendRefs.
+                    _ => {}
+                }
+            }
+            w
+        })
+        .collect();
+    Some(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(
+            WeightedCluster {
+                clusters,
+                ..Default::default()
+            },
+        )),
+        cluster_not_found_response_code:
+            route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
+        ..Default::default()
+    })
+}
+
+/// Moves a route's own header changes onto each weighted cluster of its
+/// action, ahead of that backendRef's: Envoy applies route-level changes
+/// after a weighted cluster's, so left on the route they would override a
+/// backendRef's value for the same header, the more specific one.
+fn move_headers_to_backends(out: &mut Route, action: &mut RouteAction) {
+    let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = &mut action.cluster_specifier
+    else {
+        return;
+    };
+    let req_add = std::mem::take(&mut out.request_headers_to_add);
+    let req_remove = std::mem::take(&mut out.request_headers_to_remove);
+    let resp_add = std::mem::take(&mut out.response_headers_to_add);
+    let resp_remove = std::mem::take(&mut out.response_headers_to_remove);
+    for c in &mut w.clusters {
+        c.request_headers_to_add
+            .splice(0..0, req_add.iter().cloned());
+        c.request_headers_to_remove
+            .splice(0..0, req_remove.iter().cloned());
+        c.response_headers_to_add
+            .splice(0..0, resp_add.iter().cloned());
+        c.response_headers_to_remove
+            .splice(0..0, resp_remove.iter().cloned());
+    }
+}
+
 /// Sets the rule's timeouts on `action`. Envoy's own default (15 s for the
 /// whole request) is never left in place: without `timeouts` a request may
 /// take as long as it needs (gRPC streams, long polls), and only the
@@ -523,8 +616,15 @@ fn duration(d: std::time::Duration) -> ProtoDuration {
 
 /// The route action for a rule's backends, or None when every request must
 /// get a 500 (no backends, all weights zero, or nothing valid to send to).
-fn route_action(rule: &ResolvedRule, clusters: &mut BTreeSet<ClusterRef>) -> Option<RouteAction> {
-    let mut weights = backend_weights(rule, clusters, false);
+fn route_action(
+    rule: &Rule,
+    resolved: &ResolvedRule,
+    clusters: &mut BTreeSet<ClusterRef>,
+) -> Option<RouteAction> {
+    if rule.backends.iter().any(|b| !b.filters.is_empty()) {
+        return filtered_route_action(rule, resolved, clusters);
+    }
+    let mut weights = backend_weights(resolved, clusters, false);
     if weights.iter().all(|(k, _)| k == INVALID_BACKEND_CLUSTER) {
         return None;
     }

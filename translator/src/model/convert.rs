@@ -10,6 +10,8 @@ use super::{
 };
 use crate::api::grpcroutes::{
     GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
+    GrpcRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    GrpcRouteRulesBackendRefsFiltersResponseHeaderModifier, GrpcRouteRulesBackendRefsFiltersType,
     GrpcRouteRulesFiltersRequestHeaderModifier, GrpcRouteRulesFiltersRequestMirror,
     GrpcRouteRulesFiltersRequestMirrorBackendRef, GrpcRouteRulesFiltersResponseHeaderModifier,
     GrpcRouteRulesFiltersType, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
@@ -17,6 +19,8 @@ use crate::api::grpcroutes::{
 };
 use crate::api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersResponseHeaderModifier, HttpRouteRulesBackendRefsFiltersType,
     HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesFiltersRequestMirror,
     HttpRouteRulesFiltersRequestMirrorBackendRef, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
@@ -122,6 +126,38 @@ struct BackendRefFields<'a> {
 trait ApiBackendRef {
     /// Its fields, as written.
     fn fields(&self) -> BackendRefFields<'_>;
+
+    /// Its own filters, or the type of the first one Gatewright does not
+    /// apply per backend (only header modifiers are).
+    fn filters(&self) -> Result<Vec<Filter>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// Per-backend filters of one kind's backendRef: header modifiers become
+/// filters, any other type is refused by name.
+macro_rules! backend_filters {
+    ($filters:expr, $ty:ident) => {{
+        let mut out = Vec::new();
+        for f in $filters.iter().flatten() {
+            match (
+                &f.r#type,
+                &f.request_header_modifier,
+                &f.response_header_modifier,
+            ) {
+                ($ty::RequestHeaderModifier, Some(m), _) => {
+                    out.push(Filter::RequestHeaders(m.into()))
+                }
+                ($ty::ResponseHeaderModifier, _, Some(m)) => {
+                    out.push(Filter::ResponseHeaders(m.into()))
+                }
+                (t, _, _) => {
+                    return Err(format!("backendRefs[].filters type {t:?} is not supported"));
+                }
+            }
+        }
+        Ok(out)
+    }};
 }
 
 impl ApiBackendRef for HttpRouteRulesBackendRefs {
@@ -135,6 +171,10 @@ impl ApiBackendRef for HttpRouteRulesBackendRefs {
             weight: self.weight,
         }
     }
+
+    fn filters(&self) -> Result<Vec<Filter>, String> {
+        backend_filters!(self.filters, HttpRouteRulesBackendRefsFiltersType)
+    }
 }
 
 impl ApiBackendRef for GrpcRouteRulesBackendRefs {
@@ -147,6 +187,10 @@ impl ApiBackendRef for GrpcRouteRulesBackendRefs {
             port: self.port,
             weight: self.weight,
         }
+    }
+
+    fn filters(&self) -> Result<Vec<Filter>, String> {
+        backend_filters!(self.filters, GrpcRouteRulesBackendRefsFiltersType)
     }
 }
 
@@ -204,17 +248,27 @@ impl BackendRef {
             weight: u32::try_from(b.weight.unwrap_or(1))
                 .unwrap_or(0)
                 .min(1_000_000),
+            filters: Vec::new(),
         }
     }
 }
 
-/// A rule's backendRefs, written in a route in namespace `route_ns`.
+/// A rule's backendRefs, written in a route in namespace `route_ns`; a
+/// backendRef filter Gatewright does not apply is added to `unsupported`.
 fn backends<'a, B: ApiBackendRef + 'a>(
     refs: impl IntoIterator<Item = &'a B>,
     route_ns: &str,
+    unsupported: &mut Vec<String>,
 ) -> Vec<BackendRef> {
     refs.into_iter()
-        .map(|b| BackendRef::new(b.fields(), route_ns))
+        .map(|b| {
+            let mut backend = BackendRef::new(b.fields(), route_ns);
+            match b.filters() {
+                Ok(f) => backend.filters = f,
+                Err(e) => unsupported.push(e),
+            }
+            backend
+        })
         .collect()
 }
 
@@ -234,45 +288,33 @@ impl HeaderModifier {
     }
 }
 
-impl From<&HttpRouteRulesFiltersRequestHeaderModifier> for HeaderModifier {
-    fn from(m: &HttpRouteRulesFiltersRequestHeaderModifier) -> Self {
-        Self::new(
-            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.remove.iter().flatten(),
-        )
-    }
+/// `From` for the header modifier types of every kind and place (route and
+/// backendRef filters, request and response): distinct generated types of
+/// one shape.
+macro_rules! header_modifier_from {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<&$t> for HeaderModifier {
+            fn from(m: &$t) -> Self {
+                Self::new(
+                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.remove.iter().flatten(),
+                )
+            }
+        }
+    )*};
 }
 
-impl From<&HttpRouteRulesFiltersResponseHeaderModifier> for HeaderModifier {
-    fn from(m: &HttpRouteRulesFiltersResponseHeaderModifier) -> Self {
-        Self::new(
-            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.remove.iter().flatten(),
-        )
-    }
-}
-
-impl From<&GrpcRouteRulesFiltersRequestHeaderModifier> for HeaderModifier {
-    fn from(m: &GrpcRouteRulesFiltersRequestHeaderModifier) -> Self {
-        Self::new(
-            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.remove.iter().flatten(),
-        )
-    }
-}
-
-impl From<&GrpcRouteRulesFiltersResponseHeaderModifier> for HeaderModifier {
-    fn from(m: &GrpcRouteRulesFiltersResponseHeaderModifier) -> Self {
-        Self::new(
-            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-            m.remove.iter().flatten(),
-        )
-    }
-}
+header_modifier_from!(
+    HttpRouteRulesFiltersRequestHeaderModifier,
+    HttpRouteRulesFiltersResponseHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersResponseHeaderModifier,
+    GrpcRouteRulesFiltersRequestHeaderModifier,
+    GrpcRouteRulesFiltersResponseHeaderModifier,
+    GrpcRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    GrpcRouteRulesBackendRefsFiltersResponseHeaderModifier,
+);
 
 /// A RequestMirror filter as written, borrowed.
 struct MirrorFields<'a> {
@@ -507,6 +549,7 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
         }
     }
     unsupported.extend(rule_messages(ri, crate::unsupported::http_rule(rule)));
+    let mut refused = Vec::new();
     let timeouts = match rule.timeouts.as_ref().map(timeouts).transpose() {
         Ok(t) => t.unwrap_or_default(),
         Err(e) => {
@@ -514,10 +557,12 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
             Timeouts::default()
         }
     };
+    let backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
+    unsupported.extend(refused.into_iter().map(|e| format!("rule {ri}: {e}")));
     Rule {
         matches,
         filters,
-        backends: backends(rule.backend_refs.iter().flatten(), ns),
+        backends,
         timeouts,
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
@@ -699,10 +744,13 @@ fn grpc_rule(ri: usize, rule: &GrpcRouteRules, ns: &str, unsupported: &mut Vec<S
         }
     }
     unsupported.extend(rule_messages(ri, crate::unsupported::grpc_rule(rule)));
+    let mut refused = Vec::new();
+    let backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
+    unsupported.extend(refused.into_iter().map(|e| format!("rule {ri}: {e}")));
     Rule {
         matches,
         filters,
-        backends: backends(rule.backend_refs.iter().flatten(), ns),
+        backends,
         timeouts: Timeouts::default(),
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
@@ -780,7 +828,8 @@ impl From<&TlsRoute> for Route {
             .map(|rule| Rule {
                 matches: vec![],
                 filters: vec![],
-                backends: backends(&rule.backend_refs, ns),
+                // TLSRoute backendRefs have no filters.
+                backends: backends(&rule.backend_refs, ns, &mut Vec::new()),
                 timeouts: Timeouts::default(),
                 name: rule.name.clone().filter(|n| !n.is_empty()),
             })
