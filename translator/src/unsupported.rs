@@ -48,9 +48,6 @@ pub(crate) enum Field {
     /// those backendRefs are unresolved (`UnsupportedProtocol`): requests
     /// to them get HTTP 500 instead of going out in plaintext.
     BackendTlsPolicy,
-    /// A ListenerSet attached to a Gateway of ours: `Accepted=False`/
-    /// `ListenersNotValid`; none of its listeners is served.
-    ListenerSet,
 }
 
 impl Field {
@@ -69,7 +66,6 @@ impl Field {
             Self::ExtensionRefFilter => "filter type ExtensionRef",
             Self::BackendRefFilters => "filters on backendRefs",
             Self::BackendTlsPolicy => "BackendTLSPolicy",
-            Self::ListenerSet => "ListenerSet",
         }
     }
 }
