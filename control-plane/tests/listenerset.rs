@@ -317,6 +317,22 @@ async fn team_sets_share_an_https_port_with_their_own_certificates() {
         stray.is_err(),
         "team-c.ls.test must not be served on the shared port"
     );
+
+    // When both teams' sets go, the port only they used closes, and the
+    // Gateway's own listener keeps serving.
+    w.gw.write("team-a.yaml", "");
+    w.gw.write("team-b.yaml", "");
+    w.gw.wait(
+        "the shared port to close",
+        async || match tokio::net::TcpStream::connect(addr).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err(format!("port {shared} still accepts connections")),
+        },
+    )
+    .await;
+    served_by(&plain, &url, &[], "infra")
+        .await
+        .unwrap_or_else(|e| panic!("after the sets went: {e}"));
 }
 
 // ---------------------------------------------------------------------------
