@@ -305,8 +305,8 @@ pub(crate) fn secret_name(ns: &str, name: &str) -> String {
 
 /// The kind and namespace whose ReferenceGrants let a listener reference
 /// objects elsewhere: a set's listeners do not inherit the Gateway's grants.
-fn grant_subject(l_owner: Option<&ObjectKey>) -> &'static str {
-    if l_owner.is_some() {
+fn grant_subject(owner: Option<&ObjectKey>) -> &'static str {
+    if owner.is_some() {
         "ListenerSet"
     } else {
         "Gateway"
@@ -706,6 +706,8 @@ pub(crate) struct ListenerStatus {
     pub(crate) kinds: Vec<&'static str>,
 }
 
+/// The status of listener `l`, whoever declares it; `generation` is its
+/// owner's.
 pub(crate) fn listener_status(l: &Listener, now: &Time, generation: Option<i64>) -> ListenerStatus {
     let mut c = Conditions::new(now, generation);
     let conflict_message = |c: &Conflict| match &c.winner {
