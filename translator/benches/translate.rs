@@ -6,7 +6,9 @@
 //! - `large_mixed`: 500 HTTPRoutes (three rules each) + 250 GRPCRoutes (two
 //!   rules each) over 500 Services in 10 namespaces, every route on an HTTP
 //!   and an HTTPS listener: about 4,000 Envoy routes (target: under 15 ms);
-//! - `large_mixed_http_only`: the same objects on the HTTP listener alone.
+//! - `large_mixed_http_only`: the same objects on the HTTP listener alone;
+//! - `listener_sets_100x10`: 1,000 listeners from 100 ListenerSets (half
+//!   HTTP, half HTTPS, over ten ports), one route per set.
 //!
 //! Each workload is timed twice: `translate/…` includes freeing the output,
 //! `translate_without_drop/…` does not.
@@ -141,6 +143,7 @@ fn benches(c: &mut Criterion) {
         "large_mixed_http_only",
         &workload::large_mixed_http_only(),
     );
+    bench_workload(c, "listener_sets_100x10", &workload::listener_sets(100, 10));
 }
 
 criterion_group! {

@@ -118,19 +118,38 @@ pub(crate) fn attach(
     routes: &[ResolvedRoute],
     now: &Time,
 ) -> (Vec<Vec<Attachment>>, Vec<Vec<ParentStatus>>) {
+    // ListenerSet → (Gateway, whether its listeners were merged).
+    let mut sets: BTreeMap<(&str, &str), (usize, bool)> = BTreeMap::new();
+    for (gi, g) in gateways.iter().enumerate() {
+        for s in &g.sets {
+            sets.insert(
+                (s.key.namespace.as_str(), s.key.name.as_str()),
+                (gi, s.admitted.is_ok()),
+            );
+        }
+    }
     let mut pending: Vec<Pending> = Vec::new();
     for (ri, rr) in routes.iter().enumerate() {
         let route = &rr.route;
         let first = pending.len();
         for parent in &route.parents {
-            if !parent.is_gateway() {
-                continue;
-            }
-            // `gateways` is sorted by key.
-            let Ok(gi) = gateways.binary_search_by(|g| {
-                (g.key.namespace.as_str(), g.key.name.as_str())
-                    .cmp(&(parent.namespace.as_str(), parent.name.as_str()))
-            }) else {
+            let target = (parent.namespace.as_str(), parent.name.as_str());
+            // The listeners a parentRef can reach: a Gateway's own, or one
+            // ListenerSet's.
+            let (gi, owner, admitted) = if parent.is_gateway() {
+                // `gateways` is sorted by key.
+                let Ok(gi) = gateways.binary_search_by(|g| {
+                    (g.key.namespace.as_str(), g.key.name.as_str()).cmp(&target)
+                }) else {
+                    continue;
+                };
+                (gi, None, true)
+            } else if parent.is_listener_set() {
+                let Some(&(gi, admitted)) = sets.get(&target) else {
+                    continue;
+                };
+                (gi, Some(ObjectKey::new(target.0, target.1)), admitted)
+            } else {
                 continue;
             };
             // The same parentRef twice gets one status entry.
@@ -138,18 +157,26 @@ pub(crate) fn attach(
                 continue;
             }
             let gw = &gateways[gi];
-            let gw_ns = gw.key.namespace.clone();
             let candidates: Vec<usize> = gw
                 .listeners
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| {
-                    parent.section_name.as_ref().is_none_or(|s| *s == l.name)
+                    l.owner == owner
+                        && parent.section_name.as_ref().is_none_or(|s| *s == l.name)
                         && parent.port.is_none_or(|p| p == l.port)
                 })
                 .map(|(i, _)| i)
                 .collect();
-            let result = if candidates.is_empty() {
+            let result = if !admitted {
+                Err((
+                    Reason::NoMatchingParent,
+                    format!(
+                        "ListenerSet {}/{} is not accepted by its Gateway",
+                        target.0, target.1
+                    ),
+                ))
+            } else if candidates.is_empty() {
                 Err((
                     Reason::NoMatchingParent,
                     "no listener matches the parentRef's sectionName and port".to_owned(),
@@ -160,7 +187,7 @@ pub(crate) fn attach(
                     .filter(|&i| {
                         let l = &gw.listeners[i];
                         l.kinds.contains(&route.kind)
-                            && l.allows_namespace(index, &gw_ns, &route.key.namespace)
+                            && l.allows_namespace(index, &route.key.namespace)
                     })
                     .collect();
                 if allowed.is_empty() {

@@ -75,6 +75,10 @@ pub(crate) enum Reason {
     NoValidCaCertificate,
     /// Frontend validation was switched to `AllowInsecureFallback`.
     ConfigurationChanged,
+    /// A ListenerSet its Gateway's `spec.allowedListeners` does not admit.
+    NotAllowed,
+    /// A ListenerSet whose Gateway is not accepted.
+    ParentNotAccepted,
 }
 
 impl Reason {
@@ -109,6 +113,8 @@ impl Reason {
             Self::InvalidCaCertificateKind => "InvalidCACertificateKind",
             Self::NoValidCaCertificate => "NoValidCACertificate",
             Self::ConfigurationChanged => "ConfigurationChanged",
+            Self::NotAllowed => "NotAllowed",
+            Self::ParentNotAccepted => "ParentNotAccepted",
         }
     }
 }

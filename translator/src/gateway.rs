@@ -6,6 +6,7 @@ use crate::api::gateways::{
     GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
     GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
+use crate::api::listenersets::ListenerSet;
 use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::frontend::{ClientValidation, Frontend};
 use crate::hostname;
@@ -68,10 +69,33 @@ pub(crate) struct Certificate {
     pub(crate) key: Vec<u8>,
 }
 
-/// One resolved Gateway listener.
+/// Why a listener lost its port to other listeners.
+#[derive(Clone, Debug)]
+pub(crate) struct Conflict {
+    pub(crate) reason: Reason,
+    /// The earlier listener (of an earlier owner) that keeps the port; None
+    /// when indistinct listeners of one owner all lose.
+    winner: Option<String>,
+}
+
+/// One resolved listener: the Gateway's own, or one of its ListenerSets'.
 #[derive(Debug)]
 pub(crate) struct Listener {
+    /// The name as written, unique only within its owner.
     pub(crate) name: String,
+    /// The ListenerSet that declares it; None for the Gateway's own.
+    pub(crate) owner: Option<ObjectKey>,
+    /// The owner's namespace: allowedRoutes `Same` and certificate
+    /// references are relative to it.
+    namespace: String,
+    /// Unique among the Gateway's listeners, used in Envoy resource names:
+    /// the name for the Gateway's own (names unchanged), `<ns>/<set>/<name>`
+    /// for a set's (no Kubernetes name holds '/', so none collides, and
+    /// names stay stable as other sets come and go).
+    pub(crate) envoy_name: String,
+    /// The protocol as written, reduced to what shares a port: conflicts
+    /// between owners are judged on it, before protocol support.
+    family: String,
     pub(crate) port: i32,
     pub(crate) hostname: Option<String>,
     /// None when the protocol is not supported.
@@ -83,7 +107,7 @@ pub(crate) struct Listener {
     /// Client-certificate validation (HTTPS listeners whose port asks for it).
     pub(crate) client_validation: Option<ClientValidation>,
     accepted: Result<(), (Reason, String)>,
-    conflict: Option<Reason>,
+    conflict: Option<Conflict>,
     /// Route kinds in allowedRoutes that this listener cannot serve; they
     /// are reported but do not stop the listener serving the others.
     invalid_kinds: Result<(), (Reason, String)>,
@@ -100,34 +124,26 @@ impl Listener {
         self.accepted.is_ok() && self.conflict.is_none() && self.resolved.is_ok()
     }
 
+    /// Whether it keeps its place on its port against later owners.
+    fn holds_port(&self) -> bool {
+        self.accepted.is_ok() && self.conflict.is_none()
+    }
+
     /// Whether routes may attach (attachment ignores the listener's state).
-    pub(crate) fn allows_namespace(
-        &self,
-        index: &Index<'_>,
-        gateway_ns: &str,
-        route_ns: &str,
-    ) -> bool {
+    pub(crate) fn allows_namespace(&self, index: &Index<'_>, route_ns: &str) -> bool {
         match &self.from {
-            FromNamespaces::Same => gateway_ns == route_ns,
+            FromNamespaces::Same => self.namespace == route_ns,
             FromNamespaces::All => true,
             FromNamespaces::Selector {
                 labels,
                 expressions,
-            } => {
-                let ns_labels = index.namespace_labels(route_ns);
-                labels.iter().all(|(k, v)| ns_labels.get(k) == Some(v))
-                    && expressions.iter().all(|e| {
-                        let values = e.values.as_deref().unwrap_or(&[]);
-                        let have = ns_labels.get(&e.key);
-                        match e.operator.as_str() {
-                            "In" => have.is_some_and(|v| values.contains(v)),
-                            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                            "Exists" => have.is_some(),
-                            "DoesNotExist" => have.is_none(),
-                            _ => false,
-                        }
-                    })
-            }
+            } => selector_matches(
+                &index.namespace_labels(route_ns),
+                labels,
+                expressions
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.operator.as_str(), e.values.as_deref())),
+            ),
         }
     }
 
@@ -136,12 +152,47 @@ impl Listener {
     }
 }
 
+/// Whether namespace labels `have` satisfy a label selector: every label of
+/// `labels`, and every (key, operator, values) expression.
+pub(crate) fn selector_matches<'e>(
+    have: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    mut expressions: impl Iterator<Item = (&'e str, &'e str, Option<&'e [String]>)>,
+) -> bool {
+    labels.iter().all(|(k, v)| have.get(k) == Some(v))
+        && expressions.all(|(key, operator, values)| {
+            let values = values.unwrap_or(&[]);
+            let value = have.get(key);
+            match operator {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// One ListenerSet naming a Gateway of ours.
+#[derive(Debug)]
+pub(crate) struct SetInfo<'a> {
+    pub(crate) key: ObjectKey,
+    pub(crate) set: &'a ListenerSet,
+    /// Err when its listeners are not merged: the Gateway does not allow
+    /// it (NotAllowed) or is not accepted itself (ParentNotAccepted).
+    pub(crate) admitted: Result<(), (Reason, String)>,
+}
+
 /// One Gateway of ours, resolved.
 #[derive(Debug)]
 pub(crate) struct GatewayInfo<'a> {
     pub(crate) key: ObjectKey,
     pub(crate) gateway: &'a Gateway,
+    /// The Gateway's own listeners, then those of its admitted
+    /// ListenerSets in precedence order (oldest set first).
     pub(crate) listeners: Vec<Listener>,
+    /// The ListenerSets naming this Gateway, in precedence order.
+    pub(crate) sets: Vec<SetInfo<'a>>,
     /// Gateway-level fields Gatewright does not implement that are set.
     unsupported: unsupported::GatewayFields,
     /// Whether some frontend validation lets clients through unverified.
@@ -255,9 +306,20 @@ pub(crate) fn secret_name(ns: &str, name: &str) -> String {
     format!("secret/{ns}/{name}")
 }
 
+/// The kind and namespace whose ReferenceGrants let a listener reference
+/// objects elsewhere: a set's listeners do not inherit the Gateway's grants.
+fn grant_subject(owner: Option<&ObjectKey>) -> &'static str {
+    if owner.is_some() {
+        "ListenerSet"
+    } else {
+        "Gateway"
+    }
+}
+
 fn resolve_certificates(
     index: &Index<'_>,
-    gw_ns: &str,
+    from_kind: &str,
+    from_ns: &str,
     l: &GatewayListeners,
 ) -> Result<Vec<Certificate>, (Reason, String)> {
     let refs = l
@@ -275,7 +337,7 @@ fn resolve_certificates(
     for r in refs {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
-        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let ns = r.namespace.as_deref().unwrap_or(from_ns);
         if !group.is_empty() || kind != "Secret" {
             return Err((
                 Reason::InvalidCertificateRef,
@@ -291,11 +353,16 @@ fn resolve_certificates(
             namespace: ns,
             name: &r.name,
         };
-        if !index.reference_permitted("Gateway", gw_ns, target) {
+        if !index.reference_permitted(from_kind, from_ns, target) {
+            let whose = if from_kind == "Gateway" {
+                ""
+            } else {
+                " (a ListenerSet needs its own: the Gateway's do not apply)"
+            };
             return Err((
                 Reason::RefNotPermitted,
                 format!(
-                    "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                    "Secret {ns}/{} is in another namespace and no ReferenceGrant allows it{whose}",
                     r.name
                 ),
             ));
@@ -321,8 +388,232 @@ fn resolve_certificates(
     Ok(out)
 }
 
-/// Resolves one Gateway's listeners, conflicts included.
-pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInfo<'a> {
+/// What shares a port with what: HTTP, the TLS-based protocols, and any
+/// other protocol (TCP, UDP, ...) each alone.
+fn port_family(protocol: &str) -> &str {
+    match protocol {
+        "HTTPS" | "TLS" => "TLS",
+        p => p,
+    }
+}
+
+/// Resolves one listener of the Gateway (`owner` None) or of one of its
+/// ListenerSets, conflicts aside.
+fn resolve_listener(
+    index: &Index<'_>,
+    frontend: &Frontend,
+    gw_ns: &str,
+    owner: Option<&ObjectKey>,
+    l: &GatewayListeners,
+) -> Listener {
+    let owner_ns = owner.map_or(gw_ns, |k| k.namespace.as_str());
+    let mode = l
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.clone())
+        .unwrap_or(GatewayListenersTlsMode::Terminate);
+    let (protocol, accepted) = match (l.protocol.as_str(), mode) {
+        ("HTTP", _) => (Some(Protocol::Http), Ok(())),
+        ("HTTPS", GatewayListenersTlsMode::Terminate) => (Some(Protocol::Https), Ok(())),
+        ("HTTPS", GatewayListenersTlsMode::Passthrough) => (
+            None,
+            Err((
+                Reason::UnsupportedValue,
+                "HTTPS listeners only support tls.mode Terminate".to_owned(),
+            )),
+        ),
+        ("TLS", GatewayListenersTlsMode::Passthrough) => (Some(Protocol::TlsPassthrough), Ok(())),
+        ("TLS", GatewayListenersTlsMode::Terminate) => (Some(Protocol::TlsTerminate), Ok(())),
+        (p, _) => (
+            None,
+            Err((
+                Reason::UnsupportedProtocol,
+                format!("protocol {p} is not supported"),
+            )),
+        ),
+    };
+    let hostname_ok = l
+        .hostname
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map_or(Ok(()), crate::validate::hostname);
+    let accepted = match (accepted, hostname_ok) {
+        (Ok(()), Err(e)) => Err((Reason::UnsupportedValue, e)),
+        (Ok(()), Ok(())) if !(1..=65535).contains(&l.port) => Err((
+            Reason::PortUnavailable,
+            format!("port {} is out of range", l.port),
+        )),
+        (a, _) => a,
+    };
+    // Fail closed: a listener asked for something Gatewright cannot
+    // do serves nothing.
+    let accepted = accepted.and_then(|()| {
+        unsupported::listener(l).map_or(Ok(()), |f| Err((Reason::UnsupportedValue, f.to_string())))
+    });
+    let (kinds, kinds_ok) = listener_kinds(l, protocol);
+    let (certificates, resolved) = match protocol {
+        Some(Protocol::Https | Protocol::TlsTerminate) => {
+            match resolve_certificates(index, grant_subject(owner), owner_ns, l) {
+                Ok(c) => (c, Ok(())),
+                Err(e) => (vec![], Err(e)),
+            }
+        }
+        _ => (vec![], Ok(())),
+    };
+    // Client validation applies to HTTPS listeners only, whoever declares
+    // them (it is the Gateway's, per port); a bad CA reference leaves the
+    // listener unprogrammed (fail closed).
+    let (client_validation, resolved, accepted) = match protocol {
+        Some(Protocol::Https) => match frontend.resolve(index, gw_ns, l.port) {
+            Ok(v) => (v, resolved, accepted),
+            Err(invalid) => {
+                let accepted = if invalid.none_valid {
+                    accepted.and(Err((
+                        Reason::NoValidCaCertificate,
+                        format!(
+                            "no valid CA certificate for client validation on port {}: {}",
+                            l.port, invalid.resolved.1
+                        ),
+                    )))
+                } else {
+                    accepted
+                };
+                (None, resolved.and(Err(invalid.resolved)), accepted)
+            }
+        },
+        _ => (None, resolved, accepted),
+    };
+    let ns_cfg = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
+    let from = match ns_cfg.and_then(|n| n.from.clone()) {
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => FromNamespaces::All,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            let sel = ns_cfg.and_then(|n| n.selector.as_ref());
+            FromNamespaces::Selector {
+                labels: sel.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
+                expressions: sel
+                    .and_then(|s| s.match_expressions.clone())
+                    .unwrap_or_default(),
+            }
+        }
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) | None => FromNamespaces::Same,
+    };
+    Listener {
+        name: l.name.clone(),
+        owner: owner.cloned(),
+        namespace: owner_ns.to_owned(),
+        envoy_name: owner.map_or_else(
+            || l.name.clone(),
+            |k| format!("{}/{}/{}", k.namespace, k.name, l.name),
+        ),
+        family: port_family(&l.protocol).to_owned(),
+        port: l.port,
+        hostname: l.hostname.clone().filter(|h| !h.is_empty()),
+        protocol,
+        from,
+        kinds,
+        certificates,
+        client_validation,
+        accepted,
+        conflict: None,
+        invalid_kinds: kinds_ok,
+        overlaps: Vec::new(),
+        resolved,
+        attached_routes: 0,
+    }
+}
+
+/// Indistinct listeners of one owner (`members`, all accepted with a
+/// supported protocol and on one port): HTTP cannot share a port with
+/// HTTPS/TLS (ProtocolConflict), and listeners of one family must differ
+/// in hostname (HostnameConflict). No listener of a conflicting group wins.
+fn mark_indistinct(listeners: &mut [Listener], members: &[usize]) {
+    let families: std::collections::BTreeSet<u8> = members
+        .iter()
+        .filter_map(|&i| listeners[i].protocol.map(Protocol::family))
+        .collect();
+    for &i in members {
+        let clash = members
+            .iter()
+            .any(|&j| j != i && listeners[j].hostname == listeners[i].hostname);
+        let reason = if families.len() > 1 {
+            Some(Reason::ProtocolConflict)
+        } else if clash {
+            Some(Reason::HostnameConflict)
+        } else {
+            None
+        };
+        listeners[i].conflict = reason.map(|reason| Conflict {
+            reason,
+            winner: None,
+        });
+    }
+}
+
+/// Marks the indistinct listeners among `range` (one owner's), by port.
+fn owner_conflicts(listeners: &mut [Listener], range: std::ops::Range<usize>) {
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for i in range {
+        let l = &listeners[i];
+        if l.accepted.is_ok() && l.protocol.is_some() && l.conflict.is_none() {
+            by_port.entry(l.port).or_default().push(i);
+        }
+    }
+    for members in by_port.values() {
+        mark_indistinct(listeners, members);
+    }
+}
+
+/// Precedence between owners: a listener of `range` (one ListenerSet's)
+/// on a port an earlier listener (of `listeners[..range.start]`) holds
+/// loses to it: another protocol family there is a ProtocolConflict, the
+/// same hostname a HostnameConflict. Judged on the protocol as written,
+/// so an unsupported protocol on a taken port is a ProtocolConflict too.
+fn precedence_conflicts(listeners: &mut [Listener], range: std::ops::Range<usize>) {
+    let (earlier, mine) = listeners.split_at_mut(range.start);
+    for l in &mut mine[..range.len()] {
+        if !(1..=65535).contains(&l.port) {
+            continue;
+        }
+        let on_port = || {
+            earlier
+                .iter()
+                .filter(|e| e.port == l.port && e.holds_port())
+        };
+        let conflict = on_port()
+            .find(|e| e.family != l.family)
+            .map(|e| (Reason::ProtocolConflict, e))
+            .or_else(|| {
+                on_port()
+                    .find(|e| e.hostname == l.hostname)
+                    .map(|e| (Reason::HostnameConflict, e))
+            })
+            .map(|(reason, e)| Conflict {
+                reason,
+                winner: Some(describe(e)),
+            });
+        l.conflict = conflict;
+    }
+}
+
+/// How a listener is named in messages: `listener <name>` for the
+/// Gateway's own, `listener <name> of ListenerSet <ns>/<set>` for a set's.
+fn describe(l: &Listener) -> String {
+    match &l.owner {
+        None => format!("listener {} of the Gateway", l.name),
+        Some(k) => format!("listener {} of ListenerSet {k}", l.name),
+    }
+}
+
+/// Resolves one Gateway's listeners and those of the ListenerSets naming
+/// it (`sets`, in precedence order), conflicts included.
+pub(crate) fn resolve<'a>(
+    index: &Index<'_>,
+    gateway: &'a Gateway,
+    sets: &[&'a ListenerSet],
+) -> GatewayInfo<'a> {
     let ns = gateway.metadata.namespace.as_deref().unwrap_or("");
     let key = ObjectKey::new(ns, gateway.metadata.name.as_deref().unwrap_or(""));
     let fields = unsupported::gateway(gateway);
@@ -331,154 +622,55 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
         .spec
         .listeners
         .iter()
-        .map(|l| {
-            let mode = l
-                .tls
-                .as_ref()
-                .and_then(|t| t.mode.clone())
-                .unwrap_or(GatewayListenersTlsMode::Terminate);
-            let (protocol, accepted) = match (l.protocol.as_str(), mode) {
-                ("HTTP", _) => (Some(Protocol::Http), Ok(())),
-                ("HTTPS", GatewayListenersTlsMode::Terminate) => (Some(Protocol::Https), Ok(())),
-                ("HTTPS", GatewayListenersTlsMode::Passthrough) => (
-                    None,
-                    Err((
-                        Reason::UnsupportedValue,
-                        "HTTPS listeners only support tls.mode Terminate".to_owned(),
-                    )),
-                ),
-                ("TLS", GatewayListenersTlsMode::Passthrough) => {
-                    (Some(Protocol::TlsPassthrough), Ok(()))
-                }
-                ("TLS", GatewayListenersTlsMode::Terminate) => {
-                    (Some(Protocol::TlsTerminate), Ok(()))
-                }
-                (p, _) => (
-                    None,
-                    Err((
-                        Reason::UnsupportedProtocol,
-                        format!("protocol {p} is not supported"),
-                    )),
-                ),
-            };
-            let hostname_ok = l
-                .hostname
-                .as_deref()
-                .filter(|h| !h.is_empty())
-                .map_or(Ok(()), crate::validate::hostname);
-            let accepted = match (accepted, hostname_ok) {
-                (Ok(()), Err(e)) => Err((Reason::UnsupportedValue, e)),
-                (Ok(()), Ok(())) if !(1..=65535).contains(&l.port) => Err((
-                    Reason::PortUnavailable,
-                    format!("port {} is out of range", l.port),
-                )),
-                (a, _) => a,
-            };
-            // Fail closed: a listener asked for something Gatewright cannot
-            // do serves nothing.
-            let accepted = accepted.and_then(|()| {
-                unsupported::listener(l)
-                    .map_or(Ok(()), |f| Err((Reason::UnsupportedValue, f.to_string())))
-            });
-            let (kinds, kinds_ok) = listener_kinds(l, protocol);
-            let (certificates, resolved) = match protocol {
-                Some(Protocol::Https | Protocol::TlsTerminate) => {
-                    match resolve_certificates(index, ns, l) {
-                        Ok(c) => (c, Ok(())),
-                        Err(e) => (vec![], Err(e)),
-                    }
-                }
-                _ => (vec![], Ok(())),
-            };
-            // Client validation applies to HTTPS listeners only; a bad CA
-            // reference leaves the listener unprogrammed (fail closed).
-            let (client_validation, resolved, accepted) = match protocol {
-                Some(Protocol::Https) => match frontend.resolve(index, ns, l.port) {
-                    Ok(v) => (v, resolved, accepted),
-                    Err(invalid) => {
-                        let accepted = if invalid.none_valid {
-                            accepted.and(Err((
-                                Reason::NoValidCaCertificate,
-                                format!(
-                                    "no valid CA certificate for client validation on port {}: {}",
-                                    l.port, invalid.resolved.1
-                                ),
-                            )))
-                        } else {
-                            accepted
-                        };
-                        (None, resolved.and(Err(invalid.resolved)), accepted)
-                    }
-                },
-                _ => (None, resolved, accepted),
-            };
-            let ns_cfg = l
-                .allowed_routes
-                .as_ref()
-                .and_then(|a| a.namespaces.as_ref());
-            let from = match ns_cfg.and_then(|n| n.from.clone()) {
-                Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => FromNamespaces::All,
-                Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
-                    let sel = ns_cfg.and_then(|n| n.selector.as_ref());
-                    FromNamespaces::Selector {
-                        labels: sel.and_then(|s| s.match_labels.clone()).unwrap_or_default(),
-                        expressions: sel
-                            .and_then(|s| s.match_expressions.clone())
-                            .unwrap_or_default(),
-                    }
-                }
-                Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) | None => {
-                    FromNamespaces::Same
-                }
-            };
-            Listener {
-                name: l.name.clone(),
-                port: l.port,
-                hostname: l.hostname.clone().filter(|h| !h.is_empty()),
-                protocol,
-                from,
-                kinds,
-                certificates,
-                client_validation,
-                accepted,
-                conflict: None,
-                invalid_kinds: kinds_ok,
-                overlaps: Vec::new(),
-                resolved,
-                attached_routes: 0,
-            }
-        })
+        .map(|l| resolve_listener(index, &frontend, ns, None, l))
         .collect();
-    // Indistinct listeners: on one port, HTTP cannot share with HTTPS/TLS
-    // (ProtocolConflict), and listeners of one family must differ in
-    // hostname (HostnameConflict). No listener of a conflicting set wins.
-    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, l) in listeners.iter().enumerate() {
-        if l.accepted.is_ok() && l.protocol.is_some() {
-            by_port.entry(l.port).or_default().push(i);
-        }
-    }
-    for members in by_port.values() {
-        let families: std::collections::BTreeSet<u8> = members
-            .iter()
-            .filter_map(|&i| listeners[i].protocol.map(Protocol::family))
-            .collect();
-        for &i in members {
-            let clash = members
-                .iter()
-                .any(|&j| j != i && listeners[j].hostname == listeners[i].hostname);
-            listeners[i].conflict = if families.len() > 1 {
-                Some(Reason::ProtocolConflict)
-            } else if clash {
-                Some(Reason::HostnameConflict)
+    let own = listeners.len();
+    owner_conflicts(&mut listeners, 0..own);
+    // Sets join a Gateway that is accepted, which needs one valid listener
+    // of its own (a Gateway has at least one).
+    let parent_accepted = listeners.iter().any(Listener::programmable);
+    let mut infos = Vec::with_capacity(sets.len());
+    for set in sets {
+        let (set_ns, set_name) = crate::index::key_of(&set.metadata);
+        let set_key = ObjectKey::new(set_ns, set_name);
+        let admitted = crate::listenerset::allowed(index, gateway, set_ns).and_then(|()| {
+            if parent_accepted {
+                Ok(())
             } else {
-                None
-            };
+                Err((
+                    Reason::ParentNotAccepted,
+                    format!("Gateway {key} is not accepted: none of its listeners is valid"),
+                ))
+            }
+        });
+        if admitted.is_ok() {
+            let start = listeners.len();
+            listeners.extend(set.spec.listeners.iter().map(|l| {
+                let l = crate::listenerset::as_gateway_listener(l);
+                resolve_listener(index, &frontend, ns, Some(&set_key), &l)
+            }));
+            let range = start..listeners.len();
+            precedence_conflicts(&mut listeners, range.clone());
+            owner_conflicts(&mut listeners, range);
         }
+        infos.push(SetInfo {
+            key: set_key,
+            set,
+            admitted,
+        });
     }
     // HTTPS listeners on one port whose hostnames overlap (one covers the
     // other; no hostname covers all) invite HTTP/2 connection coalescing
     // across certificates; the spec asks for OverlappingTLSConfig on each.
+    // Listeners that lost their port to an earlier owner serve nothing and
+    // overlap nothing.
+    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let lost = l.conflict.as_ref().is_some_and(|c| c.winner.is_some());
+        if l.accepted.is_ok() && l.protocol.is_some() && !lost {
+            by_port.entry(l.port).or_default().push(i);
+        }
+    }
     for members in by_port.values() {
         for &i in members {
             let overlaps: Vec<String> = members
@@ -493,7 +685,7 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
                             (Some(x), Some(y)) => hostname::intersect(x, y).is_some(),
                         }
                 })
-                .map(|&j| listeners[j].name.clone())
+                .map(|&j| listeners[j].envoy_name.clone())
                 .collect();
             listeners[i].overlaps = overlaps;
         }
@@ -502,111 +694,150 @@ pub(crate) fn resolve<'a>(index: &Index<'_>, gateway: &'a Gateway) -> GatewayInf
         key,
         gateway,
         listeners,
+        sets: infos,
         unsupported: fields,
         insecure_fallback: frontend.insecure_fallback(),
         client_certificate: crate::backend_tls::client_certificate(index, gateway),
     }
 }
 
-/// The status of a resolved Gateway.
+/// The status of one listener: its conditions (observedGeneration is its
+/// owner's), attached routes and supported kinds.
+pub(crate) struct ListenerStatus {
+    pub(crate) name: String,
+    pub(crate) attached_routes: i32,
+    pub(crate) conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    pub(crate) kinds: Vec<&'static str>,
+}
+
+/// The status of listener `l`, whoever declares it; `generation` is its
+/// owner's.
+pub(crate) fn listener_status(l: &Listener, now: &Time, generation: Option<i64>) -> ListenerStatus {
+    let mut c = Conditions::new(now, generation);
+    let conflict_message = |c: &Conflict| match &c.winner {
+        Some(w) => format!("the port is held by {w}, which takes precedence"),
+        None => "the listener is not distinct from another listener on the same port".to_owned(),
+    };
+    // A listener that lost its port says so first, whatever else is wrong
+    // with it: the conflict is why it is not served.
+    match (&l.conflict, &l.accepted) {
+        (Some(k), _) => c.set(
+            ConditionType::Accepted,
+            false,
+            k.reason,
+            conflict_message(k),
+        ),
+        (None, Err((r, m))) => c.set(ConditionType::Accepted, false, *r, m.clone()),
+        (None, Ok(())) => c.set(
+            ConditionType::Accepted,
+            true,
+            Reason::Accepted,
+            "listener accepted",
+        ),
+    }
+    match &l.conflict {
+        Some(k) => c.set(
+            ConditionType::Conflicted,
+            true,
+            k.reason,
+            conflict_message(k),
+        ),
+        None => c.set(
+            ConditionType::Conflicted,
+            false,
+            Reason::NoConflicts,
+            "no conflicts",
+        ),
+    }
+    match l.resolved.as_ref().and(l.invalid_kinds.as_ref()) {
+        Ok(()) => c.set(
+            ConditionType::ResolvedRefs,
+            true,
+            Reason::ResolvedRefs,
+            "all references resolved",
+        ),
+        Err((r, m)) => c.set(ConditionType::ResolvedRefs, false, *r, m.clone()),
+    }
+    if !l.overlaps.is_empty() {
+        c.set(
+            ConditionType::OverlappingTlsConfig,
+            true,
+            Reason::OverlappingHostnames,
+            format!(
+                "hostname overlaps with HTTPS listeners {} on the same port",
+                l.overlaps.join(", ")
+            ),
+        );
+    }
+    match &l.conflict {
+        _ if l.programmable() => c.set(
+            ConditionType::Programmed,
+            true,
+            Reason::Programmed,
+            "listener programmed",
+        ),
+        // Losing to an earlier owner is reported as such (what the
+        // ListenerSet conformance tests expect).
+        Some(k) if k.winner.is_some() => c.set(
+            ConditionType::Programmed,
+            false,
+            k.reason,
+            conflict_message(k),
+        ),
+        _ => c.set(
+            ConditionType::Programmed,
+            false,
+            Reason::Invalid,
+            "listener is not valid and is not programmed",
+        ),
+    }
+    ListenerStatus {
+        name: l.name.clone(),
+        attached_routes: l.attached_routes,
+        conditions: c.into_vec(),
+        kinds: l.kinds.iter().map(|k| k.kind()).collect(),
+    }
+}
+
+/// The status of a resolved Gateway: its own listeners only (each set's
+/// are in the set's status).
 pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
     let generation = info.gateway.metadata.generation;
-    let listeners: Vec<GatewayStatusListeners> = info
+    let own: Vec<&Listener> = info
         .listeners
         .iter()
+        .filter(|l| l.owner.is_none())
+        .collect();
+    let listeners: Vec<GatewayStatusListeners> = own
+        .iter()
         .map(|l| {
-            let mut c = Conditions::new(now, generation);
-            match (&l.accepted, l.conflict) {
-                (Err((r, m)), _) => c.set(ConditionType::Accepted, false, *r, m.clone()),
-                (Ok(()), Some(r)) => c.set(
-                    ConditionType::Accepted,
-                    false,
-                    r,
-                    "the listener is not distinct from another listener on the same port",
-                ),
-                (Ok(()), None) => c.set(
-                    ConditionType::Accepted,
-                    true,
-                    Reason::Accepted,
-                    "listener accepted",
-                ),
-            }
-            match l.conflict {
-                Some(r) => c.set(
-                    ConditionType::Conflicted,
-                    true,
-                    r,
-                    "the listener is not distinct from another listener on the same port",
-                ),
-                None => c.set(
-                    ConditionType::Conflicted,
-                    false,
-                    Reason::NoConflicts,
-                    "no conflicts",
-                ),
-            }
-            match l.resolved.as_ref().and(l.invalid_kinds.as_ref()) {
-                Ok(()) => c.set(
-                    ConditionType::ResolvedRefs,
-                    true,
-                    Reason::ResolvedRefs,
-                    "all references resolved",
-                ),
-                Err((r, m)) => c.set(ConditionType::ResolvedRefs, false, *r, m.clone()),
-            }
-            if !l.overlaps.is_empty() {
-                c.set(
-                    ConditionType::OverlappingTlsConfig,
-                    true,
-                    Reason::OverlappingHostnames,
-                    format!(
-                        "hostname overlaps with HTTPS listeners {} on the same port",
-                        l.overlaps.join(", ")
-                    ),
-                );
-            }
-            if l.programmable() {
-                c.set(
-                    ConditionType::Programmed,
-                    true,
-                    Reason::Programmed,
-                    "listener programmed",
-                );
-            } else {
-                c.set(
-                    ConditionType::Programmed,
-                    false,
-                    Reason::Invalid,
-                    "listener is not valid and is not programmed",
-                );
-            }
+            let s = listener_status(l, now, generation);
             GatewayStatusListeners {
-                name: l.name.clone(),
-                attached_routes: l.attached_routes,
-                conditions: c.into_vec(),
+                name: s.name,
+                attached_routes: s.attached_routes,
+                conditions: s.conditions,
                 supported_kinds: Some(
-                    l.kinds
-                        .iter()
-                        .map(|k| GatewayStatusListenersSupportedKinds {
+                    s.kinds
+                        .into_iter()
+                        .map(|kind| GatewayStatusListenersSupportedKinds {
                             group: Some(GATEWAY_GROUP.to_owned()),
-                            kind: k.kind().to_owned(),
+                            kind: kind.to_owned(),
                         })
                         .collect(),
                 ),
             }
         })
         .collect();
-    let valid = info.listeners.iter().filter(|l| l.programmable()).count();
+    let valid = own.iter().filter(|l| l.programmable()).count();
     let names = |ok: bool| {
-        let list: Vec<&str> = info
-            .listeners
+        let list: Vec<&str> = own
             .iter()
             .filter(|l| l.programmable() == ok)
             .map(|l| l.name.as_str())
             .collect();
         list.join(", ")
     };
-    let all_valid = valid == info.listeners.len();
+    let all_valid = valid == own.len();
     let mut c = Conditions::new(now, generation);
     if all_valid {
         c.set(
@@ -699,7 +930,15 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
     }
     GatewayStatus {
         addresses: None,
-        attached_listener_sets: None,
+        // Shown once some set names the Gateway (absent reads as 0).
+        attached_listener_sets: (!info.sets.is_empty()).then(|| {
+            let accepted = info
+                .sets
+                .iter()
+                .filter(|s| crate::listenerset::accepted(info, s))
+                .count();
+            i32::try_from(accepted).unwrap_or(i32::MAX)
+        }),
         conditions: Some(c.into_vec()),
         listeners: Some(listeners),
     }

@@ -16,6 +16,7 @@ mod gateway;
 mod hostname;
 mod index;
 mod input;
+mod listenerset;
 mod model;
 mod output;
 mod unsupported;
@@ -77,6 +78,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
+    "ListenerSet",
     "ReferenceGrant",
     "TLSRoute",
     "TLSRouteModeMixed",
@@ -201,20 +203,61 @@ pub fn translate(input: &Input) -> Output {
             .then_with(|| json_cmp(a, b))
     });
     gateways.dedup_by(|a, b| index::key_of(&a.metadata) == index::key_of(&b.metadata));
-    let mut infos: Vec<gateway::GatewayInfo<'_>> = gateways
-        .iter()
-        .map(|g| gateway::resolve(&index, g))
-        .collect();
     let ours: BTreeSet<(&str, &str)> = gateways
         .iter()
         .map(|g| index::key_of(&g.metadata))
         .collect();
 
-    // Routes naming at least one of our Gateways, converted once.
+    // ListenerSets per Gateway they name, in merge order, one per key.
+    let mut sets: Vec<&api::listenersets::ListenerSet> = input.listener_sets.iter().collect();
+    sets.sort_by(|a, b| {
+        listenerset::precedence(a)
+            .cmp(&listenerset::precedence(b))
+            .then_with(|| json_cmp(a, b))
+    });
+    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+    sets.retain(|s| seen.insert(index::key_of(&s.metadata)));
+    let mut sets_of: BTreeMap<(&str, &str), Vec<&api::listenersets::ListenerSet>> = BTreeMap::new();
+    for set in sets {
+        let Some(parent) = listenerset::parent_of(set) else {
+            continue;
+        };
+        if ours.contains(&parent) {
+            sets_of.entry(parent).or_default().push(set);
+        } else if invalid_parameters.contains(&parent) {
+            let (ns, name) = index::key_of(&set.metadata);
+            out.statuses.listener_sets.insert(
+                ObjectKey::new(ns, name),
+                listenerset::parent_not_accepted(set, &ObjectKey::new(parent.0, parent.1), &now),
+            );
+        }
+    }
+
+    let mut infos: Vec<gateway::GatewayInfo<'_>> = gateways
+        .iter()
+        .map(|g| {
+            let sets = sets_of
+                .get(&index::key_of(&g.metadata))
+                .map_or(&[][..], Vec::as_slice);
+            gateway::resolve(&index, g, sets)
+        })
+        .collect();
+    // ListenerSets naming our Gateways, by key (admitted or not: routes to
+    // them get a status from us either way).
+    let our_sets: BTreeSet<(String, String)> = infos
+        .iter()
+        .flat_map(|i| i.sets.iter())
+        .map(|s| (s.key.namespace.clone(), s.key.name.clone()))
+        .collect();
+
+    // Routes naming at least one of our Gateways or their ListenerSets,
+    // converted once.
     let names_ours = |parents: &[model::ParentRef]| {
-        parents
-            .iter()
-            .any(|p| p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
+        parents.iter().any(|p| {
+            (p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
+                || (p.is_listener_set()
+                    && our_sets.contains(&(p.namespace.clone(), p.name.clone())))
+        })
     };
     let mut routes: Vec<model::Route> = Vec::new();
     routes.extend(input.http_routes.iter().map(model::Route::from));
@@ -235,6 +278,11 @@ pub fn translate(input: &Input) -> Output {
         out.statuses
             .gateways
             .insert(info.key.clone(), gateway::status(info, &now));
+        for set in &info.sets {
+            out.statuses
+                .listener_sets
+                .insert(set.key.clone(), listenerset::status(info, set, &now));
+        }
         let bind = input
             .bind_addresses
             .get(&info.key)
@@ -249,7 +297,6 @@ pub fn translate(input: &Input) -> Output {
         out.gateways.insert(info.key.clone(), emitter.emit());
     }
 
-    out.statuses.listener_sets = unsupported_listener_sets(input, &ours, &now);
     out.statuses.backend_tls_policies =
         tls_policy_statuses(input, &index, &resolved, &route_statuses, &now);
 
@@ -350,46 +397,6 @@ pub fn refresh_endpoints(
         }
     }
     changed
-}
-
-/// ListenerSets are not implemented yet: each one attached to a Gateway of
-/// ours says so, and none of its listeners is served.
-fn unsupported_listener_sets(
-    input: &Input,
-    ours: &BTreeSet<(&str, &str)>,
-    now: &Time,
-) -> BTreeMap<ObjectKey, api::listenersets::ListenerSetStatus> {
-    let mut out = BTreeMap::new();
-    for ls in &input.listener_sets {
-        let (ns, name) = index::key_of(&ls.metadata);
-        let p = &ls.spec.parent_ref;
-        let is_gateway = p.group.as_deref().unwrap_or(index::GATEWAY_GROUP) == index::GATEWAY_GROUP
-            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway";
-        let parent_ns = p.namespace.as_deref().unwrap_or(ns);
-        if !is_gateway || !ours.contains(&(parent_ns, p.name.as_str())) {
-            continue;
-        }
-        let message = format!(
-            "{}: none of its listeners is served",
-            unsupported::Field::ListenerSet
-        );
-        let mut c = Conditions::new(now, ls.metadata.generation);
-        c.set(
-            ConditionType::Accepted,
-            false,
-            Reason::ListenersNotValid,
-            message.clone(),
-        );
-        c.set(ConditionType::Programmed, false, Reason::Invalid, message);
-        out.insert(
-            ObjectKey::new(ns, name),
-            api::listenersets::ListenerSetStatus {
-                conditions: Some(c.into_vec()),
-                listeners: None,
-            },
-        );
-    }
-    out
 }
 
 /// The status of every BackendTLSPolicy that names a Service port a route

@@ -192,6 +192,11 @@ impl ParentRef {
     pub(crate) fn is_gateway(&self) -> bool {
         self.group == GATEWAY_GROUP && self.kind == "Gateway"
     }
+
+    /// Whether this parentRef names a ListenerSet.
+    pub(crate) fn is_listener_set(&self) -> bool {
+        self.group == GATEWAY_GROUP && self.kind == "ListenerSet"
+    }
 }
 
 #[derive(Debug, Default)]

@@ -31,9 +31,6 @@ pub(crate) enum Field {
     ExternalAuthFilter,
     /// Route filter `ExtensionRef` (Gatewright has no extension kinds).
     ExtensionRefFilter,
-    /// A ListenerSet attached to a Gateway of ours: `Accepted=False`/
-    /// `ListenersNotValid`; none of its listeners is served.
-    ListenerSet,
 }
 
 impl Field {
@@ -47,7 +44,6 @@ impl Field {
             Self::SessionPersistence => "sessionPersistence",
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
-            Self::ListenerSet => "ListenerSet",
         }
     }
 }

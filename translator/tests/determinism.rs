@@ -163,6 +163,7 @@ fn small_inputs() -> Vec<(&'static str, Input)> {
         ("http_routes(40)", workload::http_routes(40)),
         ("mixed(4, 40, 60, 30)", workload::mixed(4, 40, 60, 30)),
         ("conflicts", conflicts()),
+        ("listener_sets(12, 6)", workload::listener_sets(12, 6)),
     ]
 }
 

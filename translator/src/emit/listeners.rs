@@ -94,7 +94,7 @@ impl Emitter<'_, '_> {
         for &li in &https {
             let l = &self.gateway.listeners[li];
             taken.insert(l.hostname.clone());
-            let rc_name = format!("https-{port}-{}", l.name);
+            let rc_name = format!("https-{port}-{}", l.envoy_name);
             out.routes
                 .push(self.route_config(&rc_name, port, &https, &[li], clusters));
             let mut tls = self.downstream_tls(l, vec!["h2".to_owned(), "http/1.1".to_owned()], out);
@@ -112,7 +112,7 @@ impl Emitter<'_, '_> {
                 });
             }
             chains.push(FilterChain {
-                name: format!("https-{port}-{}", l.name),
+                name: format!("https-{port}-{}", l.envoy_name),
                 filter_chain_match: Some(FilterChainMatch {
                     server_names: l.hostname.iter().cloned().collect(),
                     ..Default::default()
@@ -161,7 +161,7 @@ impl Emitter<'_, '_> {
             let stat = if terminate {
                 format!(
                     "tls-terminate-{port}-{}-{}-{}",
-                    l.name, key.namespace, key.name
+                    l.envoy_name, key.namespace, key.name
                 )
             } else {
                 format!("tls-{port}-{}-{}", key.namespace, key.name)

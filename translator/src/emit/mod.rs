@@ -90,15 +90,21 @@ impl Emitter<'_, '_> {
 
     /// Whether `listener` is the most specific of `listeners` accepting `host`.
     fn owns(&self, listeners: &[usize], listener: usize, host: &str) -> bool {
-        let best = listeners
+        self.owner(listeners, host) == Some(listener)
+    }
+
+    /// The most specific of `listeners` accepting `host` (the first on a
+    /// tie): the one listener that serves it.
+    fn owner(&self, listeners: &[usize], host: &str) -> Option<usize> {
+        listeners
             .iter()
-            .filter(|&&i| self.gateway.listeners[i].accepts_host(host))
-            .max_by_key(|&&i| {
+            .copied()
+            .filter(|&i| self.gateway.listeners[i].accepts_host(host))
+            .max_by_key(|&i| {
                 (
                     hostname::specificity(self.gateway.listeners[i].hostname.as_deref()),
                     std::cmp::Reverse(i),
                 )
-            });
-        best == Some(&listener)
+            })
     }
 }

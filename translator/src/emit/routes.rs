@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{
     BoolValue, Duration as ProtoDuration, Struct, UInt32Value, Value, value,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 impl Emitter<'_, '_> {
     /// The route configuration serving `serve`, some of the `listeners` on
@@ -69,13 +69,33 @@ impl Emitter<'_, '_> {
                 None => {}
             }
         }
+        // A port can carry hundreds of listeners (ListenerSets), and every
+        // HTTPS listener has its own configuration naming all the port's
+        // hostnames: look members and owners up instead of scanning. A
+        // listener named exactly as a host owns it (exact names are the most
+        // specific; the first one on a tie).
+        let on_port: HashSet<usize> = listeners.iter().copied().collect();
+        let mut exact_owner: HashMap<&str, usize> = HashMap::new();
+        for &li in listeners {
+            if let Some(h) = self.gateway.listeners[li].hostname.as_deref()
+                && !h.starts_with('*')
+            {
+                exact_owner.entry(h).or_insert(li);
+            }
+        }
+        let owner_of = |host: &str| {
+            exact_owner
+                .get(host)
+                .copied()
+                .or_else(|| self.owner(listeners, host))
+        };
         for a in self
             .attachments
             .iter()
-            .filter(|a| listeners.contains(&a.listener))
+            .filter(|a| on_port.contains(&a.listener))
         {
             for h in &a.hostnames {
-                if !self.owns(listeners, a.listener, h) {
+                if owner_of(h) != Some(a.listener) {
                     continue;
                 }
                 domains.insert(h);
@@ -92,10 +112,7 @@ impl Emitter<'_, '_> {
                 // Only the listener owning this domain serves it (listener
                 // isolation); within it, every route whose hostname covers
                 // the domain, routes of more specific hostnames first.
-                let owner = listeners
-                    .iter()
-                    .copied()
-                    .find(|&li| self.owns(listeners, li, domain));
+                let owner = owner_of(domain);
                 if owner.is_some_and(|li| !serve.contains(&li)) {
                     return misdirected(domain);
                 }

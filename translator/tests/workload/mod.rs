@@ -507,3 +507,112 @@ pub fn mixed(namespaces: usize, services: usize, http_routes: usize, grpc_routes
     }
     input
 }
+
+/// `listener_sets(sets, per_set)`: Gateway `gateway/gw` (HTTP on 80,
+/// ListenerSets from all namespaces) and `sets` ListenerSets `set-s` in
+/// `team-(s % 10)`, each with `per_set` listeners: listener `j` is HTTP on
+/// port `8000 + j % 5` when `j` is even, HTTPS on `8443 + j % 5` (the
+/// namespace's certificate) when odd, for `l-j.set-s.example.com`. Each set
+/// has one HTTPRoute attached to it (to every listener of the set) sending
+/// to its own Service.
+pub fn listener_sets(sets: usize, per_set: usize) -> Input {
+    let mut input = Input::new();
+    add(
+        &mut input,
+        gateway_class(GATEWAY_CLASS, DEFAULT_CONTROLLER_NAME),
+    );
+    add(&mut input, namespace("gateway", &[]));
+    add(
+        &mut input,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"namespace": "gateway", "name": "gw"},
+            "spec": {
+                "gatewayClassName": GATEWAY_CLASS,
+                "allowedListeners": {"namespaces": {"from": "All"}},
+                "listeners": [{
+                    "name": "http",
+                    "protocol": "HTTP",
+                    "port": 80,
+                    "allowedRoutes": {"namespaces": {"from": "All"}},
+                }],
+            },
+        }),
+    );
+    for t in 0..10.min(sets) {
+        let ns = format!("team-{t}");
+        add(&mut input, namespace(&ns, &[]));
+        input
+            .secrets
+            .push(tls_secret(&ns, "cert", EXAMPLE_CERT_PEM, EXAMPLE_KEY_PEM));
+    }
+    for s in 0..sets {
+        let ns = format!("team-{}", s % 10);
+        let set = format!("set-{s}");
+        let listeners: Vec<Value> = (0..per_set)
+            .map(|j| {
+                let hostname = format!("l-{j}.{set}.example.com");
+                let offset = i32::try_from(j % 5).unwrap_or(0);
+                if j % 2 == 0 {
+                    json!({
+                        "name": format!("l-{j}"),
+                        "protocol": "HTTP",
+                        "port": 8000 + offset,
+                        "hostname": hostname,
+                    })
+                } else {
+                    json!({
+                        "name": format!("l-{j}"),
+                        "protocol": "HTTPS",
+                        "port": 8443 + offset,
+                        "hostname": hostname,
+                        "tls": {"certificateRefs": [{"name": "cert"}]},
+                    })
+                }
+            })
+            .collect();
+        add(
+            &mut input,
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "ListenerSet",
+                "metadata": {"namespace": ns, "name": set},
+                "spec": {
+                    "parentRef": {"name": "gw", "namespace": "gateway"},
+                    "listeners": listeners,
+                },
+            }),
+        );
+        let svc = format!("svc-{s}");
+        add(&mut input, service(&ns, &svc, &[("http", 8080, None)]));
+        let ip = u32::try_from(2 * s).expect("workload too large for 10.0.0.0/8");
+        add(
+            &mut input,
+            endpoint_slice(
+                &ns,
+                &svc,
+                "abcde",
+                &[(ipv4(ip), true), (ipv4(ip + 1), true)],
+                &[("http", 8080)],
+            ),
+        );
+        add(
+            &mut input,
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"namespace": ns, "name": format!("route-{s}")},
+                "spec": {
+                    "parentRefs": [{
+                        "group": "gateway.networking.k8s.io",
+                        "kind": "ListenerSet",
+                        "name": set,
+                    }],
+                    "rules": [{"backendRefs": [{"name": svc, "port": 8080}]}],
+                },
+            }),
+        );
+    }
+    input
+}

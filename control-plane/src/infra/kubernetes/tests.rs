@@ -473,3 +473,55 @@ fn addresses_come_from_the_load_balancer_else_the_cluster_ip() {
         ]
     );
 }
+
+/// The Service of a Gateway follows its ListenerSets: a port only a set
+/// uses is opened while the set is there and closed when it goes.
+#[test]
+fn service_ports_follow_listener_sets() {
+    let docs = [
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": { "name": "gatewright" },
+            "spec": { "controllerName": gatewright_translator::DEFAULT_CONTROLLER_NAME }
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": { "name": "web", "namespace": "apps", "uid": "0d9e1c5a-uid" },
+            "spec": {
+                "gatewayClassName": "gatewright",
+                "allowedListeners": { "namespaces": { "from": "Same" } },
+                "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }]
+            }
+        }),
+    ];
+    let set = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "ListenerSet",
+        "metadata": { "name": "team", "namespace": "apps" },
+        "spec": {
+            "parentRef": { "name": "web" },
+            "listeners": [{ "name": "extra", "port": 8081, "protocol": "HTTP" }]
+        }
+    });
+    let ports_of = |with_set: bool| {
+        let mut input = gatewright_translator::Input::new();
+        for d in docs.iter().chain(with_set.then_some(&set)) {
+            input.add_document(d.clone()).expect("document");
+        }
+        let output = gatewright_translator::translate(&input);
+        let key = ObjectKey::new("apps", "web");
+        let resources = output.gateways.get(&key).expect("Gateway resources");
+        let gw: &Gateway = input.gateways.first().expect("Gateway");
+        listener_ports(gw, resources)
+            .into_iter()
+            .map(|p| (p.port, p.protocol))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ports_of(true),
+        vec![(80, "HTTP".to_owned()), (8081, "TCP".to_owned())]
+    );
+    assert_eq!(ports_of(false), vec![(80, "HTTP".to_owned())]);
+}
