@@ -386,8 +386,9 @@ fn resolve<'a>(
 }
 
 /// The PEM bundle in a ConfigMap's `ca.crt`, checked to hold at least one
-/// certificate and nothing Envoy could not load.
-fn ca_bundle(cm: &ConfigMap) -> Result<Vec<u8>, String> {
+/// certificate and nothing Envoy could not load (BackendTLSPolicy and
+/// frontend client validation alike).
+pub(crate) fn ca_bundle(cm: &ConfigMap) -> Result<Vec<u8>, String> {
     let text = cm
         .data
         .as_ref()

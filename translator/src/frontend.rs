@@ -12,8 +12,6 @@ use crate::api::gateways::{
 };
 use crate::conditions::Reason;
 use crate::index::{Index, RefTarget};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 /// One CA certificate reference, as both the default and the per-port
 /// forms write it.
@@ -218,31 +216,5 @@ fn read_ca(index: &Index<'_>, gateway_ns: &str, r: &CaRef) -> Result<Vec<u8>, (R
     let map = index
         .config_map(ns, &r.name)
         .ok_or_else(|| bad("does not exist"))?;
-    let pem = map
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .map(|s| s.as_bytes().to_vec())
-        .or_else(|| {
-            map.binary_data
-                .as_ref()
-                .and_then(|d| d.get("ca.crt"))
-                .map(|b| b.0.clone())
-        })
-        .ok_or_else(|| bad("has no ca.crt"))?;
-    let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&format!("ca.crt is not valid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("ca.crt holds no PEM certificate"));
-    }
-    if certs
-        .iter()
-        .any(|c| !crate::gateway::is_der_sequence(c.as_ref()))
-    {
-        return Err(bad(
-            "ca.crt holds a certificate that is not DER-encoded X.509",
-        ));
-    }
-    Ok(pem)
+    crate::backend_tls::ca_bundle(map).map_err(|e| bad(&e))
 }
