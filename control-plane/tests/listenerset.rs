@@ -13,7 +13,6 @@
 #[allow(dead_code)]
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -119,49 +118,6 @@ fn team_file(info: &WorldInfo, ns: &str, admitted: bool, port: u16, cert: &Serve
         set_route(ns),
         service_for("app", ns, info.echoes[ns], None),
     ])
-}
-
-/// The DER of the end-entity certificate `addr` serves for SNI `sni`,
-/// verified against `ca_pem`.
-async fn served_certificate(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<Vec<u8>, String> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(ca.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let (_, session) = tls.get_ref();
-    session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.as_ref().to_vec())
-        .ok_or_else(|| "no peer certificate".to_owned())
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .expect("certificate PEM")
-        .as_ref()
-        .to_vec()
 }
 
 /// The status condition `type_` of a status file, as (status, reason).

@@ -1366,3 +1366,56 @@ pub fn ancestor_status(status: &serde_yaml::Value, gateway: &str) -> Option<serd
         })
         .cloned()
 }
+
+// ---------------------------------------------------------------------------
+// TLS as a client sees it.
+
+/// The DER of the end-entity certificate `addr` serves for SNI `sni`,
+/// verified against `ca_pem`.
+pub async fn served_certificate(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(ca.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector.connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| "no peer certificate".to_owned())
+}
+
+pub fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("certificate PEM")
+        .as_ref()
+        .to_vec()
+}
