@@ -281,44 +281,19 @@ pub struct Echo {
 /// Starts `gatewright-echo --name NAME` on 127.0.0.1 (TLS with `tls`'s
 /// certificate and key files) and waits for its `listening on` line.
 pub fn start_echo(dir: &Path, name: &str, tls: Option<(&Path, &Path)>) -> Echo {
-    let log = dir.join(format!("echo-{name}.log"));
-    let stderr = std::fs::File::create(&log).expect("creating the echo log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatewright-echo"));
-    cmd.args(["--listen", "127.0.0.1:0", "--name", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    if let Some((cert, key)) = tls {
-        cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+    match tls {
+        Some((cert, key)) => start_echo_with(
+            dir,
+            name,
+            &[
+                "--tls-cert".as_ref(),
+                cert.as_os_str(),
+                "--tls-key".as_ref(),
+                key.as_os_str(),
+            ],
+        ),
+        None => start_echo_with(dir, name, &[]),
     }
-    die_with_parent(&mut cmd, libc::SIGKILL);
-    let mut child = cmd.spawn().expect("starting gatewright-echo");
-    let stdout = child.stdout.take().expect("echo stdout");
-    let proc = Proc {
-        child: Some(child),
-        name: format!("gatewright-echo {name}"),
-        log,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("gatewright-echo {name} printed nothing within 10 s"));
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "gatewright-echo {name}: expected `listening on IP:PORT`, got {line:?}; log:\n{}",
-                proc.log_tail(20)
-            )
-        });
-    Echo { _proc: proc, addr }
 }
 
 // ---------------------------------------------------------------------------
@@ -1252,7 +1227,6 @@ pub fn clip(s: &str, n: usize) -> String {
 /// Starts `gatewright-echo --name NAME` on 127.0.0.1 with `args` added
 /// (TLS and client-certificate options) and waits for its `listening on`
 /// line.
-#[allow(dead_code)] // used by backend_tls.rs, not by e2e.rs
 pub fn start_echo_with(dir: &Path, name: &str, args: &[&std::ffi::OsStr]) -> Echo {
     let log = dir.join(format!("echo-{name}.log"));
     let stderr = std::fs::File::create(&log).expect("creating the echo log");
