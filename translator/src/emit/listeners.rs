@@ -8,10 +8,16 @@ use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
 use crate::gateway::Protocol;
 use crate::output::GatewayResources;
-use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, SubstitutionFormatString, TransportSocket, data_source, substitution_format_string,
+    transport_socket,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
     listener_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
+    FilterStateValue, filter_state_value,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -19,6 +25,7 @@ use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::Tl
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterState;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, common_tls_context,
@@ -42,7 +49,7 @@ impl Emitter<'_, '_> {
         if first.protocol == Some(Protocol::Http) {
             let name = format!("http-{port}");
             out.routes
-                .push(self.route_config(&name, port, listeners, listeners, clusters));
+                .push(self.route_config(&name, port, listeners, false, clusters));
             Some(Listener {
                 name: name.clone(),
                 address: Some(socket(self.bind_address, port_u)),
@@ -91,12 +98,19 @@ impl Emitter<'_, '_> {
             .copied()
             .filter(|&li| self.gateway.listeners[li].protocol == Some(Protocol::Https))
             .collect();
+        // One route configuration for the port's HTTPS listeners; when
+        // there are several, each chain tells it which listener the
+        // connection's SNI chose.
+        let rc_name = format!("https-{port}");
+        let by_sni = https.len() > 1;
+        if !https.is_empty() {
+            out.routes
+                .push(self.route_config(&rc_name, port, &https, by_sni, clusters));
+        }
         for &li in &https {
             let l = &self.gateway.listeners[li];
             taken.insert(l.hostname.clone());
-            let rc_name = format!("https-{port}-{}", l.envoy_name);
-            out.routes
-                .push(self.route_config(&rc_name, port, &https, &[li], clusters));
+            let chain_name = format!("https-{port}-{}", l.envoy_name);
             let mut tls = self.downstream_tls(l, vec!["h2".to_owned(), "http/1.1".to_owned()], out);
             if let Some(v) = &l.client_validation {
                 out.secrets.push(secrets::client_validation(v));
@@ -111,13 +125,18 @@ impl Emitter<'_, '_> {
                     value: !v.insecure_fallback,
                 });
             }
+            let mut filters = Vec::with_capacity(2);
+            if by_sni {
+                filters.push(record_listener(&l.envoy_name));
+            }
+            filters.push(hcm(&chain_name, &rc_name));
             chains.push(FilterChain {
-                name: format!("https-{port}-{}", l.envoy_name),
+                name: chain_name,
                 filter_chain_match: Some(FilterChainMatch {
                     server_names: l.hostname.iter().cloned().collect(),
                     ..Default::default()
                 }),
-                filters: vec![hcm(&rc_name, &rc_name)],
+                filters,
                 transport_socket: Some(tls_socket(&tls)),
                 ..Default::default()
             });
@@ -225,6 +244,41 @@ fn tls_socket(tls: &DownstreamTlsContext) -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(any(tls))),
+    }
+}
+
+/// A network filter recording, for the connection's lifetime, that it
+/// belongs to `listener`: the shared route configuration of an HTTPS port
+/// matches on it.
+fn record_listener(listener: &str) -> NetworkFilter {
+    let value = FilterStateValue {
+        key: Some(filter_state_value::Key::ObjectKey(
+            super::routes::LISTENER_STATE_KEY.to_owned(),
+        )),
+        // A plain string object: the key is ours, not one Envoy knows.
+        factory_key: "envoy.string".to_owned(),
+        value: Some(filter_state_value::Value::FormatString(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        // Literal text: `%` would start a format operator.
+                        specifier: Some(data_source::Specifier::InlineString(
+                            listener.replace('%', "%%"),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    NetworkFilter {
+        name: "envoy.filters.network.set_filter_state".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&SetFilterState {
+            on_new_connection: vec![value],
+            ..Default::default()
+        }))),
     }
 }
 

@@ -20,7 +20,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+    FilterStateMatcher, RegexMatchAndSubstitute, RegexMatcher, StringMatcher, filter_state_matcher,
+    string_matcher,
 };
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{
@@ -29,19 +30,23 @@ use envoy_types::pb::google::protobuf::{
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 impl Emitter<'_, '_> {
-    /// The route configuration serving `serve`, some of the `listeners` on
-    /// `port` among which hostnames are owned. A Host owned by one of
-    /// `listeners` outside `serve` gets 421 Misdirected Request: on an HTTPS
-    /// port each listener has its own configuration (chosen by SNI), and a
-    /// client that reuses a connection for another listener's hostname must
-    /// be told to open a new one rather than be served by the wrong
-    /// listener's routes.
+    /// The route configuration of `port`, serving `listeners` (among which
+    /// hostnames are owned). With `by_sni`, the listeners are HTTPS ones
+    /// selected by SNI, each in its own filter chain, and share this one
+    /// configuration: each chain records its listener in the connection's
+    /// filter state ([`LISTENER_STATE_KEY`]) and a host's routes match only
+    /// on its owner's connections. A client that reuses a connection for
+    /// another listener's hostname gets 421 Misdirected Request and opens a
+    /// new one rather than being served by the wrong listener's routes; a
+    /// host no listener owns gets 404. One shared configuration keeps the
+    /// size linear in the listeners: a configuration per listener would
+    /// name every hostname of the port in each.
     pub(super) fn route_config(
         &self,
         name: &str,
         port: i32,
         listeners: &[usize],
-        serve: &[usize],
+        by_sni: bool,
         clusters: &mut BTreeSet<ClusterRef>,
     ) -> RouteConfiguration {
         // Every hostname a route serves here, and every listener hostname,
@@ -50,7 +55,7 @@ impl Emitter<'_, '_> {
         let mut domains: BTreeSet<&str> = BTreeSet::new();
         // Redirects without a port keep the listener's, written out unless
         // it is the well-known one of the listener's scheme.
-        let tls = serve.iter().any(|&li| {
+        let tls = listeners.iter().any(|&li| {
             self.gateway.listeners[li].protocol == Some(crate::gateway::Protocol::Https)
         });
         // (listener, route, hostname) for each hostname an attachment serves,
@@ -62,8 +67,10 @@ impl Emitter<'_, '_> {
                 Some(h) => {
                     domains.insert(h);
                 }
-                // Another listener takes every Host no listener names.
-                None if !serve.contains(&li) => {
+                // On a shared configuration, a listener without hostname
+                // owns every Host no other listener names: other listeners'
+                // connections must learn so (421) from a catch-all.
+                None if by_sni => {
                     domains.insert("*");
                 }
                 None => {}
@@ -113,9 +120,6 @@ impl Emitter<'_, '_> {
                 // isolation); within it, every route whose hostname covers
                 // the domain, routes of more specific hostnames first.
                 let owner = owner_of(domain);
-                if owner.is_some_and(|li| !serve.contains(&li)) {
-                    return misdirected(domain);
-                }
                 let mut candidates: Vec<(&str, usize)> = exact
                     .get(domain)
                     .into_iter()
@@ -154,9 +158,19 @@ impl Emitter<'_, '_> {
                     let mut seen = std::collections::HashSet::with_capacity(entries.len());
                     entries.retain(|&(_, ri, rule_i, mi)| seen.insert((ri, rule_i, mi)));
                 }
-                let mut routes = Vec::with_capacity(entries.len());
+                let mut routes = Vec::with_capacity(entries.len() + 2);
                 for &(_, ri, rule_i, mi) in &entries {
                     routes.push(self.route(port, tls, ri, rule_i, mi, clusters));
+                }
+                if by_sni && let Some(li) = owner {
+                    let listener = &self.gateway.listeners[li].envoy_name;
+                    for r in &mut routes {
+                        if let Some(m) = r.r#match.as_mut() {
+                            m.filter_state.push(on_listener(listener));
+                        }
+                    }
+                    routes.push(direct(format!("not-found:{listener}"), Some(listener), 404));
+                    routes.push(direct("misdirected".to_owned(), None, 421));
                 }
                 VirtualHost {
                     name: domain.to_owned(),
@@ -746,23 +760,32 @@ fn apply_path_rewrite(action: &mut RouteAction, matched: &PathMatch, path: Optio
     }
 }
 
-/// A virtual host answering 421 Misdirected Request for `domain`, which
-/// another listener on the port serves.
-fn misdirected(domain: &str) -> VirtualHost {
-    VirtualHost {
-        name: format!("misdirected:{domain}"),
-        domains: vec![domain.to_owned()],
-        routes: vec![Route {
-            r#match: Some(RouteMatch {
-                path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
-                ..Default::default()
-            }),
-            action: Some(route::Action::DirectResponse(DirectResponseAction {
-                status: 421,
-                ..Default::default()
-            })),
+/// The filter state key under which an HTTPS filter chain records its
+/// Gateway listener (by Envoy name), for a shared route configuration.
+pub(super) const LISTENER_STATE_KEY: &str = "gatewright.listener";
+
+/// Matches requests on connections of `listener`.
+fn on_listener(listener: &str) -> FilterStateMatcher {
+    FilterStateMatcher {
+        key: LISTENER_STATE_KEY.to_owned(),
+        matcher: Some(filter_state_matcher::Matcher::StringMatch(exact(listener))),
+    }
+}
+
+/// A route answering `status` itself to any path, on connections of
+/// `listener` only when given.
+fn direct(name: String, listener: Option<&str>, status: u32) -> Route {
+    Route {
+        name,
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+            filter_state: listener.map(on_listener).into_iter().collect(),
             ..Default::default()
-        }],
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status,
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
