@@ -3,6 +3,7 @@
 //! TLSRoute (TLS passed through, or terminated by Envoy).
 
 use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::ext_authz::AuthFilters;
 use super::{Emitter, ads, any, secrets, socket};
 use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
@@ -41,13 +42,14 @@ impl Emitter<'_, '_> {
         let first = &self.gateway.listeners[listeners[0]];
         if first.protocol == Some(Protocol::Http) {
             let name = format!("http-{port}");
+            let mut auth = AuthFilters::new();
             out.routes
-                .push(self.route_config(&name, port, listeners, listeners, clusters));
+                .push(self.route_config(&name, port, listeners, listeners, clusters, &mut auth));
             Some(Listener {
                 name: name.clone(),
                 address: Some(socket(self.bind_address, port_u)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![hcm(&name, &name)],
+                    filters: vec![hcm(&name, &name, &auth)],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -95,8 +97,9 @@ impl Emitter<'_, '_> {
             let l = &self.gateway.listeners[li];
             taken.insert(l.hostname.clone());
             let rc_name = format!("https-{port}-{}", l.envoy_name);
+            let mut auth = AuthFilters::new();
             out.routes
-                .push(self.route_config(&rc_name, port, &https, &[li], clusters));
+                .push(self.route_config(&rc_name, port, &https, &[li], clusters, &mut auth));
             let mut tls = self.downstream_tls(l, vec!["h2".to_owned(), "http/1.1".to_owned()], out);
             if let Some(v) = &l.client_validation {
                 out.secrets.push(secrets::client_validation(v));
@@ -117,7 +120,7 @@ impl Emitter<'_, '_> {
                     server_names: l.hostname.iter().cloned().collect(),
                     ..Default::default()
                 }),
-                filters: vec![hcm(&rc_name, &rc_name)],
+                filters: vec![hcm(&rc_name, &rc_name, &auth)],
                 transport_socket: Some(tls_socket(&tls)),
                 ..Default::default()
             });
@@ -228,7 +231,9 @@ fn tls_socket(tls: &DownstreamTlsContext) -> TransportSocket {
     }
 }
 
-fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
+/// The HTTP connection manager of one route configuration; `auth` holds
+/// the `ext_authz` filters its routes enable.
+fn hcm(stat_prefix: &str, route_config: &str, auth: &AuthFilters) -> NetworkFilter {
     let cors = HttpFilter {
         name: super::routes::CORS_FILTER.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
@@ -250,8 +255,15 @@ fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
         })),
         // CORS acts only on routes whose per-filter config carries a policy;
         // it is always present so that adding the first CORS route changes
-        // route configuration only, never the listener.
-        http_filters: vec![cors, router],
+        // route configuration only, never the listener. It comes first so
+        // that preflights (which carry no credentials) are answered before
+        // any authorization check. The ext_authz filters (none unless a
+        // route uses ExternalAuth, so other listeners are unchanged) act
+        // only on the routes that enable them.
+        http_filters: std::iter::once(cors)
+            .chain(super::ext_authz::http_filters(auth))
+            .chain(std::iter::once(router))
+            .collect(),
         // Backends with appProtocol kubernetes.io/ws take WebSocket upgrades.
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_owned(),
