@@ -96,7 +96,7 @@ pub(super) fn filter(auth: &ExternalAuth, cluster: &ClusterRef) -> (String, ExtA
                 server_uri: Some(HttpUri {
                     // Only the cluster is used to connect; the URI must
                     // still be a valid one.
-                    uri: format!("http://{}:{}", cluster.service, cluster.port),
+                    uri: format!("http://{}", authority(cluster)),
                     http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(
                         cluster.name().to_owned(),
                     )),
@@ -116,6 +116,10 @@ pub(super) fn filter(auth: &ExternalAuth, cluster: &ClusterRef) -> (String, ExtA
                 target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
                     grpc_service::EnvoyGrpc {
                         cluster_name: cluster.name().to_owned(),
+                        // Envoy's default is the cluster name, whose slashes
+                        // make an invalid :authority that servers (hyper's,
+                        // for one) refuse by resetting the stream.
+                        authority: authority(cluster),
                         ..Default::default()
                     },
                 )),
@@ -155,6 +159,12 @@ pub(super) fn filter(auth: &ExternalAuth, cluster: &ClusterRef) -> (String, ExtA
         fnv1a(&prost::Message::encode_to_vec(&config))
     );
     (name, config)
+}
+
+/// The `host:port` the service is asked under: its Service's
+/// `name.namespace` and port, as a client inside the cluster could write it.
+fn authority(cluster: &ClusterRef) -> String {
+    format!("{}.{}:{}", cluster.service, cluster.namespace, cluster.port)
 }
 
 /// The per-route configuration enabling a filter the connection manager

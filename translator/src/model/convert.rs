@@ -137,6 +137,24 @@ trait ApiBackendRef {
     }
 }
 
+/// `ApiBackendRef::fields` of a backendRef type, whose weight is `$weight`
+/// (`self.weight`, or `None` for the types without one): the route kinds'
+/// backendRef types are distinct generated types of one shape.
+macro_rules! backend_ref_fields {
+    ($self:ident, $weight:expr) => {
+        fn fields(&$self) -> BackendRefFields<'_> {
+            BackendRefFields {
+                group: $self.group.as_deref(),
+                kind: $self.kind.as_deref(),
+                namespace: $self.namespace.as_deref(),
+                name: &$self.name,
+                port: $self.port,
+                weight: $weight,
+            }
+        }
+    };
+}
+
 /// Per-backend filters of one kind's backendRef: header modifiers become
 /// filters, any other type is refused by name.
 macro_rules! backend_filters {
@@ -164,16 +182,7 @@ macro_rules! backend_filters {
 }
 
 impl ApiBackendRef for HttpRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
         backend_filters!(self.filters, HttpRouteRulesBackendRefsFiltersType)
@@ -181,16 +190,7 @@ impl ApiBackendRef for HttpRouteRulesBackendRefs {
 }
 
 impl ApiBackendRef for GrpcRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
         backend_filters!(self.filters, GrpcRouteRulesBackendRefsFiltersType)
@@ -198,55 +198,21 @@ impl ApiBackendRef for GrpcRouteRulesBackendRefs {
 }
 
 impl ApiBackendRef for TlsRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 }
 
+// The backendRef types without a weight: a mirror's, an ExternalAuth
+// service's.
 impl ApiBackendRef for HttpRouteRulesFiltersRequestMirrorBackendRef {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: None,
-        }
-    }
-}
-
-impl ApiBackendRef for HttpRouteRulesFiltersExternalAuthBackendRef {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: None,
-        }
-    }
+    backend_ref_fields!(self, None);
 }
 
 impl ApiBackendRef for GrpcRouteRulesFiltersRequestMirrorBackendRef {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: None,
-        }
-    }
+    backend_ref_fields!(self, None);
+}
+
+impl ApiBackendRef for HttpRouteRulesFiltersExternalAuthBackendRef {
+    backend_ref_fields!(self, None);
 }
 
 impl BackendRef {
