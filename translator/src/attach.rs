@@ -6,7 +6,7 @@ use crate::gateway::GatewayInfo;
 use crate::hostname;
 use crate::index::Index;
 use crate::input::ObjectKey;
-use crate::model::{Filter, ParentRef, Route, RouteKind};
+use crate::model::{AuthProtocol, Filter, ParentRef, Route, RouteKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +16,9 @@ pub(crate) struct ResolvedRule {
     pub(crate) backends: Vec<(Result<ClusterRef, Unresolved>, u32)>,
     /// Mirror targets that resolved, with their fraction.
     pub(crate) mirrors: Vec<(ClusterRef, Option<(u32, u32)>)>,
+    /// The authorization service of each `ExternalAuth` filter, in filter
+    /// order; one that did not resolve makes the rule deny every request.
+    pub(crate) auth: Vec<Result<ClusterRef, Unresolved>>,
 }
 
 /// A route with its backends resolved.
@@ -65,7 +68,32 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                     _ => None,
                 })
                 .collect();
-            ResolvedRule { backends, mirrors }
+            let auth = rule
+                .filters
+                .iter()
+                .filter_map(|f| match f {
+                    Filter::ExternalAuth(a) => {
+                        let r =
+                            backend::resolve(index, route.kind, &ns, &a.backend, &mut tls_policies)
+                                // Envoy's gRPC client needs HTTP/2, whatever the
+                                // port's appProtocol says.
+                                .map(|c| match a.protocol {
+                                    AuthProtocol::Grpc { .. } => c.with_http2(),
+                                    AuthProtocol::Http { .. } => c,
+                                });
+                        if let Err(e) = &r {
+                            errors.push(e.clone());
+                        }
+                        Some(r)
+                    }
+                    _ => None,
+                })
+                .collect();
+            ResolvedRule {
+                backends,
+                mirrors,
+                auth,
+            }
         })
         .collect();
     let refs_error = errors.first().map(|(r, _)| {

@@ -62,6 +62,15 @@ impl ClusterRef {
         &self.name
     }
 
+    /// The same Service port spoken to in HTTP/2.
+    pub(crate) fn with_http2(self) -> Self {
+        if self.http2 {
+            self
+        } else {
+            Self::new(&self.namespace, &self.service, self.port, true, self.tls)
+        }
+    }
+
     /// The same Service port spoken to as plain TCP/HTTP1.
     pub(crate) fn without_http2(&self) -> Self {
         if self.http2 {

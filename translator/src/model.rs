@@ -140,6 +140,24 @@ impl Route {
                         }
                     }
                     Filter::Mirror { .. } => {}
+                    Filter::ExternalAuth(a) => {
+                        let (headers, response_headers) = match &a.protocol {
+                            AuthProtocol::Http {
+                                path,
+                                allowed_headers,
+                                allowed_response_headers,
+                            } => {
+                                if !path.is_empty() {
+                                    check(ri, validate::path(path));
+                                }
+                                (allowed_headers, allowed_response_headers.as_slice())
+                            }
+                            AuthProtocol::Grpc { allowed_headers } => (allowed_headers, &[][..]),
+                        };
+                        for name in headers.iter().chain(response_headers) {
+                            check(ri, validate::header_name(name));
+                        }
+                    }
                     Filter::Cors(c) => {
                         check(ri, c.origin_patterns().map(drop));
                         for name in c.headers.iter().chain(&c.expose).filter(|h| *h != "*") {
@@ -307,6 +325,44 @@ pub(crate) enum Filter {
         fraction: Option<(u32, u32)>,
     },
     Cors(Cors),
+    /// `ExternalAuth` (GEP-1494): every request is checked by an
+    /// authorization service first.
+    ExternalAuth(ExternalAuth),
+}
+
+/// An HTTPRoute `ExternalAuth` filter, with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ExternalAuth {
+    /// The authorization service.
+    pub(crate) backend: BackendRef,
+    /// How to talk to it, with the protocol's settings.
+    pub(crate) protocol: AuthProtocol,
+    /// `forwardBody.maxSize`: how many bytes of the request body the service
+    /// gets; 0 sends none. A longer body is refused (413), never cut.
+    pub(crate) forward_body: u32,
+}
+
+/// The protocol of an [`ExternalAuth`] service and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AuthProtocol {
+    /// A plain HTTP service: 200 allows, anything else denies.
+    Http {
+        /// Prefix added to the request path, `/`-led and without a trailing
+        /// `/`; empty for none.
+        path: String,
+        /// Request headers sent besides Host, Method, Path, Content-Length
+        /// and Authorization (always sent); lowercase.
+        allowed_headers: Vec<String>,
+        /// Headers of the service's 200 answer copied onto the request to
+        /// the backend; lowercase; empty copies all but Host and the
+        /// connection's framing headers.
+        allowed_response_headers: Vec<String>,
+    },
+    /// Envoy's `envoy.service.auth.v3.Authorization` gRPC service.
+    Grpc {
+        /// Request headers sent; lowercase; empty sends all.
+        allowed_headers: Vec<String>,
+    },
 }
 
 impl Cors {

@@ -27,8 +27,6 @@ pub(crate) enum Field {
     Retry,
     /// HTTPRoute and GRPCRoute rule `sessionPersistence`.
     SessionPersistence,
-    /// HTTPRoute filter `ExternalAuth`.
-    ExternalAuthFilter,
     /// Route filter `ExtensionRef` (Gatewright has no extension kinds).
     ExtensionRefFilter,
 }
@@ -42,7 +40,6 @@ impl Field {
             Self::UseDefaultGateways => "spec.useDefaultGateways",
             Self::Retry => "retry",
             Self::SessionPersistence => "sessionPersistence",
-            Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
         }
     }

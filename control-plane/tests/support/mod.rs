@@ -5,6 +5,8 @@
 //! Every process started here is owned by a guard that kills it when the
 //! guard drops, also when a test panics. Every wait is bounded.
 
+pub mod authz;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};

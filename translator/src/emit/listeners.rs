@@ -3,6 +3,7 @@
 //! TLSRoute (TLS passed through, or terminated by Envoy).
 
 use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::ext_authz::AuthFilters;
 use super::{Emitter, ads, any, secrets, socket};
 use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
@@ -48,13 +49,14 @@ impl Emitter<'_, '_> {
         let first = &self.gateway.listeners[listeners[0]];
         if first.protocol == Some(Protocol::Http) {
             let name = format!("http-{port}");
+            let mut auth = AuthFilters::new();
             out.routes
-                .push(self.route_config(&name, port, listeners, false, clusters));
+                .push(self.route_config(&name, port, listeners, false, clusters, &mut auth));
             Some(Listener {
                 name: name.clone(),
                 address: Some(socket(self.bind_address, port_u)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![hcm(&name, &name)],
+                    filters: vec![hcm(&name, &name, &auth)],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -103,9 +105,10 @@ impl Emitter<'_, '_> {
         // connection's SNI chose.
         let rc_name = format!("https-{port}");
         let by_sni = https.len() > 1;
+        let mut auth = AuthFilters::new();
         if !https.is_empty() {
             out.routes
-                .push(self.route_config(&rc_name, port, &https, by_sni, clusters));
+                .push(self.route_config(&rc_name, port, &https, by_sni, clusters, &mut auth));
         }
         for &li in &https {
             let l = &self.gateway.listeners[li];
@@ -129,7 +132,7 @@ impl Emitter<'_, '_> {
             if by_sni {
                 filters.push(record_listener(&l.envoy_name));
             }
-            filters.push(hcm(&chain_name, &rc_name));
+            filters.push(hcm(&chain_name, &rc_name, &auth));
             chains.push(FilterChain {
                 name: chain_name,
                 filter_chain_match: Some(FilterChainMatch {
@@ -282,7 +285,9 @@ fn record_listener(listener: &str) -> NetworkFilter {
     }
 }
 
-fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
+/// The HTTP connection manager of one route configuration; `auth` holds
+/// the `ext_authz` filters its routes enable.
+fn hcm(stat_prefix: &str, route_config: &str, auth: &AuthFilters) -> NetworkFilter {
     let cors = HttpFilter {
         name: super::routes::CORS_FILTER.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
@@ -304,8 +309,15 @@ fn hcm(stat_prefix: &str, route_config: &str) -> NetworkFilter {
         })),
         // CORS acts only on routes whose per-filter config carries a policy;
         // it is always present so that adding the first CORS route changes
-        // route configuration only, never the listener.
-        http_filters: vec![cors, router],
+        // route configuration only, never the listener. It comes first so
+        // that preflights (which carry no credentials) are answered before
+        // any authorization check. The ext_authz filters (none unless a
+        // route uses ExternalAuth, so other listeners are unchanged) act
+        // only on the routes that enable them.
+        http_filters: std::iter::once(cors)
+            .chain(super::ext_authz::http_filters(auth))
+            .chain(std::iter::once(router))
+            .collect(),
         // Backends with appProtocol kubernetes.io/ws take WebSocket upgrades.
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_owned(),

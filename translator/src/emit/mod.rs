@@ -4,6 +4,7 @@
 //! SDS secrets.
 
 mod clusters;
+mod ext_authz;
 mod listeners;
 mod routes;
 mod secrets;

@@ -3,6 +3,7 @@
 
 use super::Emitter;
 use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::ext_authz::{self, AuthFilters};
 use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
 use crate::hostname;
@@ -48,6 +49,7 @@ impl Emitter<'_, '_> {
         listeners: &[usize],
         by_sni: bool,
         clusters: &mut BTreeSet<ClusterRef>,
+        auth: &mut AuthFilters,
     ) -> RouteConfiguration {
         // Every hostname a route serves here, and every listener hostname,
         // gets a virtual host (a listener hostname always has its own, so
@@ -160,7 +162,7 @@ impl Emitter<'_, '_> {
                 }
                 let mut routes = Vec::with_capacity(entries.len() + 2);
                 for &(_, ri, rule_i, mi) in &entries {
-                    routes.push(self.route(port, tls, ri, rule_i, mi, clusters));
+                    routes.push(self.route(port, tls, ri, rule_i, mi, clusters, auth));
                 }
                 if by_sni && let Some(li) = owner {
                     let listener = &self.gateway.listeners[li].envoy_name;
@@ -192,6 +194,10 @@ impl Emitter<'_, '_> {
         }
     }
 
+    /// The Envoy route of match `mi` of rule `rule_i` of route `ri`; the
+    /// clusters and `ext_authz` filters it uses are added to `clusters` and
+    /// `auth`.
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &self,
         port: i32,
@@ -200,6 +206,7 @@ impl Emitter<'_, '_> {
         rule_i: usize,
         mi: usize,
         clusters: &mut BTreeSet<ClusterRef>,
+        auth: &mut AuthFilters,
     ) -> Route {
         let rr = &self.routes[ri];
         let rule = &rr.route.rules[rule_i];
@@ -219,6 +226,11 @@ impl Emitter<'_, '_> {
         };
         let mut rewrite = None;
         let mut redirect = None;
+        // Each ExternalAuth filter's service, in filter order.
+        let mut auth_services = resolved.auth.iter();
+        // Set when a filter's service cannot be asked: the rule then denies
+        // every request instead of serving it unchecked.
+        let mut auth_unusable = false;
         for f in &rule.filters {
             match f {
                 Filter::RequestHeaders(h) => {
@@ -242,7 +254,29 @@ impl Emitter<'_, '_> {
                     out.typed_per_filter_config
                         .insert(CORS_FILTER.to_owned(), super::any(&cors_policy(c)));
                 }
+                Filter::ExternalAuth(a) => match auth_services.next() {
+                    Some(Ok(c)) if !c.refused() => {
+                        if !clusters.contains(c) {
+                            clusters.insert(c.clone());
+                        }
+                        let (name, config) = ext_authz::filter(a, c);
+                        out.typed_per_filter_config
+                            .insert(name.clone(), ext_authz::enabled_on_route());
+                        auth.entry(name).or_insert(config);
+                    }
+                    _ => auth_unusable = true,
+                },
             }
+        }
+        if auth_unusable {
+            // The spec's "MUST fail closed": no request of the rule reaches
+            // its backends (or redirects) without the check.
+            out.typed_per_filter_config.clear();
+            out.action = Some(route::Action::DirectResponse(DirectResponseAction {
+                status: 500,
+                ..Default::default()
+            }));
+            return out;
         }
         out.action = Some(match redirect {
             Some(Filter::Redirect {

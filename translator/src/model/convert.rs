@@ -5,8 +5,9 @@
 //! once for all kinds.
 
 use super::{
-    BackendRef, Cors, Filter, HeaderModifier, Match, ParentRef, PathMatch, PathModifier,
-    Precedence, Route, RouteKind, Rule, Timeouts, ValueMatch, regex_escape,
+    AuthProtocol, BackendRef, Cors, ExternalAuth, Filter, HeaderModifier, Match, ParentRef,
+    PathMatch, PathModifier, Precedence, Route, RouteKind, Rule, Timeouts, ValueMatch,
+    regex_escape,
 };
 use crate::api::grpcroutes::{
     GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
@@ -21,10 +22,12 @@ use crate::api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
     HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
     HttpRouteRulesBackendRefsFiltersResponseHeaderModifier, HttpRouteRulesBackendRefsFiltersType,
-    HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesFiltersRequestMirror,
-    HttpRouteRulesFiltersRequestMirrorBackendRef, HttpRouteRulesFiltersRequestRedirectPathType,
-    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
-    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesFiltersExternalAuth, HttpRouteRulesFiltersExternalAuthBackendRef,
+    HttpRouteRulesFiltersExternalAuthProtocol, HttpRouteRulesFiltersRequestHeaderModifier,
+    HttpRouteRulesFiltersRequestMirror, HttpRouteRulesFiltersRequestMirrorBackendRef,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
+    HttpRouteRulesFiltersResponseHeaderModifier, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
@@ -134,6 +137,24 @@ trait ApiBackendRef {
     }
 }
 
+/// `ApiBackendRef::fields` of a backendRef type, whose weight is `$weight`
+/// (`self.weight`, or `None` for the types without one): the route kinds'
+/// backendRef types are distinct generated types of one shape.
+macro_rules! backend_ref_fields {
+    ($self:ident, $weight:expr) => {
+        fn fields(&$self) -> BackendRefFields<'_> {
+            BackendRefFields {
+                group: $self.group.as_deref(),
+                kind: $self.kind.as_deref(),
+                namespace: $self.namespace.as_deref(),
+                name: &$self.name,
+                port: $self.port,
+                weight: $weight,
+            }
+        }
+    };
+}
+
 /// Per-backend filters of one kind's backendRef: header modifiers become
 /// filters, any other type is refused by name.
 macro_rules! backend_filters {
@@ -161,16 +182,7 @@ macro_rules! backend_filters {
 }
 
 impl ApiBackendRef for HttpRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
         backend_filters!(self.filters, HttpRouteRulesBackendRefsFiltersType)
@@ -178,16 +190,7 @@ impl ApiBackendRef for HttpRouteRulesBackendRefs {
 }
 
 impl ApiBackendRef for GrpcRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
         backend_filters!(self.filters, GrpcRouteRulesBackendRefsFiltersType)
@@ -195,42 +198,21 @@ impl ApiBackendRef for GrpcRouteRulesBackendRefs {
 }
 
 impl ApiBackendRef for TlsRouteRulesBackendRefs {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: self.weight,
-        }
-    }
+    backend_ref_fields!(self, self.weight);
 }
 
+// The backendRef types without a weight: a mirror's, an ExternalAuth
+// service's.
 impl ApiBackendRef for HttpRouteRulesFiltersRequestMirrorBackendRef {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: None,
-        }
-    }
+    backend_ref_fields!(self, None);
 }
 
 impl ApiBackendRef for GrpcRouteRulesFiltersRequestMirrorBackendRef {
-    fn fields(&self) -> BackendRefFields<'_> {
-        BackendRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            port: self.port,
-            weight: None,
-        }
-    }
+    backend_ref_fields!(self, None);
+}
+
+impl ApiBackendRef for HttpRouteRulesFiltersExternalAuthBackendRef {
+    backend_ref_fields!(self, None);
 }
 
 impl BackendRef {
@@ -544,7 +526,9 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
                 }
             }
             HttpRouteRulesFiltersType::ExternalAuth => {
-                unsupported.push(format!("rule {ri}: {}", Field::ExternalAuthFilter));
+                if let Some(a) = &f.external_auth {
+                    filters.push(Filter::ExternalAuth(external_auth(a, ns)));
+                }
             }
         }
     }
@@ -565,6 +549,66 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
         backends,
         timeouts,
         name: rule.name.clone().filter(|n| !n.is_empty()),
+    }
+}
+
+/// An `ExternalAuth` filter of a route in namespace `route_ns`. The CRD
+/// ties `http` to protocol HTTP and `grpc` to GRPC; a missing block means
+/// its defaults.
+fn external_auth(a: &HttpRouteRulesFiltersExternalAuth, route_ns: &str) -> ExternalAuth {
+    let lower = |v: Option<&Vec<String>>| -> Vec<String> {
+        let mut out: Vec<String> = v
+            .into_iter()
+            .flatten()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        // A set in the API: order and repeats carry no meaning, and sorting
+        // keeps the Envoy filter (named after its content) the same.
+        out.sort();
+        out.dedup();
+        out
+    };
+    let protocol = match a.protocol {
+        HttpRouteRulesFiltersExternalAuthProtocol::Http => {
+            let http = a.http.as_ref();
+            AuthProtocol::Http {
+                path: auth_path_prefix(http.and_then(|h| h.path.as_deref()).unwrap_or("")),
+                allowed_headers: lower(http.and_then(|h| h.allowed_headers.as_ref())),
+                allowed_response_headers: lower(
+                    http.and_then(|h| h.allowed_response_headers.as_ref()),
+                ),
+            }
+        }
+        HttpRouteRulesFiltersExternalAuthProtocol::Grpc => AuthProtocol::Grpc {
+            allowed_headers: lower(a.grpc.as_ref().and_then(|g| g.allowed_headers.as_ref())),
+        },
+    };
+    ExternalAuth {
+        backend: BackendRef::new(a.backend_ref.fields(), route_ns),
+        protocol,
+        // maxSize is a uint16 in the API; anything else (negative, or a
+        // file-provided value beyond it) is clamped rather than wrapped.
+        forward_body: a
+            .forward_body
+            .as_ref()
+            .and_then(|b| b.max_size)
+            .map_or(0, |m| {
+                u32::try_from(m.clamp(0, i64::from(u16::MAX))).unwrap_or(0)
+            }),
+    }
+}
+
+/// The `http.path` of an ExternalAuth filter as a prefix Envoy adds to the
+/// request path: `/`-led (the API allows `auth` for `/auth`) and without a
+/// trailing `/`, which would double the request path's own.
+fn auth_path_prefix(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
     }
 }
 
