@@ -23,8 +23,6 @@ pub(crate) enum Field {
     /// Route `spec.useDefaultGateways: All`: the route is
     /// `Accepted=False`/`UnsupportedValue` on every parent of ours.
     UseDefaultGateways,
-    /// HTTPRoute rule `retry`.
-    Retry,
     /// HTTPRoute and GRPCRoute rule `sessionPersistence`.
     SessionPersistence,
     /// HTTPRoute filter `ExternalAuth`.
@@ -40,7 +38,6 @@ impl Field {
             Self::DefaultScope => "spec.defaultScope",
             Self::ListenerTlsOptions => "tls.options",
             Self::UseDefaultGateways => "spec.useDefaultGateways",
-            Self::Retry => "retry",
             Self::SessionPersistence => "sessionPersistence",
             Self::ExternalAuthFilter => "filter type ExternalAuth",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
@@ -93,9 +90,6 @@ pub(crate) fn http_route(route: &HttpRoute) -> Vec<Field> {
 /// those are refused where each filter type is converted).
 pub(crate) fn http_rule(rule: &HttpRouteRules) -> Vec<Field> {
     let mut out = Vec::new();
-    if rule.retry.is_some() {
-        out.push(Field::Retry);
-    }
     if rule.session_persistence.is_some() {
         out.push(Field::SessionPersistence);
     }

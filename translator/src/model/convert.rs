@@ -6,7 +6,7 @@
 
 use super::{
     BackendRef, Cors, Filter, HeaderModifier, Match, ParentRef, PathMatch, PathModifier,
-    Precedence, Route, RouteKind, Rule, Timeouts, ValueMatch, regex_escape,
+    Precedence, Retry, Route, RouteKind, Rule, Timeouts, ValueMatch, regex_escape,
 };
 use crate::api::grpcroutes::{
     GrpcRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
@@ -26,8 +26,8 @@ use crate::api::httproutes::{
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
     HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts, HttpRouteStatusParents,
-    HttpRouteStatusParentsParentRef,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
+    HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use crate::api::tlsroutes::{
     TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
@@ -557,6 +557,13 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
             Timeouts::default()
         }
     };
+    let retry = match rule.retry.as_ref().map(retry).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            unsupported.push(format!("rule {ri}: {e}"));
+            None
+        }
+    };
     let backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
     unsupported.extend(refused.into_iter().map(|e| format!("rule {ri}: {e}")));
     Rule {
@@ -564,28 +571,27 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
         filters,
         backends,
         timeouts,
+        retry,
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
 }
 
-/// Reads `timeouts` (GEP-2257 durations such as `500ms` or `1h30m`).
+/// Reads the GEP-2257 duration (such as `500ms` or `1h30m`) of `field`,
+/// named as the user wrote it in the error.
+fn duration(field: &str, v: Option<&str>) -> Result<Option<std::time::Duration>, String> {
+    v.map(|s| {
+        s.parse::<gateway_api::Duration>()
+            .map(|d| std::time::Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX)))
+            .map_err(|e| format!("{field} {s:?} is not a valid duration: {e}"))
+    })
+    .transpose()
+}
+
+/// Reads `timeouts`.
 fn timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
-    let parse = |field: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|s| {
-                s.parse::<gateway_api::Duration>()
-                    .map(|d| {
-                        std::time::Duration::from_millis(
-                            d.as_millis().try_into().unwrap_or(u64::MAX),
-                        )
-                    })
-                    .map_err(|e| format!("timeouts.{field} {s:?} is not a valid duration: {e}"))
-            })
-            .transpose()
-    };
     let out = Timeouts {
-        request: parse("request", &t.request)?,
-        backend_request: parse("backendRequest", &t.backend_request)?,
+        request: duration("timeouts.request", t.request.as_deref())?,
+        backend_request: duration("timeouts.backendRequest", t.backend_request.as_deref())?,
     };
     if let (Some(r), Some(b)) = (out.request, out.backend_request)
         && !r.is_zero()
@@ -596,6 +602,37 @@ fn timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
         ));
     }
     Ok(out)
+}
+
+/// Reads `retry`. Objects read from files skip the CRD's validation, so
+/// the bounds it enforces in a cluster are checked here: a value Envoy
+/// cannot express refuses the route rather than retrying differently.
+fn retry(r: &HttpRouteRulesRetry) -> Result<Retry, String> {
+    let mut codes = Vec::new();
+    for &c in r.codes.iter().flatten() {
+        // The API allows 400-599 only: retrying a success or a redirect
+        // makes no sense, and Envoy would take any number.
+        match u32::try_from(c) {
+            Ok(code @ 400..=599) => codes.push(code),
+            _ => {
+                return Err(format!(
+                    "retry.codes {c} is not an HTTP status code in 400-599"
+                ));
+            }
+        }
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match r.attempts {
+        None => Retry::DEFAULT_ATTEMPTS,
+        Some(a) => u32::try_from(a)
+            .map_err(|_| format!("retry.attempts {a} is not between 0 and {}", u32::MAX))?,
+    };
+    Ok(Retry {
+        codes,
+        attempts,
+        backoff: duration("retry.backoff", r.backoff.as_deref())?,
+    })
 }
 
 impl From<&HttpRouteRulesMatches> for Match {
@@ -752,6 +789,7 @@ fn grpc_rule(ri: usize, rule: &GrpcRouteRules, ns: &str, unsupported: &mut Vec<S
         filters,
         backends,
         timeouts: Timeouts::default(),
+        retry: None,
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
 }
@@ -831,6 +869,7 @@ impl From<&TlsRoute> for Route {
                 // TLSRoute backendRefs have no filters.
                 backends: backends(&rule.backend_refs, ns, &mut Vec::new()),
                 timeouts: Timeouts::default(),
+                retry: None,
                 name: rule.name.clone().filter(|n| !n.is_empty()),
             })
             .collect();
