@@ -38,6 +38,10 @@ pub(crate) struct Route {
     pub(crate) created: Option<Timestamp>,
     pub(crate) hostnames: Vec<String>,
     pub(crate) parents: Vec<ParentRef>,
+    /// `spec.useDefaultGateways: All`: every default Gateway of ours (one
+    /// with `spec.defaultScope: All`) claims the route, as if its
+    /// parentRefs named it; see [`crate::attach`].
+    pub(crate) use_default_gateways: bool,
     pub(crate) rules: Vec<Rule>,
     /// Features of the route Gatewright does not implement; a non-empty
     /// list makes every parent reject the route with UnsupportedValue.

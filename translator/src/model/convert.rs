@@ -16,6 +16,7 @@ use crate::api::grpcroutes::{
     GrpcRouteRulesFiltersRequestMirrorBackendRef, GrpcRouteRulesFiltersResponseHeaderModifier,
     GrpcRouteRulesFiltersType, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
     GrpcRouteRulesMatchesMethodType, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+    GrpcRouteUseDefaultGateways,
 };
 use crate::api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
@@ -27,11 +28,11 @@ use crate::api::httproutes::{
     HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
-    HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+    HttpRouteStatusParents, HttpRouteStatusParentsParentRef, HttpRouteUseDefaultGateways,
 };
 use crate::api::tlsroutes::{
     TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
-    TlsRouteStatusParentsParentRef,
+    TlsRouteStatusParentsParentRef, TlsRouteUseDefaultGateways,
 };
 use crate::index::GATEWAY_GROUP;
 use crate::input::ObjectKey;
@@ -379,6 +380,7 @@ impl Route {
         meta: &ObjectMeta,
         hostnames: Vec<String>,
         parent_refs: &[impl ApiParentRef],
+        use_default_gateways: bool,
         rules: Vec<Rule>,
         unsupported: Vec<String>,
     ) -> Self {
@@ -394,6 +396,7 @@ impl Route {
             created,
             hostnames,
             parents,
+            use_default_gateways,
             rules,
             unsupported,
         }
@@ -412,11 +415,6 @@ fn meta_parts(meta: &ObjectMeta) -> (ObjectKey, Option<i64>, Option<Timestamp>) 
     )
 }
 
-/// The messages of a route's unimplemented fields.
-fn messages(fields: &[Field]) -> Vec<String> {
-    fields.iter().map(Field::to_string).collect()
-}
-
 /// The messages of rule `ri`'s unimplemented fields.
 fn rule_messages(ri: usize, fields: Vec<Field>) -> impl Iterator<Item = String> {
     fields.into_iter().map(move |f| format!("rule {ri}: {f}"))
@@ -431,7 +429,7 @@ fn dedup_headers(list: &mut Vec<ValueMatch>) {
 impl From<&HttpRoute> for Route {
     fn from(r: &HttpRoute) -> Self {
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unsupported = messages(&crate::unsupported::http_route(r));
+        let mut unsupported = Vec::new();
         let rules = r
             .spec
             .rules
@@ -445,6 +443,10 @@ impl From<&HttpRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone().unwrap_or_default(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(HttpRouteUseDefaultGateways::All)
+            ),
             rules,
             unsupported,
         )
@@ -719,7 +721,7 @@ fn http_path(kind: Option<&HttpRouteRulesMatchesPathType>, value: Option<&str>) 
 impl From<&GrpcRoute> for Route {
     fn from(r: &GrpcRoute) -> Self {
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unsupported = messages(&crate::unsupported::grpc_route(r));
+        let mut unsupported = Vec::new();
         let rules = r
             .spec
             .rules
@@ -733,6 +735,10 @@ impl From<&GrpcRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone().unwrap_or_default(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(GrpcRouteUseDefaultGateways::All)
+            ),
             rules,
             unsupported,
         )
@@ -878,8 +884,12 @@ impl From<&TlsRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(TlsRouteUseDefaultGateways::All)
+            ),
             rules,
-            messages(&crate::unsupported::tls_route(r)),
+            Vec::new(),
         )
     }
 }
