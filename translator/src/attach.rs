@@ -4,7 +4,7 @@ use crate::backend::{self, ClusterRef, Unresolved};
 use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
-use crate::index::Index;
+use crate::index::{GATEWAY_GROUP, Index};
 use crate::input::ObjectKey;
 use crate::model::{AuthProtocol, Filter, ParentRef, Route, RouteKind};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -133,6 +133,8 @@ struct Pending {
     route: usize,
     parent: ParentRef,
     gateway: usize,
+    /// Claimed by a default Gateway, not named in the route's parentRefs.
+    by_default: bool,
     /// The listeners the route attaches to, with its hostnames on each.
     result: Result<Vec<(usize, Vec<String>)>, Unresolved>,
 }
@@ -156,11 +158,41 @@ pub(crate) fn attach(
             );
         }
     }
+    let defaults: Vec<ParentRef> = gateways
+        .iter()
+        .filter(|g| g.default_scope)
+        .map(|g| ParentRef {
+            group: GATEWAY_GROUP.to_owned(),
+            kind: "Gateway".to_owned(),
+            namespace: g.key.namespace.clone(),
+            name: g.key.name.clone(),
+            section_name: None,
+            port: None,
+        })
+        .collect();
     let mut pending: Vec<Pending> = Vec::new();
     for (ri, rr) in routes.iter().enumerate() {
         let route = &rr.route;
         let first = pending.len();
-        for parent in &route.parents {
+        // A route asking for default Gateways is claimed by each, exactly
+        // as if its parentRefs named the whole Gateway (GEP-3793): the
+        // Gateway's own listeners, allowedRoutes applying. Its spec is left
+        // as written; the claim shows only in its status. A Gateway the
+        // route names itself is left to those parentRefs, whose
+        // sectionName or port say more precisely what the author wants.
+        let claimed = defaults.iter().filter(|d| {
+            route.use_default_gateways
+                && !route
+                    .parents
+                    .iter()
+                    .any(|p| p.is_gateway() && p.namespace == d.namespace && p.name == d.name)
+        });
+        let parents = route
+            .parents
+            .iter()
+            .map(|p| (p, false))
+            .chain(claimed.map(|d| (d, true)));
+        for (parent, by_default) in parents {
             let target = (parent.namespace.as_str(), parent.name.as_str());
             // The listeners a parentRef can reach: a Gateway's own, or one
             // ListenerSet's.
@@ -254,6 +286,7 @@ pub(crate) fn attach(
                 route: ri,
                 parent: parent.clone(),
                 gateway: gi,
+                by_default,
                 result,
             });
         }
@@ -275,7 +308,11 @@ pub(crate) fn attach(
                     ConditionType::Accepted,
                     true,
                     Reason::Accepted,
-                    "route accepted",
+                    if p.by_default {
+                        "route accepted: bound to this default Gateway by useDefaultGateways"
+                    } else {
+                        "route accepted"
+                    },
                 );
                 for (li, hostnames) in matched {
                     // Two parentRefs can lead a route to one listener: it

@@ -79,6 +79,10 @@ pub(crate) enum Reason {
     NotAllowed,
     /// A ListenerSet whose Gateway is not accepted.
     ParentNotAccepted,
+    /// A Gateway with `spec.defaultScope: All` (GEP-3793 names no reason;
+    /// this follows the spec's habit of a positive reason named as its
+    /// condition type).
+    DefaultGateway,
 }
 
 impl Reason {
@@ -115,6 +119,7 @@ impl Reason {
             Self::ConfigurationChanged => "ConfigurationChanged",
             Self::NotAllowed => "NotAllowed",
             Self::ParentNotAccepted => "ParentNotAccepted",
+            Self::DefaultGateway => "DefaultGateway",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! references, allowed routes; and their status.
 
 use crate::api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    Gateway, GatewayDefaultScope, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersAllowedRoutesNamespacesSelectorMatchExpressions, GatewayListenersTlsMode,
     GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
@@ -193,8 +193,10 @@ pub(crate) struct GatewayInfo<'a> {
     pub(crate) listeners: Vec<Listener>,
     /// The ListenerSets naming this Gateway, in precedence order.
     pub(crate) sets: Vec<SetInfo<'a>>,
-    /// Gateway-level fields Gatewright does not implement that are set.
-    unsupported: unsupported::GatewayFields,
+    /// `spec.defaultScope: All`: a default Gateway (GEP-3793), claiming
+    /// every route that sets `useDefaultGateways: All` as if it named the
+    /// Gateway. `None`, or no scope, claims nothing.
+    pub(crate) default_scope: bool,
     /// Whether some frontend validation lets clients through unverified.
     insecure_fallback: bool,
     /// The certificate presented to TLS backends (`spec.tls.backend`), or
@@ -616,7 +618,6 @@ pub(crate) fn resolve<'a>(
 ) -> GatewayInfo<'a> {
     let ns = gateway.metadata.namespace.as_deref().unwrap_or("");
     let key = ObjectKey::new(ns, gateway.metadata.name.as_deref().unwrap_or(""));
-    let fields = unsupported::gateway(gateway);
     let frontend = Frontend::of(gateway);
     let mut listeners: Vec<Listener> = gateway
         .spec
@@ -695,7 +696,7 @@ pub(crate) fn resolve<'a>(
         gateway,
         listeners,
         sets: infos,
-        unsupported: fields,
+        default_scope: matches!(gateway.spec.default_scope, Some(GatewayDefaultScope::All)),
         insecure_fallback: frontend.insecure_fallback(),
         client_certificate: crate::backend_tls::client_certificate(index, gateway),
     }
@@ -917,15 +918,14 @@ pub(crate) fn status(info: &GatewayInfo<'_>, now: &Time) -> GatewayStatus {
              a valid certificate; the backends must authorize them",
         );
     }
-    if info.unsupported.default_scope {
+    // Only a Gateway with a scope says so: GEP-3793 forbids the condition
+    // on the others (`None` included, which claims nothing).
+    if info.default_scope {
         c.set(
             ConditionType::DefaultGateway,
-            false,
-            Reason::UnsupportedValue,
-            format!(
-                "{}: the Gateway claims no route",
-                unsupported::Field::DefaultScope
-            ),
+            true,
+            Reason::DefaultGateway,
+            "Gateway has default scope All: it claims routes that set useDefaultGateways: All",
         );
     }
     GatewayStatus {

@@ -250,20 +250,24 @@ pub fn translate(input: &Input) -> Output {
         .map(|s| (s.key.namespace.clone(), s.key.name.clone()))
         .collect();
 
-    // Routes naming at least one of our Gateways or their ListenerSets,
-    // converted once.
-    let names_ours = |parents: &[model::ParentRef]| {
-        parents.iter().any(|p| {
-            (p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
-                || (p.is_listener_set()
-                    && our_sets.contains(&(p.namespace.clone(), p.name.clone())))
-        })
+    // Routes naming at least one of our Gateways or their ListenerSets, or
+    // asking for default Gateways when one of ours is, converted once.
+    // Without a default Gateway of ours, useDefaultGateways is ignored, as
+    // GEP-3793 asks.
+    let any_default = infos.iter().any(|i| i.default_scope);
+    let names_ours = |r: &model::Route| {
+        (r.use_default_gateways && any_default)
+            || r.parents.iter().any(|p| {
+                (p.is_gateway() && ours.contains(&(p.namespace.as_str(), p.name.as_str())))
+                    || (p.is_listener_set()
+                        && our_sets.contains(&(p.namespace.clone(), p.name.clone())))
+            })
     };
     let mut routes: Vec<model::Route> = Vec::new();
     routes.extend(input.http_routes.iter().map(model::Route::from));
     routes.extend(input.grpc_routes.iter().map(model::Route::from));
     routes.extend(input.tls_routes.iter().map(model::Route::from));
-    routes.retain(|r| names_ours(&r.parents));
+    routes.retain(|r| names_ours(r));
     routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.
     routes.dedup_by(|a, b| (a.kind, &a.key) == (b.kind, &b.key));

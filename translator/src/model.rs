@@ -38,6 +38,10 @@ pub(crate) struct Route {
     pub(crate) created: Option<Timestamp>,
     pub(crate) hostnames: Vec<String>,
     pub(crate) parents: Vec<ParentRef>,
+    /// `spec.useDefaultGateways: All`: every default Gateway of ours (one
+    /// with `spec.defaultScope: All`) claims the route, as if its
+    /// parentRefs named it; see [`crate::attach`].
+    pub(crate) use_default_gateways: bool,
     pub(crate) rules: Vec<Rule>,
     /// Features of the route Gatewright does not implement; a non-empty
     /// list makes every parent reject the route with UnsupportedValue.
@@ -223,6 +227,9 @@ pub(crate) struct Rule {
     pub(crate) filters: Vec<Filter>,
     pub(crate) backends: Vec<BackendRef>,
     pub(crate) timeouts: Timeouts,
+    /// `retry` (HTTPRoute only); None means no retries, Envoy's own default
+    /// for a route without a retry policy.
+    pub(crate) retry: Option<Retry>,
     /// `rules[].name`, shown in the Envoy route's name and metadata.
     pub(crate) name: Option<String>,
 }
@@ -235,6 +242,25 @@ pub(crate) struct Timeouts {
     pub(crate) request: Option<std::time::Duration>,
     /// Each attempt at the backend; never above `request`.
     pub(crate) backend_request: Option<std::time::Duration>,
+}
+
+/// An HTTPRoute rule's `retry` (GEP-1731), checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Retry {
+    /// Response codes (400-599) that make an attempt retriable, sorted and
+    /// without duplicates; connection failures, resets and per-attempt
+    /// timeouts always are.
+    pub(crate) codes: Vec<u32>,
+    /// Retries after the first attempt; 0 disables retrying.
+    pub(crate) attempts: u32,
+    /// The least wait before a retry; None leaves Envoy's default.
+    pub(crate) backoff: Option<std::time::Duration>,
+}
+
+impl Retry {
+    /// Retries when `attempts` is left out: one, Envoy's own default for a
+    /// retry policy, written out so the configuration says what happens.
+    pub(crate) const DEFAULT_ATTEMPTS: u32 = 1;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

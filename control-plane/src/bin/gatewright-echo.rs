@@ -9,6 +9,13 @@
 //! `/status/NNN` answers with status NNN; `?delay=500ms` (or `2s`) answers
 //! that much later.
 //!
+//! `?key=K` counts the requests carrying that key and reports the count as
+//! `attempt` (1 for the first); with `&fail=N` the first N of them are
+//! answered with status 503 (or `&fail_status=NNN`, 400-599), the later
+//! ones normally; with `&slow=N` the `delay` applies to the first N of
+//! them only. Retry tests use it: each test picks its own key, so tests
+//! sharing a backend do not disturb each other's counts.
+//!
 //! Over TLS the answer also says which SNI the client sent (`sni`) and, with
 //! `--tls-client-ca`, which client certificate it presented (`client_cert`:
 //! its subject); clients without a certificate signed by that CA are
@@ -82,11 +89,34 @@ struct ConnInfo {
     client_cert: Option<String>,
 }
 
-/// What every request handler needs: the backend's name, in both forms.
+/// The most `?key=` counters kept; past it they all start over, so a
+/// client inventing keys cannot grow the backend's memory without bound.
+const MAX_KEYS: usize = 10_000;
+
+/// What every request handler needs: the backend's name, in both forms,
+/// and the per-key request counts.
 struct Echo {
     name: String,
     header: HeaderValue,
     tls: bool,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Echo {
+    /// Counts one more request with `key`; returns its number (from 1).
+    fn count(&self, key: &str) -> u64 {
+        // A panic elsewhere cannot leave a count half-written: keep going.
+        let mut map = self
+            .attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_KEYS && !map.contains_key(key) {
+            map.clear();
+        }
+        let n = map.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
 }
 
 fn main() -> ExitCode {
@@ -126,6 +156,7 @@ async fn run(args: Args) -> Result<()> {
         name: args.name,
         header,
         tls: acceptor.is_some(),
+        attempts: std::sync::Mutex::default(),
     });
 
     let listener = TcpListener::bind(args.listen)
@@ -307,11 +338,32 @@ async fn handle(req: Request<Incoming>, echo: &Echo, info: &ConnInfo) -> Respons
     // rather than being reset while the client is still sending.
     let body_ok = Limited::new(body, MAX_REQUEST_BODY).collect().await.is_ok();
 
-    // `?delay=500ms` (or `2s`) answers late, for timeout tests.
-    if let Some(d) = parts.uri.query().and_then(delay) {
+    let query = parts.uri.query().unwrap_or("");
+    let attempt = param(query, "key").map(|k| echo.count(k));
+    // `?delay=500ms` (or `2s`) answers late, for timeout tests; with
+    // `slow=N`, only the first N requests of the key.
+    let slow = match (
+        attempt,
+        param(query, "slow").and_then(|n| n.parse::<u64>().ok()),
+    ) {
+        (Some(n), Some(first)) => n <= first,
+        _ => true,
+    };
+    if let Some(d) = delay(query).filter(|_| slow) {
         tokio::time::sleep(d).await;
     }
-    let description = describe(&parts, echo, info);
+    let failing = attempt.and_then(|n| {
+        let fail: u64 = param(query, "fail")?.parse().ok()?;
+        let status = param(query, "fail_status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| (400..=599).contains(s))
+            .unwrap_or(503);
+        (n <= fail).then(|| StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+    });
+    let mut description = describe(&parts, echo, info);
+    if let Some(n) = attempt {
+        description["attempt"] = n.into();
+    }
     let json = match serde_json::to_vec(&description) {
         Ok(j) => Bytes::from(j),
         Err(_) => Bytes::from_static(b"{}"),
@@ -328,6 +380,8 @@ async fn handle(req: Request<Incoming>, echo: &Echo, info: &ConnInfo) -> Respons
 
     let status = if !body_ok {
         StatusCode::PAYLOAD_TOO_LARGE
+    } else if let Some(status) = failing {
+        status
     } else {
         match parts.uri.path().strip_prefix("/status/") {
             Some(code) => match code.parse::<u16>() {
@@ -350,9 +404,17 @@ async fn handle(req: Request<Incoming>, echo: &Echo, info: &ConnInfo) -> Respons
     resp
 }
 
+/// The first value of query parameter `name` (as written, not decoded).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|kv| {
+        kv.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
 /// The `delay` query parameter (`<n>ms` or `<n>s`), capped at a minute.
 fn delay(query: &str) -> Option<Duration> {
-    let value = query.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    let value = param(query, "delay")?;
     let d = if let Some(ms) = value.strip_suffix("ms") {
         Duration::from_millis(ms.parse().ok()?)
     } else {
@@ -479,5 +541,45 @@ impl Body for EchoBody {
         } else {
             SizeHint::with_exact(len)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo() -> Echo {
+        Echo {
+            name: "t".to_owned(),
+            header: HeaderValue::from_static("t"),
+            tls: false,
+            attempts: std::sync::Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn params_match_whole_names() {
+        let q = "failure=9&fail=2&key=a&delay=5ms";
+        assert_eq!(param(q, "fail"), Some("2"));
+        assert_eq!(param(q, "key"), Some("a"));
+        assert_eq!(param(q, "slow"), None);
+        assert_eq!(delay(q), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn counts_are_per_key_and_bounded() {
+        let e = echo();
+        assert_eq!(e.count("a"), 1);
+        assert_eq!(e.count("a"), 2);
+        assert_eq!(e.count("b"), 1);
+        for i in 0..MAX_KEYS {
+            e.count(&format!("k{i}"));
+        }
+        let kept = e
+            .attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        assert!(kept <= MAX_KEYS, "{kept} keys kept");
     }
 }

@@ -8,7 +8,7 @@ use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
 use crate::hostname;
 use crate::model::{
-    Cors, Filter, HeaderModifier, Match, PathMatch, PathModifier, RouteKind, Rule, Timeouts,
+    Cors, Filter, HeaderModifier, Match, PathMatch, PathModifier, Retry, RouteKind, Rule, Timeouts,
     ValueMatch, regex_escape,
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -17,7 +17,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
     RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
-    query_parameter_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
+    query_parameter_matcher, redirect_action, retry_policy, route, route_action, route_match,
+    weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
@@ -299,7 +300,7 @@ impl Emitter<'_, '_> {
                     if rule.backends.iter().any(|b| !b.filters.is_empty()) {
                         move_headers_to_backends(&mut out, &mut action);
                     }
-                    apply_timeouts(&mut action, rule.timeouts);
+                    apply_timeouts(&mut action, rule.timeouts, rule.retry.as_ref());
                     if let Some(Filter::Rewrite { hostname, path }) = rewrite {
                         if let Some(h) = hostname {
                             action.host_rewrite_specifier = Some(
@@ -652,24 +653,66 @@ fn move_headers_to_backends(out: &mut Route, action: &mut RouteAction) {
     }
 }
 
-/// Sets the rule's timeouts on `action`. Envoy's own default (15 s for the
-/// whole request) is never left in place: without `timeouts` a request may
-/// take as long as it needs (gRPC streams, long polls), and only the
-/// connection manager's stream idle timeout bounds it.
-fn apply_timeouts(action: &mut RouteAction, t: Timeouts) {
-    let request = t.request.or(t.backend_request).unwrap_or_default();
+/// What Envoy retries on once a rule has a `retry`: connection failures
+/// (`connect-failure`), streams the backend refused (`refused-stream`), and
+/// attempts that got no response at all, a disconnect, a reset or the
+/// per-attempt timeout among them (`reset`), as GEP-1731 asks. Response
+/// codes only with `retry.codes` (see [`apply_timeouts`]).
+const RETRY_ON_CONNECTION_ERRORS: &str = "connect-failure,refused-stream,reset";
+
+/// Envoy rejects a zero retry back-off, and rounds anything shorter than a
+/// millisecond up to one: a `retry.backoff` of `0s` (no least wait)
+/// becomes this.
+const SHORTEST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Sets the rule's timeouts and retries on `action`. Envoy's own default
+/// (15 s for the whole request) is never left in place: without `timeouts`
+/// a request may take as long as it needs (gRPC streams, long polls), and
+/// only the connection manager's stream idle timeout bounds it.
+///
+/// Without retries (no `retry`, or `attempts: 0`) there is one attempt, and
+/// `backendRequest` alone is the route timeout. With retries,
+/// `backendRequest` bounds each attempt (Envoy's per-try timeout, after
+/// which the attempt is retried) and only `request` bounds the whole,
+/// retries and back-offs included, so several attempts fit.
+fn apply_timeouts(action: &mut RouteAction, t: Timeouts, retry: Option<&Retry>) {
+    let retry = retry.filter(|r| r.attempts > 0);
+    let request = match retry {
+        Some(_) => t.request.unwrap_or_default(),
+        None => t.request.or(t.backend_request).unwrap_or_default(),
+    };
     action.timeout = Some(duration(request));
     // A per-attempt limit below the whole request's: one attempt may not
     // use up the time left for the others.
-    if let (Some(_), Some(b)) = (t.request, t.backend_request)
-        && !b.is_zero()
-        && b != request
-    {
-        action.retry_policy = Some(RetryPolicy {
-            per_try_timeout: Some(duration(b)),
-            ..Default::default()
-        });
+    let per_try = t
+        .backend_request
+        .filter(|b| !b.is_zero() && (retry.is_some() || (t.request.is_some() && *b != request)));
+    let Some(r) = retry else {
+        if let Some(b) = per_try {
+            action.retry_policy = Some(RetryPolicy {
+                per_try_timeout: Some(duration(b)),
+                ..Default::default()
+            });
+        }
+        return;
+    };
+    let mut retry_on = RETRY_ON_CONNECTION_ERRORS.to_owned();
+    if !r.codes.is_empty() {
+        retry_on.push_str(",retriable-status-codes");
     }
+    action.retry_policy = Some(RetryPolicy {
+        retry_on,
+        num_retries: Some(UInt32Value { value: r.attempts }),
+        retriable_status_codes: r.codes.clone(),
+        per_try_timeout: per_try.map(duration),
+        // Envoy's back-off is exponential from this base, capped at ten
+        // times it, and fully jittered.
+        retry_back_off: r.backoff.map(|b| retry_policy::RetryBackOff {
+            base_interval: Some(duration(b.max(SHORTEST_BACKOFF))),
+            max_interval: None,
+        }),
+        ..Default::default()
+    });
 }
 
 fn duration(d: std::time::Duration) -> ProtoDuration {

@@ -6,7 +6,7 @@
 
 use super::{
     AuthProtocol, BackendRef, Cors, ExternalAuth, Filter, HeaderModifier, Match, ParentRef,
-    PathMatch, PathModifier, Precedence, Route, RouteKind, Rule, Timeouts, ValueMatch,
+    PathMatch, PathModifier, Precedence, Retry, Route, RouteKind, Rule, Timeouts, ValueMatch,
     regex_escape,
 };
 use crate::api::grpcroutes::{
@@ -17,6 +17,7 @@ use crate::api::grpcroutes::{
     GrpcRouteRulesFiltersRequestMirrorBackendRef, GrpcRouteRulesFiltersResponseHeaderModifier,
     GrpcRouteRulesFiltersType, GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType,
     GrpcRouteRulesMatchesMethodType, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+    GrpcRouteUseDefaultGateways,
 };
 use crate::api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
@@ -29,12 +30,12 @@ use crate::api::httproutes::{
     HttpRouteRulesFiltersResponseHeaderModifier, HttpRouteRulesFiltersType,
     HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts, HttpRouteStatusParents,
-    HttpRouteStatusParentsParentRef,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
+    HttpRouteStatusParents, HttpRouteStatusParentsParentRef, HttpRouteUseDefaultGateways,
 };
 use crate::api::tlsroutes::{
     TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
-    TlsRouteStatusParentsParentRef,
+    TlsRouteStatusParentsParentRef, TlsRouteUseDefaultGateways,
 };
 use crate::index::GATEWAY_GROUP;
 use crate::input::ObjectKey;
@@ -361,6 +362,7 @@ impl Route {
         meta: &ObjectMeta,
         hostnames: Vec<String>,
         parent_refs: &[impl ApiParentRef],
+        use_default_gateways: bool,
         rules: Vec<Rule>,
         unsupported: Vec<String>,
     ) -> Self {
@@ -376,6 +378,7 @@ impl Route {
             created,
             hostnames,
             parents,
+            use_default_gateways,
             rules,
             unsupported,
         }
@@ -394,11 +397,6 @@ fn meta_parts(meta: &ObjectMeta) -> (ObjectKey, Option<i64>, Option<Timestamp>) 
     )
 }
 
-/// The messages of a route's unimplemented fields.
-fn messages(fields: &[Field]) -> Vec<String> {
-    fields.iter().map(Field::to_string).collect()
-}
-
 /// The messages of rule `ri`'s unimplemented fields.
 fn rule_messages(ri: usize, fields: Vec<Field>) -> impl Iterator<Item = String> {
     fields.into_iter().map(move |f| format!("rule {ri}: {f}"))
@@ -413,7 +411,7 @@ fn dedup_headers(list: &mut Vec<ValueMatch>) {
 impl From<&HttpRoute> for Route {
     fn from(r: &HttpRoute) -> Self {
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unsupported = messages(&crate::unsupported::http_route(r));
+        let mut unsupported = Vec::new();
         let rules = r
             .spec
             .rules
@@ -427,6 +425,10 @@ impl From<&HttpRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone().unwrap_or_default(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(HttpRouteUseDefaultGateways::All)
+            ),
             rules,
             unsupported,
         )
@@ -541,6 +543,13 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
             Timeouts::default()
         }
     };
+    let retry = match rule.retry.as_ref().map(retry).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            unsupported.push(format!("rule {ri}: {e}"));
+            None
+        }
+    };
     let backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
     unsupported.extend(refused.into_iter().map(|e| format!("rule {ri}: {e}")));
     Rule {
@@ -548,6 +557,7 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
         filters,
         backends,
         timeouts,
+        retry,
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
 }
@@ -612,24 +622,22 @@ fn auth_path_prefix(path: &str) -> String {
     }
 }
 
-/// Reads `timeouts` (GEP-2257 durations such as `500ms` or `1h30m`).
+/// Reads the GEP-2257 duration (such as `500ms` or `1h30m`) of `field`,
+/// named as the user wrote it in the error.
+fn duration(field: &str, v: Option<&str>) -> Result<Option<std::time::Duration>, String> {
+    v.map(|s| {
+        s.parse::<gateway_api::Duration>()
+            .map(|d| std::time::Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX)))
+            .map_err(|e| format!("{field} {s:?} is not a valid duration: {e}"))
+    })
+    .transpose()
+}
+
+/// Reads `timeouts`.
 fn timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
-    let parse = |field: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|s| {
-                s.parse::<gateway_api::Duration>()
-                    .map(|d| {
-                        std::time::Duration::from_millis(
-                            d.as_millis().try_into().unwrap_or(u64::MAX),
-                        )
-                    })
-                    .map_err(|e| format!("timeouts.{field} {s:?} is not a valid duration: {e}"))
-            })
-            .transpose()
-    };
     let out = Timeouts {
-        request: parse("request", &t.request)?,
-        backend_request: parse("backendRequest", &t.backend_request)?,
+        request: duration("timeouts.request", t.request.as_deref())?,
+        backend_request: duration("timeouts.backendRequest", t.backend_request.as_deref())?,
     };
     if let (Some(r), Some(b)) = (out.request, out.backend_request)
         && !r.is_zero()
@@ -640,6 +648,37 @@ fn timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
         ));
     }
     Ok(out)
+}
+
+/// Reads `retry`. Objects read from files skip the CRD's validation, so
+/// the bounds it enforces in a cluster are checked here: a value Envoy
+/// cannot express refuses the route rather than retrying differently.
+fn retry(r: &HttpRouteRulesRetry) -> Result<Retry, String> {
+    let mut codes = Vec::new();
+    for &c in r.codes.iter().flatten() {
+        // The API allows 400-599 only: retrying a success or a redirect
+        // makes no sense, and Envoy would take any number.
+        match u32::try_from(c) {
+            Ok(code @ 400..=599) => codes.push(code),
+            _ => {
+                return Err(format!(
+                    "retry.codes {c} is not an HTTP status code in 400-599"
+                ));
+            }
+        }
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match r.attempts {
+        None => Retry::DEFAULT_ATTEMPTS,
+        Some(a) => u32::try_from(a)
+            .map_err(|_| format!("retry.attempts {a} is not between 0 and {}", u32::MAX))?,
+    };
+    Ok(Retry {
+        codes,
+        attempts,
+        backoff: duration("retry.backoff", r.backoff.as_deref())?,
+    })
 }
 
 impl From<&HttpRouteRulesMatches> for Match {
@@ -726,7 +765,7 @@ fn http_path(kind: Option<&HttpRouteRulesMatchesPathType>, value: Option<&str>) 
 impl From<&GrpcRoute> for Route {
     fn from(r: &GrpcRoute) -> Self {
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unsupported = messages(&crate::unsupported::grpc_route(r));
+        let mut unsupported = Vec::new();
         let rules = r
             .spec
             .rules
@@ -740,6 +779,10 @@ impl From<&GrpcRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone().unwrap_or_default(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(GrpcRouteUseDefaultGateways::All)
+            ),
             rules,
             unsupported,
         )
@@ -796,6 +839,7 @@ fn grpc_rule(ri: usize, rule: &GrpcRouteRules, ns: &str, unsupported: &mut Vec<S
         filters,
         backends,
         timeouts: Timeouts::default(),
+        retry: None,
         name: rule.name.clone().filter(|n| !n.is_empty()),
     }
 }
@@ -875,6 +919,7 @@ impl From<&TlsRoute> for Route {
                 // TLSRoute backendRefs have no filters.
                 backends: backends(&rule.backend_refs, ns, &mut Vec::new()),
                 timeouts: Timeouts::default(),
+                retry: None,
                 name: rule.name.clone().filter(|n| !n.is_empty()),
             })
             .collect();
@@ -883,8 +928,12 @@ impl From<&TlsRoute> for Route {
             &r.metadata,
             r.spec.hostnames.clone(),
             r.spec.parent_refs.as_deref().unwrap_or_default(),
+            matches!(
+                r.spec.use_default_gateways,
+                Some(TlsRouteUseDefaultGateways::All)
+            ),
             rules,
-            messages(&crate::unsupported::tls_route(r)),
+            Vec::new(),
         )
     }
 }
