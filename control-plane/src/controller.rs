@@ -181,6 +181,9 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     tracing::info!(%xds_address, %admin_address, identity = %options.identity, "Gatewright controller running");
 
     let (mut provider, mut changed) = Provider::start(client.clone(), kinds);
+    if let Some(kube) = &kube_mode {
+        provider.watch_provisioned(&kube.selector());
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

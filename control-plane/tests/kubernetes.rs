@@ -959,6 +959,11 @@ spec:
             continue;
         }
         assert_eq!(
+            obj["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"], "gw",
+            "{kind} {name} lacks the GEP-1762 gateway-name label: {}",
+            obj["metadata"]
+        );
+        assert_eq!(
             obj["metadata"]["labels"]["test.gatewright.dev/team"], "blue",
             "{kind} {name} lacks the Gateway's infrastructure label: {}",
             obj["metadata"]
@@ -999,8 +1004,10 @@ spec:
         .iter()
         .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_string))
         .collect();
+    // This cluster runs no pods, so no Envoy of the Gateway is ever ready:
+    // the Gateway must not claim to be programmed.
     wait_for(
-        "Gateway Accepted with the Service's ClusterIP in status.addresses",
+        "Gateway Accepted, Programmed=False/Pending (no Envoy ready), with the Service's ClusterIP in status.addresses",
         WAIT,
         async || {
             let gw = gateway_obj(kube, ns, "gw").await?;
@@ -1009,6 +1016,13 @@ spec:
                 "Accepted",
                 "True",
                 None,
+                &gw["metadata"]["generation"],
+            )?;
+            expect_condition(
+                &gw["status"]["conditions"],
+                "Programmed",
+                "False",
+                Some("Pending"),
                 &gw["metadata"]["generation"],
             )?;
             let addresses: Vec<&str> = gw["status"]["addresses"]

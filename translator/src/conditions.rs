@@ -83,6 +83,8 @@ pub(crate) enum Reason {
     /// this follows the spec's habit of a positive reason named as its
     /// condition type).
     DefaultGateway,
+    /// A Gateway asks for an address of a type Gatewright cannot give.
+    UnsupportedAddress,
 }
 
 impl Reason {
@@ -120,6 +122,7 @@ impl Reason {
             Self::NotAllowed => "NotAllowed",
             Self::ParentNotAccepted => "ParentNotAccepted",
             Self::DefaultGateway => "DefaultGateway",
+            Self::UnsupportedAddress => "UnsupportedAddress",
         }
     }
 }

@@ -85,6 +85,41 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "TLSRouteModeTerminate",
 ];
 
+/// Why a Gateway of one of our classes is refused outright.
+enum Refused {
+    /// Its GatewayClass is not accepted (the class's message).
+    Class(String),
+    /// The Gateway itself asks for something we cannot do.
+    Gateway(Reason, String),
+}
+
+/// The address type every infrastructure of Gatewright can give a Gateway.
+const IP_ADDRESS: &str = "IPAddress";
+
+/// Why a Gateway's `spec.addresses` cannot be honoured at all, if it
+/// cannot: only `IPAddress` addresses (the default type) can be given, so
+/// a Gateway asking for a hostname or a named address is not accepted
+/// rather than served on an address it did not ask for.
+fn unsupported_address(gateway: &api::gateways::Gateway) -> Option<String> {
+    let unsupported: Vec<String> = gateway
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            let type_ = a.r#type.as_deref().unwrap_or(IP_ADDRESS);
+            (type_ != IP_ADDRESS)
+                .then(|| format!("{type_} {:?}", a.value.as_deref().unwrap_or_default()))
+        })
+        .collect();
+    (!unsupported.is_empty()).then(|| {
+        format!(
+            "spec.addresses of unsupported type: {}; only {IP_ADDRESS} addresses can be given",
+            unsupported.join(", ")
+        )
+    })
+}
+
 /// Translates one snapshot of objects into Envoy resources and statuses.
 pub fn translate(input: &Input) -> Output {
     let now = input
@@ -157,25 +192,27 @@ pub fn translate(input: &Input) -> Output {
     let mut invalid_parameters: BTreeSet<(&str, &str)> = BTreeSet::new();
     for g in &input.gateways {
         let why = match rejected.get(g.spec.gateway_class_name.as_str()) {
-            Some(message) => format!(
+            Some(message) => Refused::Class(format!(
                 "GatewayClass {} is not accepted: {message}",
                 g.spec.gateway_class_name
-            ),
+            )),
             None if classes.contains(g.spec.gateway_class_name.as_str()) => {
                 match gateway_parameters(&index, g) {
-                    Ok(()) => continue,
-                    Err(message) => message,
+                    Ok(()) => match unsupported_address(g) {
+                        None => continue,
+                        Some(message) => Refused::Gateway(Reason::UnsupportedAddress, message),
+                    },
+                    Err(message) => Refused::Gateway(Reason::InvalidParameters, message),
                 }
             }
             None => continue,
         };
+        let (reason, why) = match why {
+            Refused::Class(message) => (Reason::InvalidParameters, message),
+            Refused::Gateway(reason, message) => (reason, message),
+        };
         let mut c = Conditions::new(&now, g.metadata.generation);
-        c.set(
-            ConditionType::Accepted,
-            false,
-            Reason::InvalidParameters,
-            why.clone(),
-        );
+        c.set(ConditionType::Accepted, false, reason, why.clone());
         c.set(ConditionType::Programmed, false, Reason::Invalid, why);
         let (ns, name) = index::key_of(&g.metadata);
         invalid_parameters.insert((ns, name));

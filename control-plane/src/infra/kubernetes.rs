@@ -66,6 +66,19 @@ pub struct KubeInfraConfig {
     pub envoy_image: String,
 }
 
+impl KubeInfraConfig {
+    /// The label selector of every object this installation provisions.
+    pub fn selector(&self) -> String {
+        format!(
+            "{}={},{}={}",
+            objects::MANAGED_BY_LABEL,
+            objects::MANAGED_BY,
+            objects::CONTROLLER_LABEL,
+            objects::label_value(&self.controller_namespace)
+        )
+    }
+}
+
 /// One port a Gateway's listeners use.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ListenerPort {
@@ -136,13 +149,7 @@ impl KubeInfra {
         &self,
         gateways: &[Provision],
     ) -> BTreeMap<ObjectKey, Result<InfraStatus, String>> {
-        let selector = format!(
-            "{}={},{}={}",
-            objects::MANAGED_BY_LABEL,
-            objects::MANAGED_BY,
-            objects::CONTROLLER_LABEL,
-            objects::label_value(&self.config.controller_namespace)
-        );
+        let selector = self.config.selector();
         let (service_accounts, config_maps, deployments, services) = futures::join!(
             self.list::<ServiceAccount>(&selector),
             self.list::<ConfigMap>(&selector),
@@ -590,6 +597,11 @@ impl KubeMode {
         Self { infra, ca }
     }
 
+    /// The label selector of the objects this installation provisions.
+    pub fn selector(&self) -> String {
+        self.infra.config.selector()
+    }
+
     /// Provisions every Gateway `output` programs and returns, per Gateway,
     /// its addresses or why it is not programmed.
     pub async fn provision(
@@ -660,6 +672,21 @@ impl KubeMode {
                             not_programmed: Some((
                                 NotProgrammed::AddressNotAssigned,
                                 "waiting for the Envoy Service to get an address".to_owned(),
+                            )),
+                        },
+                    );
+                }
+                // Programmed means serving: until an Envoy of the Gateway is
+                // ready (it has loaded its configuration over xDS and
+                // answers its readiness probe) nothing serves the Gateway.
+                Ok(status) if status.ready_replicas < 1 => {
+                    learned.insert(
+                        key,
+                        Learned {
+                            addresses: Some(status.addresses),
+                            not_programmed: Some((
+                                NotProgrammed::Pending,
+                                "waiting for an Envoy pod of the Gateway to be ready".to_owned(),
                             )),
                         },
                     );

@@ -39,6 +39,8 @@ pub enum NotProgrammed {
     AddressNotAssigned,
     /// A requested `spec.addresses` value was not given to the Gateway.
     AddressNotUsable,
+    /// The Envoys are provisioned but none is ready yet.
+    Pending,
 }
 
 impl std::fmt::Display for NotProgrammed {
@@ -47,6 +49,7 @@ impl std::fmt::Display for NotProgrammed {
             Self::Invalid => "Invalid",
             Self::AddressNotAssigned => "AddressNotAssigned",
             Self::AddressNotUsable => "AddressNotUsable",
+            Self::Pending => "Pending",
         })
     }
 }

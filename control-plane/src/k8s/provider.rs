@@ -25,6 +25,7 @@ use gatewright_translator::api::listenersets::ListenerSet;
 use gatewright_translator::api::referencegrants::ReferenceGrant;
 use gatewright_translator::api::tlsroutes::TlsRoute;
 use gatewright_translator::{Input, ObjectKey};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DeserializeGuard;
@@ -443,6 +444,10 @@ pub struct Provider {
     services: Reflected<Service>,
     endpoint_slices: Reflected<EndpointSlice>,
     namespaces: Reflected<Namespace>,
+    /// The Envoy Deployments this installation provisioned (Kubernetes
+    /// infrastructure): their readiness decides whether a Gateway is
+    /// programmed, so a change of it must start a round.
+    provisioned: Option<Reflected<Deployment>>,
     secrets: Named<Secret>,
     config_maps: Named<ConfigMap>,
 }
@@ -482,12 +487,25 @@ impl Provider {
                 tx.clone(),
             ),
             namespaces: cluster!("Namespace"),
+            provisioned: None,
             secrets: Named::new("Secret"),
             config_maps: Named::new("ConfigMap"),
             changed_tx: tx,
             client,
         };
         (provider, rx)
+    }
+
+    /// Also watches the Deployments matching `selector` (the ones this
+    /// installation provisions), announcing their changes as
+    /// `Deployment` so that readiness changes reach Gateway status.
+    pub fn watch_provisioned(&mut self, selector: &str) {
+        self.provisioned = Some(Reflected::start(
+            Api::all(self.client.clone()),
+            watcher::Config::default().labels(selector),
+            "Deployment",
+            self.changed_tx.clone(),
+        ));
     }
 
     /// Waits until every cluster-wide store has its first full list, so

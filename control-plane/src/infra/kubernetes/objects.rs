@@ -30,6 +30,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "gatewright";
 /// The (possibly shortened) name of the Gateway an object belongs to.
 pub const GATEWAY_NAME_LABEL: &str = "gatewright.dev/gateway-name";
+/// The label Gateway API (GEP-1762) asks implementations to put on every
+/// object they provision for a Gateway: the Gateway's name.
+pub const GATEWAY_API_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The namespace of the Gateway an object belongs to.
 pub const GATEWAY_NAMESPACE_LABEL: &str = "gatewright.dev/gateway-namespace";
 /// The namespace of the controller that provisioned the object, so that two
@@ -299,6 +302,7 @@ pub fn build(
     let ours = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (GATEWAY_NAME_LABEL.to_owned(), label_value(gw_name)),
+        (GATEWAY_API_NAME_LABEL.to_owned(), label_value(gw_name)),
         (GATEWAY_NAMESPACE_LABEL.to_owned(), namespace.to_owned()),
         (
             CONTROLLER_LABEL.to_owned(),
@@ -398,6 +402,13 @@ pub fn build(
     {
         spec["loadBalancerClass"] = json!(class);
     }
+    // A Gateway's requested IP address is asked of the load balancer; if it
+    // cannot give it, the Gateway says AddressNotUsable (infra::merge).
+    if service_type == ServiceType::LoadBalancer
+        && let Some(ip) = requested_ip(gateway)
+    {
+        spec["loadBalancerIP"] = json!(ip);
+    }
     if service_type != ServiceType::ClusterIp
         && let Some(policy) = service_params.external_traffic_policy
     {
@@ -415,6 +426,19 @@ pub fn build(
         deployment,
         service,
     })
+}
+
+/// The first non-empty `IPAddress` of a Gateway's `spec.addresses`: a
+/// Service can ask for one load-balancer IP only; any others are reported
+/// as not usable.
+fn requested_ip(gateway: &Gateway) -> Option<&str> {
+    gateway
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .filter(|a| a.r#type.as_deref().is_none_or(|t| t == "IPAddress"))
+        .find_map(|a| a.value.as_deref().filter(|v| !v.is_empty()))
 }
 
 struct DeploymentInput<'a> {

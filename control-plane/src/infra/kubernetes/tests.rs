@@ -95,6 +95,40 @@ fn names_are_valid_stable_and_distinct() {
 }
 
 #[test]
+fn a_requested_ip_address_is_asked_of_the_load_balancer() {
+    let mut gw = gateway("web", json!({}));
+    let service = |gw: &Gateway| {
+        to_json(
+            &build(gw, &ProxyParametersSpec::default(), &ports(), &config())
+                .expect("build")
+                .service,
+        )
+    };
+    assert_eq!(service(&gw)["spec"].get("loadBalancerIP"), None);
+    gw.spec.addresses = Some(
+        serde_json::from_value(json!([
+            { "type": "IPAddress", "value": "" },
+            { "value": "10.245.0.200" },
+            { "type": "IPAddress", "value": "10.245.0.201" },
+        ]))
+        .expect("addresses"),
+    );
+    // The first non-empty one: a Service asks for a single IP.
+    assert_eq!(service(&gw)["spec"]["loadBalancerIP"], "10.245.0.200");
+    let cluster_ip = ProxyParametersSpec {
+        service: Some(
+            serde_json::from_value(json!({ "type": "ClusterIP" })).expect("service parameters"),
+        ),
+        ..ProxyParametersSpec::default()
+    };
+    let objects = build(&gw, &cluster_ip, &ports(), &config()).expect("build");
+    assert_eq!(
+        to_json(&objects.service)["spec"].get("loadBalancerIP"),
+        None
+    );
+}
+
+#[test]
 fn objects_are_owned_labelled_and_named() {
     let gw = gateway(
         "web",
@@ -116,6 +150,7 @@ fn objects_are_owned_labelled_and_named() {
         let labels = meta.labels.as_ref().expect("labels");
         assert_eq!(labels[MANAGED_BY_LABEL], "gatewright", "ours win");
         assert_eq!(labels[GATEWAY_NAME_LABEL], "web");
+        assert_eq!(labels[GATEWAY_API_NAME_LABEL], "web");
         assert_eq!(labels["team"], "a");
         assert_eq!(
             meta.annotations.as_ref().expect("annotations")["note"],
