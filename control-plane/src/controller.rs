@@ -19,6 +19,8 @@ use crate::xds::serve_plaintext;
 use anyhow::Context as _;
 use gatewright_translator::{ObjectKey, Output};
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, serve_tls};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +99,12 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     let cache = Cache::new();
     let envoys: Envoys = Arc::new(Mutex::new(BTreeMap::new()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let owner = match options.infrastructure {
+        Infrastructure::Kubernetes => {
+            installation_owner(&client, &options.namespace, &options.xds_service).await
+        }
+        Infrastructure::Host => None,
+    };
     let (leading, election) = leader::spawn(
         client.clone(),
         LeaseConfig {
@@ -104,6 +112,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
             name: options.lease_name.clone(),
             identity: options.identity.clone(),
             duration: options.lease_duration,
+            owner: owner.clone(),
         },
         shutdown_rx.clone(),
     );
@@ -132,7 +141,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         ),
         Infrastructure::Kubernetes => {
             let ca = Arc::new(
-                pki::load_or_create_ca(&client, &options.namespace)
+                pki::load_or_create_ca(&client, &options.namespace, owner.as_ref())
                     .await
                     .context("loading the xDS CA")?,
             );
@@ -275,6 +284,38 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     remove_addresses(&options.state_dir);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The installation's xDS Service as an owner for what the controller
+/// creates in its own namespace (the xDS CA Secret, the Lease), so that
+/// `helm uninstall` leaves nothing behind. `None`, logged, when the Service
+/// cannot be read (a controller run without one, as in tests).
+async fn installation_owner(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+) -> Option<OwnerReference> {
+    let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), namespace);
+    match api.get_opt(service).await {
+        Ok(Some(svc)) => {
+            let uid = svc.metadata.uid?;
+            Some(OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Service".to_owned(),
+                name: service.to_owned(),
+                uid,
+                ..OwnerReference::default()
+            })
+        }
+        Ok(None) => {
+            tracing::info!(%namespace, %service, "no xDS Service: the xDS CA Secret and the Lease get no owner");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%namespace, %service, "cannot read the xDS Service ({e}): the xDS CA Secret and the Lease get no owner");
+            None
+        }
+    }
 }
 
 /// A client from `--kubeconfig`, or inferred (KUBECONFIG, ~/.kube/config,

@@ -661,7 +661,13 @@ fn client_labels() -> BTreeMap<String, String> {
 /// that finds the name taken (another replica was first) reads the
 /// winner's. A Secret that exists but cannot be read as a CA is an error,
 /// never overwritten, since other replicas and Envoys may be using it.
-pub async fn load_or_create_ca(client: &kube::Client, namespace: &str) -> anyhow::Result<Ca> {
+/// A new Secret gets `owner` (the installation's xDS Service), so that
+/// uninstalling removes it.
+pub async fn load_or_create_ca(
+    client: &kube::Client,
+    namespace: &str,
+    owner: Option<&OwnerReference>,
+) -> anyhow::Result<Ca> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let what = format!("the xDS CA Secret {namespace}/{CA_SECRET_NAME}");
     for _ in 0..WRITE_ATTEMPTS {
@@ -675,10 +681,9 @@ pub async fn load_or_create_ca(client: &kube::Client, namespace: &str) -> anyhow
             });
         }
         let ca = Ca::generate()?;
-        match api
-            .create(&PostParams::default(), &ca.to_secret(namespace))
-            .await
-        {
+        let mut secret = ca.to_secret(namespace);
+        secret.metadata.owner_references = owner.map(|o| vec![o.clone()]);
+        match api.create(&PostParams::default(), &secret).await {
             Ok(_) => {
                 tracing::info!("created {what}");
                 return Ok(ca);
@@ -1294,13 +1299,16 @@ mod tests {
 
         // Eight replicas starting at once agree on one CA.
         let cas =
-            futures::future::join_all((0..8).map(|_| load_or_create_ca(&client, namespace))).await;
+            futures::future::join_all((0..8).map(|_| load_or_create_ca(&client, namespace, None)))
+                .await;
         let pems: std::collections::BTreeSet<String> = cas
             .into_iter()
             .map(|ca| ca.expect("a CA").cert_pem().to_owned())
             .collect();
         assert_eq!(pems.len(), 1, "replicas disagree on the CA");
-        let ca = load_or_create_ca(&client, namespace).await.expect("reload");
+        let ca = load_or_create_ca(&client, namespace, None)
+            .await
+            .expect("reload");
         assert!(pems.contains(ca.cert_pem()));
 
         // The Gateway the client Secret belongs to: a ConfigMap stands in

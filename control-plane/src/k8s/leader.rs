@@ -10,7 +10,7 @@
 //! with a merge patch that carries no resourceVersion.)
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a Lease lasts without renewal.
     pub duration: Duration,
+    /// The owner a new Lease gets, so that it is garbage-collected with
+    /// the installation (in Kubernetes mode, the xDS Service Helm made).
+    pub owner: Option<OwnerReference>,
 }
 
 /// Runs the election until `stop` turns true, then releases the Lease if
@@ -111,6 +114,7 @@ impl Elector {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.config.name.clone()),
+                        owner_references: self.config.owner.clone().map(|o| vec![o]),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(now.clone(), now, 0)),
