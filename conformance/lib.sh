@@ -19,3 +19,20 @@ _cluster_down() {
   conformance/cluster.sh down >/dev/null 2>&1 || conformance/cluster.sh down || true
   exit "$status"
 }
+
+# Installs charts/gatewright into the running cluster as release
+# `gatewright` in gatewright-system (2 controller replicas, experimental
+# CRDs), waiting for the controller pods; extra arguments go to helm.
+# Builds the pinned Helm if missing. Helm's own files stay in $HELM_HOME_DIR
+# (a temporary folder the caller removes), never in $HOME.
+helm_install_gatewright() {
+  HELM=$PWD/.tools/helm/bin/helm
+  [[ -x $HELM ]] || bash charts/check.sh --helm-only
+  HELM_HOME_DIR=${HELM_HOME_DIR:-$(mktemp -d)}
+  export HELM_CACHE_HOME=$HELM_HOME_DIR/cache HELM_CONFIG_HOME=$HELM_HOME_DIR/config \
+    HELM_DATA_HOME=$HELM_HOME_DIR/data
+  log "helm install charts/gatewright (2 replicas, experimental CRDs) $*"
+  conformance/cluster.sh exec "$HELM" install gatewright charts/gatewright \
+    --namespace gatewright-system --create-namespace \
+    --set crds.channel=experimental --wait --timeout 5m "$@" >/dev/null
+}

@@ -46,23 +46,6 @@ mkdir -p conformance/reports
 SUITE_FLAGS=()
 case $GWR_INFRA in
 kubernetes)
-  # The chart as a user installs it (the node agent maps its controller
-  # image to target/debug/gatewright and the Envoy image to the pinned
-  # Envoy). It brings the experimental CRDs; the suite creates the
-  # GatewayClass. Helm's own files stay out of $HOME.
-  HELM=$PWD/.tools/helm/bin/helm
-  [[ -x $HELM ]] || bash charts/check.sh --helm-only
-  helm_home=$(mktemp -d)
-  export HELM_CACHE_HOME=$helm_home/cache HELM_CONFIG_HOME=$helm_home/config HELM_DATA_HOME=$helm_home/data
-  log "helm install charts/gatewright (2 replicas, experimental CRDs)"
-  "$CLUSTER" exec "$HELM" install gatewright charts/gatewright \
-    --namespace gatewright-system --create-namespace \
-    --set crds.channel=experimental --set gatewayClass.create=false \
-    --wait --timeout 5m >/dev/null
-  "$CLUSTER" exec kubectl -n gatewright-system get pods -o wide
-  # The harness's load-balancer pool (node agent): an address of its
-  # reserved range is usable when asked for, one outside the pool is not.
-  SUITE_FLAGS+=(-usable-address=10.245.0.200 -unusable-address=10.246.0.1)
   before_down() {
     "$CLUSTER" exec kubectl -n gatewright-system logs -l app.kubernetes.io/name=gatewright \
       --all-containers --prefix --timestamps --tail=-1 >"$GWR_LOG" 2>&1 || true
@@ -71,8 +54,16 @@ kubernetes)
       tail -n 20 "$GWR_LOG" || true
       "$CLUSTER" exec kubectl get pods -A -o wide 2>&1 | tail -n 30 || true
     fi
-    rm -rf "$helm_home"
+    rm -rf "${HELM_HOME_DIR:-}"
   }
+  # The chart as a user installs it (the node agent maps its controller
+  # image to target/debug/gatewright and the Envoy image to the pinned
+  # Envoy). The suite creates the GatewayClass.
+  helm_install_gatewright --set gatewayClass.create=false
+  "$CLUSTER" exec kubectl -n gatewright-system get pods -o wide
+  # The harness's load-balancer pool (node agent): an address of its
+  # reserved range is usable when asked for, one outside the pool is not.
+  SUITE_FLAGS+=(-usable-address=10.245.0.200 -unusable-address=10.246.0.1)
   ;;
 host)
   "$CLUSTER" crds
