@@ -13,10 +13,10 @@
 #    that pod and its namespace;
 # 4. reads a pod's log through the API server (pods/log -> the agent);
 # 5. Service networking from gwr-conf and from inside pods: ClusterIP
-#    (hairpin included), cluster DNS (full and short names, the kube-dns
+#    (load balancing, hairpin), cluster DNS (full and short names, the kube-dns
 #    ClusterIP, fast negative answers), LoadBalancer addresses (automatic,
 #    explicit usable, explicit unusable with its Event), rules gone with
-#    the Service;
+#    the Service, the coredns pod answering over UDP;
 # 6. deletes a namespace and waits for it to finalise;
 # then tears everything down (also on failure).
 set -euo pipefail
@@ -155,17 +155,43 @@ printf 'nameserver 10.244.0.1\nsearch %s.svc.cluster.local svc.cluster.local clu
   "$NET_NS" >"$work/resolv.conf"
 printf 'nameserver 10.96.0.10\noptions timeout:2 attempts:1\n' >"$work/resolv-vip.conf"
 expect_pod "$client_pod -> $cip:8080" "$(pod_who "$client_pid" "$work/resolv.conf" "http://$cip:8080/")"
-# Hairpin: a pod of the Service reaching the Service, several times, so
-# that some connections land on itself.
+# Load balancing: 16 connections from gwr-conf reach both endpoints.
+seen=$(for _ in $(seq 1 16); do who "http://$cip:8080/"; done | sort -u | grep -c "^$NET_SVC-") || true
+((seen == 2)) || fail "16 connections to $cip:8080 reached $seen distinct endpoint(s), expected 2"
+log "  16 connections to $cip:8080 reached both endpoints"
+# Hairpin: a pod reaching a Service whose only endpoint is that pod (a
+# selectorless Service with a hand-made EndpointSlice).
 self_pod=$(k -n "$NET_NS" get pods -l app="$NET_SVC" -o jsonpath='{.items[0].metadata.name}')
+self_ip=$(k -n "$NET_NS" get pod "$self_pod" -o jsonpath='{.status.podIP}')
 self_pid=$(pod_pid "$self_pod") || fail "no process found for pod $self_pod"
-seen=""
-for _ in 1 2 3 4 5 6 7 8; do
-  got=$(pod_who "$self_pid" "$work/resolv.conf" "http://$cip:8080/") || true
-  [[ $got == "$NET_SVC"-* ]] || fail "$self_pod -> $cip:8080 (hairpin) answered '$got'"
-  seen+="$got "
+k apply -f - >/dev/null <<EOF || fail "creating Service gwr-hairpin"
+apiVersion: v1
+kind: Service
+metadata: {name: gwr-hairpin, namespace: $NET_NS}
+spec:
+  ports: [{name: http, port: 80, targetPort: 3000, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: gwr-hairpin-1
+  namespace: $NET_NS
+  labels: {kubernetes.io/service-name: gwr-hairpin}
+addressType: IPv4
+ports: [{name: http, port: 3000, protocol: TCP}]
+endpoints: [{addresses: ["$self_ip"], conditions: {ready: true}}]
+EOF
+hp_ip=$(k -n "$NET_NS" get svc gwr-hairpin -o jsonpath='{.spec.clusterIP}')
+got=""
+for _ in $(seq 1 20); do
+  got=$(pod_who "$self_pid" "$work/resolv.conf" "http://$hp_ip/") || true
+  [[ -n $got ]] && break
+  sleep 0.5
 done
-log "  $self_pod -> $cip:8080 x8 (hairpin included): $(tr ' ' '\n' <<<"$seen" | grep . | sort | uniq -c | tr -s ' \n' ' ')"
+[[ $got == "$self_pod" ]] || fail "$self_pod -> gwr-hairpin $hp_ip:80 (only endpoint: itself) answered '$got'"
+log "  $self_pod -> gwr-hairpin $hp_ip:80 (hairpin to itself) -> $got"
+k -n "$NET_NS" delete svc gwr-hairpin >/dev/null
+k -n "$NET_NS" delete endpointslice gwr-hairpin-1 >/dev/null
 
 log "cluster DNS on 10.244.0.1 from a pod: full name, short name, kube-dns ClusterIP"
 full=$NET_SVC.$NET_NS.svc.cluster.local
@@ -185,6 +211,18 @@ fi
 ms=$((($(date +%s%N) - start_ns) / 1000000))
 ((ms < 3000)) || fail "negative answers took $ms ms"
 log "  $NET_SVC -> $resolved; no-such-service and example.org fail fast ($ms ms for both)"
+
+log "the coredns pod: the agent's DNS server answering whoami for foo.bar.com over UDP"
+dns_cip=$(k -n "$NET_NS" get svc coredns -o jsonpath='{.spec.clusterIP}')
+dns_pod_ip=$(k -n "$NET_NS" get pods -l app=udp -o jsonpath='{.items[0].status.podIP}')
+for server in "$dns_cip" "$dns_pod_ip"; do
+  printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$server" >"$work/resolv-coredns.conf"
+  # From gwr-conf; the answer is the client address the server saw.
+  answer=$("$CLUSTER" exec unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec getent ahostsv4 foo.bar.com' \
+    "$work/resolv-coredns.conf" | awk 'NR == 1 {print $1}') || true
+  [[ $answer == 10.244.0.1 ]] || fail "foo.bar.com via $server answered '$answer', expected the client address 10.244.0.1"
+  log "  foo.bar.com via $server -> $answer"
+done
 
 log "LoadBalancer Services: pool address, explicit usable and unusable addresses"
 lb_svc() { # name [loadBalancerIP]

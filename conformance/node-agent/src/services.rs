@@ -560,6 +560,27 @@ async fn prepare_netns(net: &NetConfig) -> Result<()> {
             .await
             .with_context(|| format!("writing {value} to {path}"))?;
     }
+    // With br_netfilter, frames bridged between pod ports pass the ip
+    // hooks too: a pod reaching a Service that DNATs back to itself would
+    // be bridged out of the port it came in on, which a bridge never does
+    // (hairpin), so the connection hangs until a SYN retry picks another
+    // endpoint. Service traffic is addressed to the node anyway (the pods'
+    // gateway), so it is routed without br_netfilter. The sysctl is per
+    // network namespace (where a non-initial one shows it); only touched
+    // when we are provably in a named one, never the host's.
+    let brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if tokio::fs::metadata(brnf).await.is_ok() {
+        if in_named_netns() {
+            tokio::fs::write(brnf, "0")
+                .await
+                .with_context(|| format!("writing 0 to {brnf}"))?;
+        } else {
+            tracing::warn!(
+                "not in a named network namespace: leaving {brnf} alone \
+                 (a pod reaching itself through a Service may hang)"
+            );
+        }
+    }
     let src = net.node_ip.to_string();
     for range in [net.service_cidr, net.lb_pool] {
         let r = range.to_string();
@@ -568,6 +589,23 @@ async fn prepare_netns(net: &NetConfig) -> Result<()> {
             .with_context(|| format!("adding a route for {r}"))?;
     }
     Ok(())
+}
+
+/// Whether this process runs in a named network namespace (one of
+/// /run/netns, as gwr-conf is), compared by nsfs device and inode. Reading
+/// pid 1's namespace is not allowed everywhere (containers), so this is the
+/// proof that a per-namespace sysctl is not the host's.
+fn in_named_netns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net") else {
+        return false;
+    };
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino())
+    })
 }
 
 /// The `kube-system/kube-dns` Service (at `ip`) with an EndpointSlice that
