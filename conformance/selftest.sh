@@ -13,10 +13,11 @@
 #    that pod and its namespace;
 # 4. reads a pod's log through the API server (pods/log -> the agent);
 # 5. Service networking from gwr-conf and from inside pods: ClusterIP
-#    (load balancing, hairpin), cluster DNS (full and short names, the kube-dns
-#    ClusterIP, fast negative answers), LoadBalancer addresses (automatic,
-#    explicit usable, explicit unusable with its Event), rules gone with
-#    the Service, the coredns pod answering over UDP;
+#    (load balancing, hairpin), a Service without endpoints refusing,
+#    cluster DNS (full and short names, TCP, the kube-dns ClusterIP, fast
+#    negative answers), the coredns pod answering over UDP, LoadBalancer
+#    addresses (automatic, explicit usable, explicit unusable with its
+#    Event), rules gone with the Service;
 # 6. deletes a namespace and waits for it to finalise;
 # then tears everything down (also on failure).
 set -euo pipefail
@@ -201,6 +202,9 @@ expect_pod "$client_pod -> http://$full:8080 (nameserver 10.96.0.10)" \
   "$(pod_who "$client_pid" "$work/resolv-vip.conf" "http://$full:8080/")"
 resolved=$(in_pod "$client_pid" "$work/resolv.conf" getent hosts "$NET_SVC") || fail "getent hosts $NET_SVC failed in a pod"
 [[ $resolved == "$cip "* ]] || fail "$NET_SVC resolved to '$resolved', not $cip"
+sed 's/^options /options use-vc /' "$work/resolv.conf" >"$work/resolv-tcp.conf"
+resolved_tcp=$(in_pod "$client_pid" "$work/resolv-tcp.conf" getent hosts "$full") || fail "getent hosts $full over TCP failed"
+[[ $resolved_tcp == "$cip "* ]] || fail "$full resolved over TCP to '$resolved_tcp', not $cip"
 start_ns=$(date +%s%N)
 if in_pod "$client_pid" "$work/resolv.conf" getent hosts no-such-service >/dev/null; then
   fail "no-such-service resolved"
@@ -210,7 +214,17 @@ if in_pod "$client_pid" "$work/resolv.conf" getent hosts example.org >/dev/null;
 fi
 ms=$((($(date +%s%N) - start_ns) / 1000000))
 ((ms < 3000)) || fail "negative answers took $ms ms"
-log "  $NET_SVC -> $resolved; no-such-service and example.org fail fast ($ms ms for both)"
+log "  $NET_SVC -> $resolved (also over TCP); no-such-service and example.org fail fast ($ms ms for both)"
+
+log "a Service without ready endpoints refuses connections"
+printf 'apiVersion: v1\nkind: Service\nmetadata: {name: gwr-empty, namespace: %s}\nspec:\n  selector: {app: gwr-nothing}\n  ports: [{port: 80, targetPort: 3000}]\n' \
+  "$NET_NS" | k apply -f - >/dev/null || fail "creating Service gwr-empty"
+empty_ip=$(k -n "$NET_NS" get svc gwr-empty -o jsonpath='{.spec.clusterIP}')
+rc=0
+in_pod "$client_pid" "$work/resolv.conf" curl -s -o /dev/null --max-time 3 "http://$empty_ip/" || rc=$?
+((rc == 7)) || fail "$client_pod -> gwr-empty $empty_ip:80: curl exit $rc, expected 7 (refused)"
+log "  $client_pod -> gwr-empty $empty_ip:80: connection refused"
+k -n "$NET_NS" delete svc gwr-empty >/dev/null
 
 log "the coredns pod: the agent's DNS server answering whoami for foo.bar.com over UDP"
 dns_cip=$(k -n "$NET_NS" get svc coredns -o jsonpath='{.spec.clusterIP}')
