@@ -11,7 +11,7 @@
 #   conformance/cluster.sh exec CMD  run CMD inside gwr-conf with KUBECONFIG set
 #   conformance/cluster.sh status    what is running
 #
-# Needs: Go 1.26+, iproute2, openssl, curl, and root (network namespaces).
+# Needs: Go 1.26+, iproute2, nftables (nft), openssl, curl, and root (network namespaces).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -313,8 +313,8 @@ EOF
 }
 
 # The image map the node agent gets: every echo-basic image of the suite's
-# base manifests maps to our echo-basic build, its coredns image to a
-# stand-in (sleep). Generated
+# base manifests maps to our echo-basic build, its coredns image to the
+# node agent's DNS server (`gatewright-node-agent dns`). Generated
 # from the conformance module so that image references are never spelled
 # out in this repository.
 write_image_map() {
@@ -326,10 +326,10 @@ write_image_map() {
       while read -r repo; do
         case $repo in
           */echo-basic) printf -- '- image: "%s:"\n  binary: %s\n' "$repo" "$BIN/echo-basic" ;;
-          # Only the UDPRoute test (no profile of ours) uses it, but the
-          # suite waits for every base pod to be Ready: a process that
-          # does nothing stands in (and never forwards DNS anywhere).
-          */coredns) printf -- '- image: "%s:"\n  binary: %s\n  args: ["infinity"]\n' "$repo" "$(command -v sleep)" ;;
+          # Used by the UDPRoute test: the node agent's own DNS server
+          # answers as its Corefile's `whoami` zone does (A = the asking
+          # client) and refuses every other name (it never forwards).
+          */coredns) printf -- '- image: "%s:"\n  binary: %s\n  args: ["dns", "--listen", "0.0.0.0:53", "--whoami", "foo.bar.com"]\n' "$repo" "$NODE_AGENT" ;;
         esac
       done
     # Hand-maintained entries; $BIN stands for the binaries folder.
@@ -339,7 +339,7 @@ write_image_map() {
 
 cmd_up() {
   need_root up
-  need ip openssl curl base64 setsid
+  need ip nft openssl curl base64 setsid
   for b in etcd kube-apiserver kube-controller-manager; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing; run '$0 build' first"
   done
