@@ -14,7 +14,8 @@
 # token authenticates as the pod's ServiceAccount against the API server at
 # 10.244.0.1 verified with the mounted ca.crt, that a Secret update reaches
 # the pod within 15 s, the unknown image's message, logs through the API
-# server, that the preStop hook ran inside the pod on deletion, and that the
+# server, that a failing liveness probe restarts a container, that the
+# preStop hook ran inside the pod on deletion, and that the
 # namespace finalises. Needs root, nsenter and curl.
 set -euo pipefail
 
@@ -107,6 +108,15 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: not-alive}
+spec:
+  containers:
+  - name: echo
+    image: $image
+    livenessProbe: {tcpSocket: {port: 3999}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: unknown-image}
 spec:
   containers: [{name: c, image: example.invalid/nothing:1}]
@@ -173,6 +183,15 @@ done
 [[ $(in_pod cat /etc/certs/server.crt) == CERT2 ]] || fail "the Secret update did not reach the pod within 15 s"
 say "Secret update visible in the pod after $(($(date +%s) - start)) s"
 
+# Nothing listens on 3999: the liveness probe restarts the container.
+for _ in $(seq 30); do
+  restarts=$(k -n "$NS" get pod not-alive -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  ((${restarts:-0} >= 1)) && break
+  sleep 1
+done
+((${restarts:-0} >= 1)) || fail "a failing liveness probe did not restart the container within 30 s"
+say "failing liveness probe: restartCount $restarts"
+
 msg=$(k -n "$NS" get pod unknown-image -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}')
 say "unknown image: $msg"
 grep -q "example.invalid/nothing:1" <<<"$msg" || fail "unknown image has no clear message"
@@ -200,6 +219,8 @@ k get namespace "$NS" >/dev/null 2>&1 && fail "namespace $NS did not finalise"
 say "namespace finalised in $(($(date +%s) - start)) s"
 hooks=$(cat "$hookdir"/* 2>/dev/null | sort | uniq -c | tr '\n' ' ')
 say "preStop hooks wrote: $hooks"
-[[ $(ls "$hookdir" | wc -l) -eq 2 && $(cat "$hookdir"/*) == $'CERT2\nCERT2' ]] ||
-  fail "the preStop hooks did not both run inside their pods"
+[[ $(ls "$hookdir" | wc -l) -eq 2 ]] || fail "the preStop hooks did not both run"
+for f in "$hookdir"/*; do
+  [[ $(<"$f") == CERT2 ]] || fail "the preStop hook of ${f##*/} did not see the pod's /etc/certs"
+done
 say "OK"
