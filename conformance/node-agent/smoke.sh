@@ -96,10 +96,10 @@ spec:
         livenessProbe: {tcpSocket: {port: http}, periodSeconds: 2}
         lifecycle:
           preStop:
-            exec: {command: [sh, -c, 'cat /etc/certs/server.crt > /var/lib/gwr-smoke-hook/\$HOSTNAME']}
+            exec: {command: [sh, -c, 'cat /etc/certs/server.crt > /hook/\$HOSTNAME']}
         volumeMounts:
         - {name: certs, mountPath: /etc/certs, readOnly: true}
-        - {name: hook, mountPath: /var/lib/gwr-smoke-hook}
+        - {name: hook, mountPath: /hook}
       volumes:
       - name: certs
         secret: {secretName: certs, items: [{key: crt, path: server.crt}]}
@@ -151,7 +151,8 @@ in_pod() { nsenter -t "$pid" -m -u -n "$@"; }
 say "pod $pod is process $pid"
 [[ $(in_pod cat /etc/certs/server.crt) == CERT ]] || fail "/etc/certs/server.crt does not hold the Secret's crt"
 in_pod sh -c 'echo x > /etc/certs/new' 2>/dev/null && fail "/etc/certs is writable (readOnly)"
-[[ ! -e /etc/certs ]] || fail "/etc/certs appeared on the host"
+[[ ! -e /etc/certs && ! -e /hook ]] || fail "/etc/certs or /hook appeared on the host"
+in_pod test -d /hook || fail "/hook (a mount point directly under /) is not there"
 sa=/var/run/secrets/kubernetes.io/serviceaccount
 [[ $(in_pod cat $sa/namespace) == "$NS" ]] || fail "$sa/namespace is not $NS"
 in_pod grep -q 'BEGIN CERTIFICATE' $sa/ca.crt || fail "$sa/ca.crt is not a certificate"
@@ -217,7 +218,7 @@ for _ in $(seq 120); do
 done
 k get namespace "$NS" >/dev/null 2>&1 && fail "namespace $NS did not finalise"
 say "namespace finalised in $(($(date +%s) - start)) s"
-hooks=$(cat "$hookdir"/* 2>/dev/null | sort | uniq -c | tr '\n' ' ')
+hooks=$(for f in "$hookdir"/*; do [[ -e $f ]] && printf '%s=%s ' "${f##*/}" "$(<"$f")"; done)
 say "preStop hooks wrote: $hooks"
 [[ $(ls "$hookdir" | wc -l) -eq 2 ]] || fail "the preStop hooks did not both run"
 for f in "$hookdir"/*; do

@@ -262,17 +262,13 @@ fn ensure_target(target: &Path, dir: bool, shadowed: &mut BTreeSet<PathBuf>) -> 
 /// to the tmpfs, never to the host.
 fn shadow(dir: &Path) -> Result<()> {
     if dir == Path::new("/") {
-        // A mount over / is not seen without a chroot; refuse clearly.
-        bail!("cannot create a mount point directly under /; use a path under an existing folder");
+        return shadow_root();
     }
     // The original stays reachable through this descriptor once covered.
     let original =
         std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     let via = PathBuf::from(format!("/proc/self/fd/{}", original.as_raw_fd()));
-    let entries: Vec<_> = std::fs::read_dir(&via)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .collect();
+    let entries = list(&via).with_context(|| format!("listing {}", dir.display()))?;
     mount(
         Some(Path::new("tmpfs")),
         dir,
@@ -280,6 +276,51 @@ fn shadow(dir: &Path) -> Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("mode=0755"),
     )?;
+    re_expose(&via, dir, entries);
+    Ok(())
+}
+
+/// The same for `/`: a mount over `/` is not seen by path lookups until the
+/// process changes root, so the tmpfs is mounted on a folder first, entered,
+/// moved onto `/`, filled through paths relative to it, and made the root.
+fn shadow_root() -> Result<()> {
+    let cwd = std::env::current_dir().context("reading the working folder")?;
+    let original = std::fs::File::open("/").context("opening /")?;
+    let via = PathBuf::from(format!("/proc/self/fd/{}", original.as_raw_fd()));
+    let entries = list(&via).context("listing /")?;
+    // Briefly covered while the tmpfs is set up; never /proc, needed below.
+    let stage = ["/tmp", "/mnt", "/srv", "/opt"]
+        .iter()
+        .map(Path::new)
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .context("no folder to prepare a new / on")?;
+    mount(
+        Some(Path::new("tmpfs")),
+        stage,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    std::env::set_current_dir(stage).context("entering the new /")?;
+    mount(Some(stage), Path::new("/"), None, libc::MS_MOVE, None)?;
+    // Relative paths now name the new tmpfs; absolute ones the old root.
+    re_expose(&via, Path::new("."), entries);
+    let dot = cstr(Path::new("."))?;
+    // SAFETY: chroot(2) with a NUL-terminated path.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("changing root to the new /");
+    }
+    std::env::set_current_dir(&cwd).with_context(|| format!("returning to {}", cwd.display()))?;
+    Ok(())
+}
+
+fn list(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    Ok(std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect())
+}
+
+/// Puts each original entry (reached through `via`) back under `dir`:
+/// folders and files as recursive bind mounts, symlinks as copies.
+fn re_expose(via: &Path, dir: &Path, entries: Vec<std::fs::DirEntry>) {
     for entry in entries {
         let name = entry.file_name();
         let src = via.join(&name);
@@ -303,7 +344,6 @@ fn shadow(dir: &Path) -> Result<()> {
             eprintln!("gatewright-pod-exec: re-exposing {}: {e:#}", dst.display());
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
