@@ -282,6 +282,22 @@ setup_pki() {
     echo "$admin" >"$PKI/admin.token"
     echo "$kcm" >"$PKI/kcm.token"
   fi
+  # The API server's serving certificate, from a CA of our own: valid for
+  # every name a client uses (loopback here, the node IP and the kubernetes
+  # Service from pods), so in-cluster clients verify it with ca.crt.
+  if [[ ! -f $PKI/apiserver/serving.crt ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=gwr-conf-ca \
+      -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
+      -keyout "$PKI/apiserver/serving.key" -out "$PKI/apiserver/serving.csr" 2>/dev/null
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' \
+      "IP:127.0.0.1,IP:$NODE_IP,IP:${SERVICE_CIDR%.0/*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+      >"$PKI/apiserver/serving.ext"
+    openssl x509 -req -in "$PKI/apiserver/serving.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+      -CAcreateserial -days 30 -extfile "$PKI/apiserver/serving.ext" \
+      -out "$PKI/apiserver/serving.crt" 2>/dev/null
+    chmod 600 "$PKI/ca.key" "$PKI/apiserver/serving.key"
+  fi
 }
 
 write_kubeconfig() { # file token ca-file
@@ -332,8 +348,10 @@ write_image_map() {
           */coredns) printf -- '- image: "%s:"\n  binary: %s\n  args: ["dns", "--listen", "0.0.0.0:53", "--whoami", "foo.bar.com"]\n' "$repo" "$NODE_AGENT" ;;
         esac
       done
-    # Hand-maintained entries; $BIN stands for the binaries folder.
-    grep -v '^[[:space:]]*#' "$CONF/cluster/images.yaml" | grep -v '^[[:space:]]*$' | sed "s#\$BIN#$BIN#g" || true
+    # Hand-maintained entries; $BIN stands for the binaries folder, $ROOT
+    # for the tree's root.
+    grep -v '^[[:space:]]*#' "$CONF/cluster/images.yaml" | grep -v '^[[:space:]]*$' |
+      sed -e "s#\$BIN#$BIN#g" -e "s#\$ROOT#$ROOT#g" || true
   } >"$out"
 }
 
@@ -363,10 +381,11 @@ cmd_up() {
 
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "$ETCD_URL" \
-    --bind-address 127.0.0.1 \
+    --bind-address 0.0.0.0 \
     --secure-port 6443 \
     --advertise-address "$NODE_IP" \
-    --cert-dir "$PKI/apiserver" \
+    --tls-cert-file "$PKI/apiserver/serving.crt" \
+    --tls-private-key-file "$PKI/apiserver/serving.key" \
     --authorization-mode Node,RBAC \
     --token-auth-file "$PKI/tokens.csv" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -383,10 +402,6 @@ cmd_up() {
   token=$(<"$PKI/admin.token")
   wait_for 120 readyz ip netns exec "$NS" curl -skf -H "Authorization: Bearer $token" "$APISERVER_URL/readyz" ||
     fail_up kube-apiserver "kube-apiserver not ready within 120 s"
-  # Its self-signed serving certificate (--cert-dir) is followed, in
-  # apiserver.crt, by the CA that signed it: clients trust that CA.
-  awk '/BEGIN CERTIFICATE/{n++} n==2' "$PKI/apiserver/apiserver.crt" >"$PKI/ca.crt"
-  [[ -s $PKI/ca.crt ]] || cp "$PKI/apiserver/apiserver.crt" "$PKI/ca.crt"
   write_kubeconfig "$KUBECONFIG_FILE" "$PKI/admin.token" "$PKI/ca.crt"
   write_kubeconfig "$RUN/controller-manager.kubeconfig" "$PKI/kcm.token" "$PKI/ca.crt"
   local ready=(ip netns exec "$NS" curl -sf --cacert "$PKI/ca.crt" -H "Authorization: Bearer $token")

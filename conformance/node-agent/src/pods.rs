@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Event, EventSource, HostIP, ObjectReference, Pod,
-    PodCondition, PodIP, PodStatus, Probe, Secret,
+    PodCondition, PodIP, PodStatus, Probe, Secret, Service, ServiceAccount, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -28,6 +29,7 @@ use crate::imagemap::{ImageMap, process_args};
 use crate::ipam::{Cidr, Ipam};
 use crate::spec::{self, PodFacts};
 use crate::{logs, netns};
+use gatewright_node_agent::{mountns, podfiles};
 
 /// The longest grace period honoured on deletion.
 const MAX_GRACE: Duration = Duration::from_secs(30);
@@ -461,8 +463,9 @@ async fn start(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     // Volumes: retried while a referenced object is missing.
+    let mut tokens = TokenCache::default();
     let volumes = loop {
-        match materialize_volumes(ctx, pod, &facts).await {
+        match materialize_volumes(ctx, pod, &facts, &mut tokens).await {
             Ok(v) => break v,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -476,16 +479,26 @@ async fn start(
             }
         }
     };
+    let mut tasks = vec![tokio::spawn(refresh_volumes(
+        ctx.clone(),
+        pod.clone(),
+        facts.clone(),
+        tokens,
+        stop.clone(),
+    ))];
     let log_dir = logs::pod_log_dir(&ctx.state_dir, &namespace, &name, &uid);
     tokio::fs::create_dir_all(&log_dir)
         .await
         .with_context(|| format!("creating {}", log_dir.display()))?;
     let spec = pod.spec.as_ref().context("pod has no spec")?;
+    let hostname = pod_hostname(pod);
+    let etc_files = write_etc_files(ctx, pod, &hostname, &ip.to_string())?;
+    let helper = pod_exec_helper()?;
+    let service_env = kubernetes_service_env(ctx).await;
     let policy = spec
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".to_string());
-    let mut tasks = Vec::new();
     for (idx, c) in spec.containers.iter().enumerate() {
         let image = c.image.clone().unwrap_or_default();
         let Some(entry) = ctx.images.lookup(&image) else {
@@ -507,27 +520,35 @@ async fn start(
             }
             continue;
         };
-        let mounts: Vec<(String, PathBuf)> = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .filter_map(|m| {
-                let base = volumes.get(&m.name)?;
-                let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                    Some(sub) => base.join(sub),
-                    None => base.clone(),
-                };
-                Some((m.mount_path.clone(), host))
-            })
-            .collect();
-        let env = match container_env(ctx, pod, c, &facts).await {
-            Ok(env) => env
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = spec::remap_path(&v, &mounts);
-                    (k, v)
-                })
-                .collect::<Vec<_>>(),
+        let mut specs = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            match volumes.get(&m.name) {
+                Some(dir) => specs.push(mountns::VolumeMountSpec {
+                    volume_dir: dir,
+                    mount_path: &m.mount_path,
+                    sub_path: m.sub_path.as_deref().unwrap_or(""),
+                    read_only: m.read_only.unwrap_or(false),
+                }),
+                None => {
+                    tracing::warn!(pod = %pod_key(pod), "volumeMount {:?} names no volume", m.name)
+                }
+            }
+        }
+        let plan_file = pod_dir(ctx, &uid).join(format!("{}.mounts.json", c.name));
+        let plan =
+            mountns::build_plan(Some(hostname.clone()), &specs, &etc_files).and_then(|plan| {
+                let text = serde_json::to_vec_pretty(&plan).context("encoding the mount plan")?;
+                std::fs::write(&plan_file, text)
+                    .with_context(|| format!("writing {}", plan_file.display()))
+            });
+        if let Err(e) = plan {
+            shared.container(idx, |s| {
+                s.state = waiting("CreateContainerConfigError", &format!("{e:#}"))
+            });
+            continue;
+        }
+        let env = match container_env(ctx, pod, c, &facts, &service_env).await {
+            Ok(env) => env,
             Err(e) => {
                 shared.container(idx, |s| {
                     s.state = waiting("CreateContainerConfigError", &format!("{e:#}"))
@@ -539,12 +560,14 @@ async fn start(
         let args: Vec<String> =
             process_args(entry, &command, c.args.as_deref().unwrap_or_default())
                 .iter()
-                .map(|a| spec::remap_path(&spec::expand(a, &env), &mounts))
+                .map(|a| spec::expand(a, &env))
                 .collect();
         let run = ContainerRun {
             idx,
             ns: ns_name.to_string(),
             binary: entry.binary.clone(),
+            helper: helper.clone(),
+            plan_file,
             args,
             env,
             workdir: pod_dir(ctx, &uid),
@@ -555,6 +578,18 @@ async fn start(
                 .join(format!("{uid}_{}.pid", c.name)),
             policy: policy.clone(),
             probe: c.readiness_probe.clone(),
+            liveness: c.liveness_probe.clone(),
+            pre_stop: c
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .and_then(|h| h.exec.as_ref())
+                .and_then(|e| e.command.clone())
+                .filter(|c| !c.is_empty()),
+            grace: Duration::from_secs(
+                u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(0),
+            )
+            .min(MAX_GRACE),
             ports: c
                 .ports
                 .iter()
@@ -570,6 +605,146 @@ async fn start(
         )));
     }
     Ok(tasks)
+}
+
+/// The cluster's DNS domain (the search path of pod resolv.conf files).
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The pod's hostname: `spec.hostname` or its name, at most 63 bytes.
+fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches(['-', '.']).to_string()
+}
+
+/// Writes the pod's `/etc/hosts` and, unless `dnsPolicy` is `Default`, its
+/// `/etc/resolv.conf`; returns (host file, path in the container) pairs.
+fn write_etc_files(
+    ctx: &Ctx,
+    pod: &Pod,
+    hostname: &str,
+    pod_ip: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let dir = pod_dir(ctx, &uid).join("etc");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, podfiles::etc_hosts(pod_ip, hostname))
+        .with_context(|| format!("writing {}", hosts.display()))?;
+    out.push((hosts, PathBuf::from("/etc/hosts")));
+    let spec = pod.spec.as_ref();
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let resolv = match policy {
+        // The node's own resolver configuration, as for the kubelet.
+        "Default" => None,
+        "None" => {
+            let cfg = spec.and_then(|s| s.dns_config.as_ref());
+            let mut text = String::new();
+            for n in cfg
+                .and_then(|c| c.nameservers.as_ref())
+                .into_iter()
+                .flatten()
+            {
+                text.push_str(&format!("nameserver {n}\n"));
+            }
+            let search: Vec<&str> = cfg
+                .and_then(|c| c.searches.as_ref())
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            if !search.is_empty() {
+                text.push_str(&format!("search {}\n", search.join(" ")));
+            }
+            for o in cfg.and_then(|c| c.options.as_ref()).into_iter().flatten() {
+                match &o.value {
+                    Some(v) => text.push_str(&format!(
+                        "options {}:{v}\n",
+                        o.name.as_deref().unwrap_or("")
+                    )),
+                    None => {
+                        text.push_str(&format!("options {}\n", o.name.as_deref().unwrap_or("")))
+                    }
+                }
+            }
+            Some(text)
+        }
+        _ => Some(podfiles::resolv_conf(
+            &ctx.node_ip.to_string(),
+            ns,
+            CLUSTER_DOMAIN,
+        )),
+    };
+    if let Some(text) = resolv {
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        out.push((path, PathBuf::from("/etc/resolv.conf")));
+    }
+    Ok(out)
+}
+
+/// `gatewright-pod-exec`, built next to the agent's own binary.
+fn pod_exec_helper() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the agent's binary")?;
+    let helper = exe.with_file_name("gatewright-pod-exec");
+    if !helper.is_file() {
+        bail!(
+            "{} is missing (cargo build -p gatewright-node-agent builds it)",
+            helper.display()
+        );
+    }
+    Ok(helper)
+}
+
+/// The variables the `default/kubernetes` Service gives every pod
+/// (`KUBERNETES_SERVICE_HOST`, ...); empty, with a warning, if it is absent.
+async fn kubernetes_service_env(ctx: &Ctx) -> Vec<(String, String)> {
+    let svc = match Api::<Service>::namespaced(ctx.client.clone(), "default")
+        .get_opt("kubernetes")
+        .await
+    {
+        Ok(Some(svc)) => svc,
+        Ok(None) => {
+            tracing::warn!("no default/kubernetes Service: pods get no KUBERNETES_SERVICE_HOST");
+            return Vec::new();
+        }
+        Err(e) => {
+            tracing::warn!("getting default/kubernetes Service: {e:#}");
+            return Vec::new();
+        }
+    };
+    let Some(spec) = svc.spec else {
+        return Vec::new();
+    };
+    let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+        return Vec::new();
+    };
+    let ports: Vec<(String, i32, String)> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port,
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            )
+        })
+        .collect();
+    podfiles::service_env("kubernetes", &ip, &ports)
 }
 
 async fn post_event(ctx: &Ctx, pod: &Pod, reason: &str, message: &str) -> Result<()> {
@@ -630,99 +805,259 @@ async fn object_data(
     }
 }
 
+/// What a volume is on the host.
+enum VolumeContent {
+    /// Files the agent writes atomically (Secret, ConfigMap, downwardAPI, projected).
+    Files(Vec<(PathBuf, Vec<u8>)>),
+    /// A host folder used as is.
+    HostPath(PathBuf),
+    /// A folder that starts empty.
+    EmptyDir,
+}
+
+/// Service-account tokens written into projected volumes, by
+/// `<volume>/<path>`: the token, when it was issued, how long it lives.
+#[derive(Default)]
+struct TokenCache(HashMap<String, (String, Instant, Duration)>);
+
+/// Gets a token for the pod's ServiceAccount bound to the pod (TokenRequest
+/// API); returns it with its lifetime.
+async fn request_token(
+    ctx: &Ctx,
+    pod: &Pod,
+    audience: &str,
+    expiration: Option<i64>,
+) -> Result<(String, Duration)> {
+    let (ns, name) = namespace_and_name(pod)?;
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    // The API server refuses less than 10 minutes.
+    let asked = expiration.unwrap_or(3600).max(600);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: if audience.is_empty() {
+                Vec::new()
+            } else {
+                vec![audience.to_string()]
+            },
+            expiration_seconds: Some(asked),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name.to_string()),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let answer = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {ns}/{sa}"))?;
+    let status = answer.status.context("TokenRequest answer has no status")?;
+    // The server may grant longer than asked (extended tokens): renew on
+    // the schedule that was asked for.
+    let asked = Duration::from_secs(u64::try_from(asked).unwrap_or(3600));
+    let granted = status
+        .expiration_timestamp
+        .0
+        .duration_since(Timestamp::now());
+    let lifetime = Duration::try_from(granted)
+        .map(|g| g.min(asked))
+        .unwrap_or(asked);
+    Ok((status.token, lifetime))
+}
+
+/// The content of one volume, fetching what it refers to (and renewing
+/// tokens that are due).
+async fn volume_content(
+    ctx: &Ctx,
+    pod: &Pod,
+    facts: &PodFacts,
+    vol: &Volume,
+    tokens: &mut TokenCache,
+) -> Result<VolumeContent> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    if let Some(hp) = &vol.host_path {
+        return Ok(VolumeContent::HostPath(PathBuf::from(&hp.path)));
+    }
+    let mut files = Vec::new();
+    // Secret and ConfigMap volumes project the same way.
+    let object_source = match (&vol.secret, &vol.config_map) {
+        (Some(s), _) => Some((
+            "Secret",
+            s.secret_name.clone().unwrap_or_default(),
+            s.optional.unwrap_or(false),
+            s.items.as_deref(),
+        )),
+        (None, Some(c)) => Some((
+            "ConfigMap",
+            c.name.clone(),
+            c.optional.unwrap_or(false),
+            c.items.as_deref(),
+        )),
+        (None, None) => None,
+    };
+    if let Some((kind, name, optional, items)) = object_source {
+        match object_data(ctx, &ns, kind, &name).await? {
+            Some(data) => {
+                files = spec::project_items(&data, items, optional)
+                    .with_context(|| format!("volume {:?}: {kind} {name:?}", vol.name))?
+            }
+            None if optional => {}
+            None => bail!("volume {:?}: {kind} {ns}/{name} not found", vol.name),
+        }
+    } else if let Some(d) = &vol.downward_api {
+        for item in d.items.iter().flatten() {
+            if let Some(f) = &item.field_ref {
+                let v = spec::resolve_field_ref(pod, facts, &f.field_path)?;
+                files.push((spec::safe_relative(&item.path)?, v.into_bytes()));
+            }
+        }
+    } else if let Some(p) = &vol.projected {
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                let key = format!("{}/{}", vol.name, t.path);
+                let due = match tokens.0.get(&key) {
+                    Some((_, issued, life)) => {
+                        podfiles::token_needs_refresh(issued.elapsed(), *life)
+                    }
+                    None => true,
+                };
+                if due {
+                    let (token, life) = request_token(
+                        ctx,
+                        pod,
+                        t.audience.as_deref().unwrap_or(""),
+                        t.expiration_seconds,
+                    )
+                    .await
+                    .with_context(|| format!("volume {:?}", vol.name))?;
+                    tracing::info!(pod = %pod_key(pod), volume = %vol.name, "service-account token issued, valid {}s", life.as_secs());
+                    tokens.0.insert(key.clone(), (token, Instant::now(), life));
+                }
+                if let Some((token, _, _)) = tokens.0.get(&key) {
+                    files.push((spec::safe_relative(&t.path)?, token.clone().into_bytes()));
+                }
+                continue;
+            }
+            let (kind, name, items, optional) = if let Some(s) = &src.secret {
+                ("Secret", s.name.clone(), s.items.as_deref(), s.optional)
+            } else if let Some(c) = &src.config_map {
+                ("ConfigMap", c.name.clone(), c.items.as_deref(), c.optional)
+            } else {
+                if let Some(d) = &src.downward_api {
+                    for item in d.items.iter().flatten() {
+                        if let Some(f) = &item.field_ref {
+                            let v = spec::resolve_field_ref(pod, facts, &f.field_path)?;
+                            files.push((spec::safe_relative(&item.path)?, v.into_bytes()));
+                        }
+                    }
+                }
+                continue;
+            };
+            let optional = optional.unwrap_or(false);
+            match object_data(ctx, &ns, kind, &name).await? {
+                Some(data) => files.extend(
+                    spec::project_items(&data, items, optional)
+                        .with_context(|| format!("volume {:?}: {kind} {name:?}", vol.name))?,
+                ),
+                None if optional => {}
+                None => bail!("volume {:?}: {kind} {ns}/{name} not found", vol.name),
+            }
+        }
+    } else {
+        // emptyDir, and kinds we do not know: an empty folder.
+        return Ok(VolumeContent::EmptyDir);
+    }
+    Ok(VolumeContent::Files(files))
+}
+
 /// Writes every volume of the pod under its folder; returns name → folder.
 async fn materialize_volumes(
     ctx: &Ctx,
     pod: &Pod,
     facts: &PodFacts,
+    tokens: &mut TokenCache,
 ) -> Result<HashMap<String, PathBuf>> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let base = pod_dir(ctx, &uid).join("volumes");
     let mut out = HashMap::new();
-    for vol in pod
-        .spec
+    for vol in pod_volumes(pod) {
+        let dir = base.join(&vol.name);
+        match volume_content(ctx, pod, facts, vol, tokens).await? {
+            VolumeContent::HostPath(p) => {
+                out.insert(vol.name.clone(), p);
+                continue;
+            }
+            VolumeContent::EmptyDir => {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            VolumeContent::Files(files) => {
+                podfiles::atomic_write(&dir, &files)
+                    .with_context(|| format!("writing volume {:?}", vol.name))?;
+            }
+        }
+        out.insert(vol.name.clone(), dir);
+    }
+    Ok(out)
+}
+
+fn pod_volumes(pod: &Pod) -> impl Iterator<Item = &Volume> {
+    pod.spec
         .as_ref()
         .and_then(|s| s.volumes.as_ref())
         .into_iter()
         .flatten()
-    {
-        let dir = base.join(&vol.name);
-        if let Some(hp) = &vol.host_path {
-            out.insert(vol.name.clone(), PathBuf::from(&hp.path));
-            continue;
+}
+
+/// How often Secret/ConfigMap/projected volumes are compared with the API.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps the pod's Secret, ConfigMap, downwardAPI and projected volumes up
+/// to date (a changed object shows as a new `..data` target) and renews
+/// service-account tokens, until the pod stops.
+async fn refresh_volumes(
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    facts: PodFacts,
+    mut tokens: TokenCache,
+    mut stop: watch::Receiver<Option<Stop>>,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let base = pod_dir(&ctx, &uid).join("volumes");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(VOLUME_REFRESH) => {}
+            _ = wait_stop(&mut stop) => return,
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut files = Vec::new();
-        // Secret and ConfigMap volumes project the same way.
-        let object_source = match (&vol.secret, &vol.config_map) {
-            (Some(s), _) => Some((
-                "Secret",
-                s.secret_name.clone().unwrap_or_default(),
-                s.optional.unwrap_or(false),
-                s.items.as_deref(),
-            )),
-            (None, Some(c)) => Some((
-                "ConfigMap",
-                c.name.clone(),
-                c.optional.unwrap_or(false),
-                c.items.as_deref(),
-            )),
-            (None, None) => None,
-        };
-        if let Some((kind, name, optional, items)) = object_source {
-            match object_data(ctx, &ns, kind, &name).await? {
-                Some(data) => {
-                    files = spec::project_items(&data, items, optional)
-                        .with_context(|| format!("volume {:?}: {kind} {name:?}", vol.name))?
-                }
-                None if optional => {}
-                None => bail!("volume {:?}: {kind} {ns}/{name} not found", vol.name),
-            }
-        } else if let Some(d) = &vol.downward_api {
-            for item in d.items.iter().flatten() {
-                if let Some(f) = &item.field_ref {
-                    let v = spec::resolve_field_ref(pod, facts, &f.field_path)?;
-                    files.push((spec::safe_relative(&item.path)?, v.into_bytes()));
-                }
-            }
-        } else if let Some(p) = &vol.projected {
-            // Best effort: the automatic kube-api-access volume refers to
-            // objects a bare control plane may not have.
-            for src in p.sources.iter().flatten() {
-                let (kind, name, items) = if let Some(s) = &src.secret {
-                    ("Secret", s.name.clone(), s.items.as_deref())
-                } else if let Some(c) = &src.config_map {
-                    ("ConfigMap", c.name.clone(), c.items.as_deref())
-                } else {
-                    if let Some(d) = &src.downward_api {
-                        for item in d.items.iter().flatten() {
-                            if let Some(f) = &item.field_ref
-                                && let Ok(v) = spec::resolve_field_ref(pod, facts, &f.field_path)
-                            {
-                                files.push((spec::safe_relative(&item.path)?, v.into_bytes()));
-                            }
+        for vol in pod_volumes(&pod) {
+            match volume_content(&ctx, &pod, &facts, vol, &mut tokens).await {
+                Ok(VolumeContent::Files(files)) => {
+                    match podfiles::atomic_write(&base.join(&vol.name), &files) {
+                        Ok(true) => {
+                            tracing::info!(pod = %pod_key(&pod), volume = %vol.name, "volume updated")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(pod = %pod_key(&pod), volume = %vol.name, "updating volume: {e:#}")
                         }
                     }
-                    continue;
-                };
-                match object_data(ctx, &ns, kind, &name).await {
-                    Ok(Some(data)) => match spec::project_items(&data, items, true) {
-                        Ok(f) => files.extend(f),
-                        Err(e) => tracing::warn!("projected volume {:?}: {e:#}", vol.name),
-                    },
-                    Ok(None) => {
-                        tracing::debug!("projected volume {:?}: {kind} {name} missing", vol.name)
-                    }
-                    Err(e) => tracing::warn!("projected volume {:?}: {e:#}", vol.name),
+                }
+                Ok(_) => {}
+                // Keep the last content, as the kubelet does.
+                Err(e) => {
+                    tracing::debug!(pod = %pod_key(&pod), volume = %vol.name, "refreshing volume: {e:#}")
                 }
             }
         }
-        spec::write_files(&dir, &files)?;
-        out.insert(vol.name.clone(), dir);
     }
-    Ok(out)
 }
 
 /// The container's environment, in order, with references resolved.
@@ -731,6 +1066,7 @@ async fn container_env(
     pod: &Pod,
     c: &Container,
     facts: &PodFacts,
+    service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = vec![
@@ -738,11 +1074,10 @@ async fn container_env(
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ),
-        (
-            "HOSTNAME".into(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        ),
+        ("HOSTNAME".into(), pod_hostname(pod)),
     ];
+    // Before the container's own variables, which may use or override them.
+    env.extend(service_env.iter().cloned());
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (kind, name, optional) = if let Some(s) = &from.secret_ref {
@@ -825,6 +1160,10 @@ struct ContainerRun {
     idx: usize,
     ns: String,
     binary: PathBuf,
+    /// `gatewright-pod-exec`, which sets up the mounts and execs `binary`.
+    helper: PathBuf,
+    /// The container's mount plan (JSON) for the helper.
+    plan_file: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     workdir: PathBuf,
@@ -832,6 +1171,11 @@ struct ContainerRun {
     pid_file: PathBuf,
     policy: String,
     probe: Option<Probe>,
+    liveness: Option<Probe>,
+    /// `lifecycle.preStop.exec.command`.
+    pre_stop: Option<Vec<String>>,
+    /// The pod's termination grace period (for liveness restarts).
+    grace: Duration,
     ports: Vec<(String, i32)>,
     ip: Ipv4Addr,
 }
@@ -844,6 +1188,9 @@ fn spawn_process(
         .with_context(|| format!("creating {}", run.workdir.display()))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &run.ns])
+        .arg(&run.helper)
+        .arg(&run.plan_file)
+        .arg("--")
         .arg(&run.binary)
         .args(&run.args)
         .env_clear()
@@ -947,22 +1294,36 @@ async fn run_container(
                     let (ip, ports) = (run.ip, run.ports.clone());
                     tokio::spawn(async move { probe_loop(p, ip, ports, shared, idx).await })
                 });
+                let liveness = run.liveness.clone();
+                let (ip, ports) = (run.ip, run.ports.clone());
+                let live_failed = async move {
+                    match liveness {
+                        Some(p) => liveness_failed(p, ip, ports).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 let status = tokio::select! {
                     s = child.wait() => s.ok(),
+                    _ = live_failed => {
+                        tracing::info!(container = %run.log_file.display(), "liveness probe failed; restarting the container");
+                        terminate(&mut child, run.grace).await
+                    }
                     _ = wait_stop(&mut stop) => {
-                        let grace = match *stop.borrow() {
+                        let stop_reason = *stop.borrow();
+                        let grace = match stop_reason {
                             Some(Stop::Delete(g)) => g,
                             // cluster.sh gives the agent 5 s before SIGKILL.
                             _ => Duration::from_secs(2),
                         };
-                        signal_group(&child, libc::SIGTERM);
-                        match tokio::time::timeout(grace, child.wait()).await {
-                            Ok(s) => s.ok(),
-                            Err(_) => {
-                                signal_group(&child, libc::SIGKILL);
-                                child.wait().await.ok()
-                            }
+                        let started = Instant::now();
+                        if let (Some(Stop::Delete(_)), Some(hook)) = (stop_reason, &run.pre_stop) {
+                            run_pre_stop(&run, &child, hook, grace).await;
                         }
+                        // As the kubelet does: at least 2 s after the hook.
+                        let left = grace
+                            .saturating_sub(started.elapsed())
+                            .max(Duration::from_secs(2));
+                        terminate(&mut child, left).await
                     }
                 };
                 if let Some(p) = prober {
@@ -1025,6 +1386,106 @@ async fn run_container(
             _ = tokio::time::sleep(backoff) => {}
             _ = wait_stop(&mut stop) => return,
         }
+    }
+}
+
+/// SIGTERM to the container's process group, SIGKILL after `grace`.
+async fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    signal_group(child, libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            signal_group(child, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// Runs a `preStop` exec hook as a host command inside the container's
+/// network and mount namespaces (so it sees the pod's loopback and the
+/// volumes at their paths), bounded by `grace`. Failures are logged only.
+async fn run_pre_stop(run: &ContainerRun, child: &Child, hook: &[String], grace: Duration) {
+    let Some(pid) = child.id() else {
+        return;
+    };
+    let mnt = match std::fs::File::open(format!("/proc/{pid}/ns/mnt")) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("preStop hook: the container's mount namespace: {e}");
+            return;
+        }
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &run.ns])
+        .args(hook)
+        .env_clear()
+        .envs(run.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&mnt);
+    // SAFETY: setns(2) and prctl(2) only, on a descriptor that stays open
+    // until spawn returns. `ip netns exec` then copies this mount namespace.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let out = match cmd.spawn() {
+        Ok(c) => tokio::time::timeout(grace, c.wait_with_output()).await,
+        Err(e) => {
+            tracing::warn!(container = %run.log_file.display(), "preStop hook did not start: {e}");
+            return;
+        }
+    };
+    drop(mnt);
+    match out {
+        Ok(Ok(o)) if o.status.success() => {
+            tracing::info!(container = %run.log_file.display(), "preStop hook done in {:?}", started.elapsed())
+        }
+        Ok(Ok(o)) => tracing::warn!(
+            container = %run.log_file.display(),
+            "preStop hook failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Ok(Err(e)) => tracing::warn!("preStop hook: {e}"),
+        Err(_) => {
+            tracing::warn!(container = %run.log_file.display(), "preStop hook outlived the grace period; killed")
+        }
+    }
+}
+
+/// Returns when the liveness probe has failed `failureThreshold` times in a
+/// row (after its initial delay); never returns while it passes.
+async fn liveness_failed(p: Probe, ip: Ipv4Addr, ports: Vec<(String, i32)>) {
+    let secs = |v: Option<i32>, d: u64| {
+        Duration::from_secs(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(d))
+    };
+    tokio::time::sleep(secs(p.initial_delay_seconds, 0)).await;
+    let period = secs(p.period_seconds, 10).max(Duration::from_secs(1));
+    let timeout = secs(p.timeout_seconds, 1).max(Duration::from_secs(1));
+    let needed = p.failure_threshold.unwrap_or(3).max(1);
+    let mut failures = 0;
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(timeout, probe_once(&p, ip, &ports)).await,
+            Ok(Ok(true))
+        );
+        failures = if ok { 0 } else { failures + 1 };
+        if failures >= needed {
+            return;
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -1,10 +1,10 @@
 //! Pure helpers that turn a pod spec into what a process needs: field
-//! references, environment, volume files and remapped mount paths.
+//! references, environment and volume files.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{KeyToPath, Pod};
 
 /// Runtime facts a field reference may name that are not in the spec.
@@ -130,38 +130,6 @@ pub fn safe_relative(p: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// Rewrites `value` if it starts with one of the mount paths (as a whole
-/// path component): the mount path is replaced by its host folder.
-pub fn remap_path(value: &str, mounts: &[(String, PathBuf)]) -> String {
-    let best = mounts
-        .iter()
-        .filter(|(mp, _)| {
-            let mp = mp.trim_end_matches('/');
-            !mp.is_empty()
-                && value.starts_with(mp)
-                && matches!(value.as_bytes().get(mp.len()), None | Some(b'/'))
-        })
-        .max_by_key(|(mp, _)| mp.trim_end_matches('/').len());
-    match best {
-        Some((mp, host)) => {
-            let rest = &value[mp.trim_end_matches('/').len()..];
-            format!("{}{rest}", host.display())
-        }
-        None => {
-            // An argument like --cert=/etc/certs/tls.crt: remap after '='.
-            if let Some((flag, path)) = value.split_once('=')
-                && path.starts_with('/')
-            {
-                let mapped = remap_path(path, mounts);
-                if mapped != path {
-                    return format!("{flag}={mapped}");
-                }
-            }
-            value.to_string()
-        }
-    }
-}
-
 /// Decodes a ConfigMap's data and binaryData into bytes.
 pub fn configmap_bytes(
     data: Option<&BTreeMap<String, String>>,
@@ -198,20 +166,6 @@ pub fn secret_bytes(
             .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
     );
     out
-}
-
-/// Writes projected files under `dir` (created if missing).
-pub fn write_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (rel, bytes) in files {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -292,25 +246,5 @@ mod tests {
             mode: None,
         }];
         assert!(project_items(&data, Some(&evil), false).is_err());
-    }
-
-    #[test]
-    fn remapping() {
-        let mounts = vec![
-            ("/etc/certs".to_string(), PathBuf::from("/s/v/certs")),
-            ("/etc/certs/inner/".to_string(), PathBuf::from("/s/v/inner")),
-        ];
-        assert_eq!(
-            remap_path("/etc/certs/tls.crt", &mounts),
-            "/s/v/certs/tls.crt"
-        );
-        assert_eq!(remap_path("/etc/certs", &mounts), "/s/v/certs");
-        assert_eq!(remap_path("/etc/certs/inner/a", &mounts), "/s/v/inner/a");
-        assert_eq!(remap_path("/etc/certsX/a", &mounts), "/etc/certsX/a");
-        assert_eq!(
-            remap_path("--cert=/etc/certs/a", &mounts),
-            "--cert=/s/v/certs/a"
-        );
-        assert_eq!(remap_path("hello", &mounts), "hello");
     }
 }
