@@ -371,7 +371,9 @@ fn snapshot(
     provider: &mut Provider,
     pending_since: &mut Option<Instant>,
 ) -> Option<Snapshot> {
-    let (input, _) = tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
+    let (mut input, _) =
+        tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
+    input.kubernetes_infrastructure = options.infrastructure == Infrastructure::Kubernetes;
     undecodable.observe(provider.undecodable(), &shared.metrics);
     if !provider.references_ready() {
         let since = *pending_since.get_or_insert_with(Instant::now);

@@ -60,6 +60,10 @@ pub struct Input {
     /// Address each Gateway's Envoy listeners bind to, by Gateway; Gateways
     /// not named here bind to `0.0.0.0`.
     pub bind_addresses: BTreeMap<ObjectKey, String>,
+    /// Whether each Gateway's Envoys are provisioned in Kubernetes (their
+    /// own Deployment and Service), which the features in
+    /// [`crate::KUBERNETES_FEATURES`] need.
+    pub kubernetes_infrastructure: bool,
     /// GatewayClasses.
     pub gateway_classes: Vec<GatewayClass>,
     /// Gateways.

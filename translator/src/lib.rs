@@ -85,6 +85,23 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "TLSRouteModeTerminate",
 ];
 
+/// Features only Kubernetes infrastructure provides, since they describe
+/// the objects it provisions per Gateway (and the load balancer's
+/// addresses); listed with [`SUPPORTED_FEATURES`] when
+/// [`Input::kubernetes_infrastructure`] is set. Sorted.
+pub const KUBERNETES_FEATURES: &[&str] =
+    &["GatewayInfrastructurePropagation", "GatewayStaticAddresses"];
+
+/// The features a GatewayClass lists in `status.supportedFeatures`, sorted.
+pub fn supported_features(kubernetes_infrastructure: bool) -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = SUPPORTED_FEATURES.to_vec();
+    if kubernetes_infrastructure {
+        all.extend_from_slice(KUBERNETES_FEATURES);
+        all.sort_unstable();
+    }
+    all
+}
+
 /// Why a Gateway of one of our classes is refused outright.
 enum Refused {
     /// Its GatewayClass is not accepted (the class's message).
@@ -177,10 +194,10 @@ pub fn translate(input: &Input) -> Output {
             GatewayClassStatus {
                 conditions: Some(c.into_vec()),
                 supported_features: Some(
-                    SUPPORTED_FEATURES
-                        .iter()
+                    supported_features(input.kubernetes_infrastructure)
+                        .into_iter()
                         .map(|name| GatewayClassStatusSupportedFeatures {
-                            name: (*name).to_owned(),
+                            name: name.to_owned(),
                         })
                         .collect(),
                 ),
@@ -555,5 +572,22 @@ mod supported_features_tests {
             super::SUPPORTED_FEATURES.windows(2).all(|w| w[0] < w[1]),
             "SUPPORTED_FEATURES must be sorted and free of duplicates"
         );
+    }
+
+    #[test]
+    fn kubernetes_features_only_with_kubernetes_infrastructure() {
+        let host = super::supported_features(false);
+        let kube = super::supported_features(true);
+        assert_eq!(host, super::SUPPORTED_FEATURES);
+        for feature in super::KUBERNETES_FEATURES {
+            assert!(!host.contains(feature), "{feature} listed for host Envoys");
+            assert!(kube.contains(feature), "{feature} missing with Kubernetes");
+        }
+        assert_eq!(
+            kube.len(),
+            host.len() + super::KUBERNETES_FEATURES.len(),
+            "no duplicates"
+        );
+        assert!(kube.windows(2).all(|w| w[0] < w[1]), "sorted: {kube:?}");
     }
 }

@@ -712,10 +712,22 @@ impl KubeMode {
 
 /// The ports a Gateway's Envoy listens on, with the protocol of the
 /// Gateway listener on that port (TCP when it comes from elsewhere, e.g. a
-/// ListenerSet).
+/// ListenerSet). Every port the Gateway declares is exposed, also one
+/// whose listener has no route yet (and so no Envoy listener): the Gateway
+/// is served, and a route attached later needs no new Service port.
 fn listener_ports(gateway: &Gateway, resources: &GatewayResources) -> Vec<ListenerPort> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-    let mut ports: BTreeMap<u16, String> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, String> = gateway
+        .spec
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            Some((
+                u16::try_from(l.port).ok().filter(|p| *p != 0)?,
+                l.protocol.clone(),
+            ))
+        })
+        .collect();
     for listener in &resources.listeners {
         let Some(port) = listener.address.as_ref().and_then(|a| match &a.address {
             Some(address::Address::SocketAddress(s)) => match s.port_specifier {

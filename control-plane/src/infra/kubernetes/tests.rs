@@ -510,7 +510,9 @@ fn addresses_come_from_the_load_balancer_else_the_cluster_ip() {
 }
 
 /// The Service of a Gateway follows its ListenerSets: a port only a set
-/// uses is opened while the set is there and closed when it goes.
+/// uses is opened while the set is there and closed when it goes. A port of
+/// the Gateway's own is open even while no route gives it an Envoy
+/// listener (the TLS listener here).
 #[test]
 fn service_ports_follow_listener_sets() {
     let docs = [
@@ -527,7 +529,10 @@ fn service_ports_follow_listener_sets() {
             "spec": {
                 "gatewayClassName": "gatewright",
                 "allowedListeners": { "namespaces": { "from": "Same" } },
-                "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }]
+                "listeners": [
+                    { "name": "http", "port": 80, "protocol": "HTTP" },
+                    { "name": "tls", "port": 8443, "protocol": "TLS", "tls": { "mode": "Passthrough" } }
+                ]
             }
         }),
     ];
@@ -556,7 +561,14 @@ fn service_ports_follow_listener_sets() {
     };
     assert_eq!(
         ports_of(true),
-        vec![(80, "HTTP".to_owned()), (8081, "TCP".to_owned())]
+        vec![
+            (80, "HTTP".to_owned()),
+            (8081, "TCP".to_owned()),
+            (8443, "TLS".to_owned())
+        ]
     );
-    assert_eq!(ports_of(false), vec![(80, "HTTP".to_owned())]);
+    assert_eq!(
+        ports_of(false),
+        vec![(80, "HTTP".to_owned()), (8443, "TLS".to_owned())]
+    );
 }
