@@ -859,6 +859,15 @@ async fn envoy_cert_serials(
         .collect())
 }
 
+/// Sets its flag when dropped, also when a test panics.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How many connections Envoy has made to the xDS cluster (its
 /// `upstream_cx_total` counter).
 async fn xds_connections(client: &reqwest::Client, envoy: &Envoy) -> u64 {
@@ -1047,13 +1056,16 @@ async fn a_renewed_client_certificate_reaches_the_running_envoy() {
         started.elapsed()
     );
 
-    // Requests to the served listener, all through the swap.
-    let stop_traffic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Requests to the served listener, all through the swap. The loop also
+    // ends when the guard drops (a failed check below), and after a bound,
+    // so that a failure never leaves the runtime waiting for it forever.
+    let stop_traffic = StopOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let traffic = {
-        let stop = Arc::clone(&stop_traffic);
+        let stop = Arc::clone(&stop_traffic.0);
+        let give_up = Instant::now() + 3 * PATIENCE;
         tokio::task::spawn_blocking(move || {
             let (mut served, mut failures) = (0u64, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
                 match read_marker(marker_1_port) {
                     Ok(t) if t == "marker-1" => served += 1,
                     other => failures.push(format!("{other:?}")),
@@ -1088,7 +1100,7 @@ async fn a_renewed_client_certificate_reaches_the_running_envoy() {
         "the machine was too slow: A expired before B was swapped in"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_traffic.store(true, Ordering::Relaxed);
+    drop(stop_traffic);
     let (served, failures) = tokio::time::timeout(PATIENCE, traffic)
         .await
         .expect("the request loop stopped in time")

@@ -11,7 +11,10 @@
 //! resource sets `watched_directory` to the Secret's mount point: the
 //! kubelet updates a Secret volume by atomically swapping its `..data`
 //! symlink, a move inside that directory, which makes Envoy re-read the
-//! files (certificate and key together). Likewise the SDS files themselves
+//! files (certificate and key together). (Without it Envoy watches the
+//! files' parent directories, which here is the same directory; naming it
+//! keeps the behaviour independent of where the keys sit in the volume.)
+//! Likewise the SDS files themselves
 //! are watched through their directory, the ConfigMap's mount point. New
 //! TLS connections then use the new files; the open ADS stream keeps the
 //! handshake it made.
