@@ -80,6 +80,63 @@ pub struct ControllerOptions {
     /// The CA bundle file, where Envoy runs, that BackendTLSPolicies with
     /// `wellKnownCACertificates: System` trust.
     pub system_ca_file: String,
+    /// The lifetime of the xDS client certificates of provisioned Envoys
+    /// (kubernetes); renewed when a third is left (`pki::Ca::renew_before`).
+    pub xds_client_cert_validity: Duration,
+}
+
+/// A duration as flags take it: whole seconds (`3600`), or numbers with
+/// units `d`, `h`, `m`, `s`, largest first (`365d`, `1h30m`, `90s`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    // Each unit at most once and in decreasing order, so "1m1h" or "1s1s"
+    // (probably typos) are refused rather than summed.
+    let mut smallest_so_far = u64::MAX;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!("{text:?}: expected a number at {rest:?}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        rest = &rest[digits..];
+        let unit = rest
+            .chars()
+            .next()
+            .ok_or_else(|| format!("{text:?}: a unit (d, h, m or s) must follow {number}"))?;
+        let seconds = match unit {
+            'd' => 24 * 60 * 60,
+            'h' => 60 * 60,
+            'm' => 60,
+            's' => 1,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use d, h, m or s)"
+                ));
+            }
+        };
+        if seconds >= smallest_so_far {
+            return Err(format!(
+                "{text:?}: units must be given once each, largest first"
+            ));
+        }
+        smallest_so_far = seconds;
+        rest = &rest[unit.len_utf8()..];
+        total = number
+            .checked_mul(seconds)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// How often a round runs with no change, to retry failed writes.
@@ -140,11 +197,12 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ),
         Infrastructure::Kubernetes => {
-            let ca = Arc::new(
-                pki::load_or_create_ca(&client, &options.namespace, owner.as_ref())
-                    .await
-                    .context("loading the xDS CA")?,
-            );
+            let mut ca = pki::load_or_create_ca(&client, &options.namespace, owner.as_ref())
+                .await
+                .context("loading the xDS CA")?;
+            ca.set_client_validity(options.xds_client_cert_validity)
+                .context("--xds-client-cert-validity")?;
+            let ca = Arc::new(ca);
             let dns_names = pki::service_dns_names(&options.xds_service, &options.namespace);
             let tls = Arc::new(ReloadableServerConfig::new(
                 ca.server_config(&dns_names)
@@ -412,5 +470,33 @@ impl StatusSink for KubeSink<'_> {
             );
         }
         self.undecodable.publish().await;
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        let secs = Duration::from_secs;
+        assert_eq!(parse_duration("3600"), Ok(secs(3600)));
+        assert_eq!(parse_duration("365d"), Ok(secs(365 * 86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(secs(5400)));
+        assert_eq!(parse_duration("2d12h"), Ok(secs(216_000)));
+        assert_eq!(parse_duration(" 90s "), Ok(secs(90)));
+        for bad in [
+            "",
+            "d",
+            "5x",
+            "1m1h",
+            "1s1s",
+            "1.5h",
+            "-1d",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

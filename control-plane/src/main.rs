@@ -100,6 +100,12 @@ struct ControllerArgs {
     /// BackendTLSPolicies with `wellKnownCACertificates: System` trust.
     #[arg(long, default_value = gatewright_translator::DEFAULT_SYSTEM_CA_FILE)]
     system_ca_file: String,
+    /// Lifetime of the xDS client certificates of provisioned Envoys,
+    /// in seconds or with units (`365d`, `12h`, `90m`; at least 10m); each
+    /// is reissued when a third of it is left, and running Envoys pick the
+    /// new one up from their Secret without a restart (kubernetes).
+    #[arg(long, default_value = "365d", value_parser = gatewright::controller::parse_duration)]
+    xds_client_cert_validity: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -252,6 +258,12 @@ fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::Exit
     if !(1..=3600).contains(&args.lease_seconds) {
         bail!("--lease-seconds must be between 1 and 3600");
     }
+    if args.xds_client_cert_validity < gatewright::pki::MIN_CLIENT_VALIDITY {
+        bail!(
+            "--xds-client-cert-validity must be at least {}s",
+            gatewright::pki::MIN_CLIENT_VALIDITY.as_secs()
+        );
+    }
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -280,6 +292,7 @@ fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::Exit
         xds_service: args.xds_service,
         envoy_image: args.envoy_image,
         system_ca_file: args.system_ca_file,
+        xds_client_cert_validity: args.xds_client_cert_validity,
     };
     runtime()?.block_on(gatewright::controller::run(options))?;
     Ok(std::process::ExitCode::SUCCESS)

@@ -14,9 +14,20 @@
 //!   steals its Secret) sees its own Gateway's configuration, private keys
 //!   included, and nobody else's.
 //!
+//! Client certificates live [`DEFAULT_CLIENT_VALIDITY`] (365 days) unless
+//! `gatewright controller --xds-client-cert-validity` says otherwise
+//! ([`Ca::set_client_validity`]), and are reissued once less than a third
+//! of that is left ([`Ca::renew_before`]): about 122 days before the end by
+//! default, leaving the kubelet ample time to update the mounted Secret.
+//! Envoy takes the files through SDS and watches the Secret's mount point
+//! (`infra::kubernetes::bootstrap`), so a renewed certificate reaches a
+//! running Envoy without a restart.
+//!
 //! The CA is valid for ten years and is not rotated automatically: to
 //! replace it, delete its Secret and restart the controller replicas
-//! together; every Gateway's client Secret is then reissued.
+//! together; every Gateway's client Secret is then reissued, and Envoys
+//! pick up its new `ca.crt` and certificate together, again without a
+//! restart, once the kubelet has updated their mounts.
 
 use anyhow::{Context as _, bail};
 use gatewright_xds::{Authorizer, PeerIdentity, ReloadableServerConfig};
@@ -57,9 +68,17 @@ const SERVER_COMMON_NAME: &str = "gatewright xDS server";
 const DAY: u64 = 24 * 60 * 60;
 const CA_VALIDITY: Duration = Duration::from_secs(3650 * DAY);
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * DAY);
-/// A client certificate expiring sooner than this is reissued, leaving the
-/// kubelet ample time to update the mounted Secret before it expires.
-const RENEW_BEFORE: Duration = Duration::from_secs(30 * DAY);
+/// How long client certificates are valid unless
+/// [`Ca::set_client_validity`] says otherwise.
+pub const DEFAULT_CLIENT_VALIDITY: Duration = LEAF_VALIDITY;
+/// The shortest client certificate lifetime [`Ca::set_client_validity`]
+/// takes: renewal then starts 200 s before the end, which leaves a
+/// provisioning round (at most 30 s apart) plus the kubelet's update of
+/// the mounted Secret (typically within a minute or two) to complete.
+pub const MIN_CLIENT_VALIDITY: Duration = Duration::from_secs(10 * 60);
+/// A client certificate is reissued once less than 1/`RENEW_FRACTION` of
+/// its lifetime is left ([`Ca::renew_before`]).
+const RENEW_FRACTION: u32 = 3;
 /// Certificates start an hour in the past, so that a clock a little behind
 /// ours does not find them not yet valid.
 const CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
@@ -179,6 +198,8 @@ pub struct Ca {
     cert_der: CertificateDer<'static>,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The lifetime of the client certificates [`Ca::issue_client`] makes.
+    client_validity: Duration,
 }
 
 impl std::fmt::Debug for Ca {
@@ -244,6 +265,7 @@ impl Ca {
             cert_der: cert.der().clone(),
             key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
+            client_validity: DEFAULT_CLIENT_VALIDITY,
         })
     }
 
@@ -259,6 +281,7 @@ impl Ca {
             cert_der,
             key_pem: key_pem.to_owned(),
             issuer,
+            client_validity: DEFAULT_CLIENT_VALIDITY,
         };
         let probe = ca.issue_client("probe", "probe")?;
         ca.verify_client(&probe.cert_pem, now_plus(Duration::ZERO))
@@ -277,6 +300,37 @@ impl Ca {
             String::from_utf8(bytes.0.clone()).with_context(|| format!("{key:?} is not PEM text"))
         };
         Ca::from_pem(&field(CA_CERT_KEY)?, &field(CA_KEY_KEY)?)
+    }
+
+    /// Makes client certificates valid for `validity` from now on (at least
+    /// [`MIN_CLIENT_VALIDITY`]). Secrets issued before are renewed by the
+    /// new rule: when less than a third of `validity` is left, or at once if
+    /// they outlive what would be issued now.
+    pub fn set_client_validity(&mut self, validity: Duration) -> anyhow::Result<()> {
+        if validity < MIN_CLIENT_VALIDITY {
+            bail!(
+                "an xDS client certificate must be valid for at least {}s (asked for {}s): \
+                 renewal starts when a third is left, and the kubelet needs time to \
+                 update the mounted Secret",
+                MIN_CLIENT_VALIDITY.as_secs(),
+                validity.as_secs()
+            );
+        }
+        self.client_validity = validity;
+        Ok(())
+    }
+
+    /// The lifetime of the client certificates this CA issues.
+    pub fn client_validity(&self) -> Duration {
+        self.client_validity
+    }
+
+    /// A client certificate with less than this left is reissued: a third
+    /// of [`Ca::client_validity`] (about 122 days for the default year), so
+    /// that with any lifetime the certificate is replaced well before it
+    /// ends, and at most every two thirds of its life.
+    pub fn renew_before(&self) -> Duration {
+        self.client_validity / RENEW_FRACTION
     }
 
     /// The CA certificate (PEM), which Envoys trust to verify the server.
@@ -381,10 +435,22 @@ impl Ca {
     }
 
     /// A new client certificate for Gateway `namespace`/`name`'s Envoy,
-    /// valid for a year, whose only SAN is [`client_identity`].
+    /// valid for [`Ca::client_validity`], whose only SAN is
+    /// [`client_identity`].
     pub fn issue_client(&self, namespace: &str, name: &str) -> anyhow::Result<IssuedCert> {
+        self.issue_client_valid_for(namespace, name, self.client_validity)
+    }
+
+    /// As [`Ca::issue_client`], valid for `validity` from now (any length:
+    /// tests use seconds to watch certificates expire).
+    pub fn issue_client_valid_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        validity: Duration,
+    ) -> anyhow::Result<IssuedCert> {
         let identity = client_identity(namespace, name);
-        let mut params = params_valid_for(LEAF_VALIDITY)?;
+        let mut params = params_valid_for(validity)?;
         params.subject_alt_names =
             vec![SanType::URI(identity.as_str().try_into().with_context(
                 || format!("{identity:?} is not an IA5 string"),
@@ -431,7 +497,8 @@ impl Ca {
     /// Why the client Secret `secret` must be reissued for Gateway
     /// `namespace`/`name`, or None if it is good: all three keys present,
     /// the current CA, a certificate this CA signed for exactly this
-    /// Gateway's identity with its own key, valid for 30 more days.
+    /// Gateway's identity with its own key, valid for [`Ca::renew_before`]
+    /// more, and not for longer than one issued now would be.
     pub fn renewal_reason(&self, secret: &Secret, namespace: &str, name: &str) -> Option<String> {
         let get = |key: &str| {
             secret
@@ -454,10 +521,27 @@ impl Ca {
             ));
         }
         if self
-            .verify_client(cert_pem, now_plus(RENEW_BEFORE))
+            .verify_client(cert_pem, now_plus(self.renew_before()))
             .is_err()
         {
-            return Some("its certificate expires within 30 days".to_owned());
+            return Some(format!(
+                "its certificate expires within {}s (a third of its {}s lifetime)",
+                self.renew_before().as_secs(),
+                self.client_validity.as_secs()
+            ));
+        }
+        // Still valid beyond what a certificate issued now would be (the
+        // lifetime was shortened): replace it, or the shorter lifetime
+        // would only take effect when the longer one runs out. The hour's
+        // margin keeps certificates issued moments ago from qualifying.
+        if self
+            .verify_client(cert_pem, now_plus(self.client_validity + CLOCK_SKEW))
+            .is_ok()
+        {
+            return Some(format!(
+                "its certificate outlives the {}s client certificate lifetime",
+                self.client_validity.as_secs()
+            ));
         }
         let expected = client_identity(namespace, name);
         match first_cert(cert_pem)
@@ -945,29 +1029,77 @@ mod tests {
             .renewal_reason(&client_secret(&ca, swapped), "infra", "edge")
             .expect("wrong key");
         assert!(why.contains("tls.key"), "{why}");
-        // Expiring within 30 days: a certificate valid for only 10 days.
-        let mut params = params_valid_for(Duration::from_secs(10 * DAY)).expect("params");
-        params.subject_alt_names = vec![SanType::URI(
-            client_identity("infra", "edge")
-                .as_str()
-                .try_into()
-                .expect("IA5"),
-        )];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let (short, _, _) = ca.sign(params, "short").expect("short-lived");
-        let mut expiring = good;
+        // Expiring within a third of the default year: a certificate valid
+        // for only 10 days.
+        let short = ca
+            .issue_client_valid_for("infra", "edge", Duration::from_secs(10 * DAY))
+            .expect("short-lived");
+        let mut expiring = good.clone();
         expiring.insert(
             TLS_CERT_KEY.to_owned(),
-            ByteString(short.cert_pem.into_bytes()),
+            ByteString(short.cert_pem.clone().into_bytes()),
         );
         expiring.insert(
             TLS_KEY_KEY.to_owned(),
-            ByteString(short.key_pem.into_bytes()),
+            ByteString(short.key_pem.clone().into_bytes()),
         );
         let why = ca
-            .renewal_reason(&client_secret(&ca, expiring), "infra", "edge")
+            .renewal_reason(&client_secret(&ca, expiring.clone()), "infra", "edge")
             .expect("expiring");
-        assert!(why.contains("30 days"), "{why}");
+        assert!(why.contains("expires within"), "{why}");
+
+        // With a 15-day lifetime, renewal starts 5 days before the end: the
+        // 10-day certificate is good, and the year-long one is replaced.
+        let mut brief = Ca::from_pem(ca.cert_pem(), &ca.key_pem).expect("same CA");
+        brief
+            .set_client_validity(Duration::from_secs(15 * DAY))
+            .expect("15 days");
+        assert_eq!(brief.renew_before(), Duration::from_secs(5 * DAY));
+        assert_eq!(
+            brief.renewal_reason(&client_secret(&ca, expiring), "infra", "edge"),
+            None
+        );
+        let why = brief
+            .renewal_reason(&client_secret(&ca, good), "infra", "edge")
+            .expect("outlives the new lifetime");
+        assert!(why.contains("outlives"), "{why}");
+        // What it issues now is good by its own rule.
+        let fresh = brief.client_secret_data("infra", "edge").expect("data");
+        assert_eq!(
+            brief.renewal_reason(&client_secret(&ca, fresh), "infra", "edge"),
+            None
+        );
+    }
+
+    #[test]
+    fn client_validity_has_a_floor_and_renewal_is_a_third() {
+        let mut ca = Ca::generate().expect("CA");
+        assert_eq!(ca.client_validity(), DEFAULT_CLIENT_VALIDITY);
+        assert_eq!(ca.renew_before(), DEFAULT_CLIENT_VALIDITY / 3);
+        let err = ca
+            .set_client_validity(Duration::from_secs(60))
+            .expect_err("a minute is too short");
+        assert!(format!("{err:#}").contains("at least 600s"), "{err:#}");
+        ca.set_client_validity(MIN_CLIENT_VALIDITY)
+            .expect("the floor");
+        assert_eq!(ca.renew_before(), Duration::from_secs(200));
+    }
+
+    /// The xDS server's verifier refuses a client certificate once it has
+    /// expired, which is what forces a reconnecting Envoy onto its renewed
+    /// certificate.
+    #[test]
+    fn expired_client_certificates_are_refused() {
+        let ca = Ca::generate().expect("CA");
+        let brief = ca
+            .issue_client_valid_for("infra", "edge", Duration::from_secs(30))
+            .expect("30 s certificate");
+        ca.verify_client(&brief.cert_pem, now_plus(Duration::ZERO))
+            .expect("valid now");
+        let err = ca
+            .verify_client(&brief.cert_pem, now_plus(Duration::from_secs(31)))
+            .expect_err("expired in 31 s");
+        assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! mutual-TLS xDS server, with certificates from our PKI.
 //!
 //! The bootstrap is taken from the ConfigMap that
-//! `infra::kubernetes::build` makes for a Gateway, exactly as written; only
-//! what a test machine cannot provide is rewritten (see
-//! [`localise_bootstrap`]): the Service's DNS name resolves to loopback, the
-//! Secret's mount point is a temporary directory, the fixed admin and
+//! `infra::kubernetes::build` makes for a Gateway, exactly as written, and
+//! so are the SDS files next to it in the ConfigMap that give Envoy its
+//! client certificate and the server CA; only what a test machine cannot
+//! provide is rewritten (see [`localise_bootstrap`] and [`localise_sds`]):
+//! the Service's DNS name resolves to loopback, the Secret's and the
+//! ConfigMap's mount points are temporary directories, the fixed admin and
 //! readiness ports become free ones, and nothing listens on 0.0.0.0. The
 //! server certificate is still verified against the CA and the Service's
 //! DNS name, and the Envoy runs with the Deployment's own arguments.
@@ -15,6 +17,11 @@
 //!   provisioned readiness listener.
 //! - An Envoy whose bootstrap is built for ns1/gw-b but which holds gw-a's
 //!   certificate is refused by the server and gets nothing.
+//! - Rotation: an Envoy started with a short-lived certificate A, in a
+//!   directory laid out as the kubelet lays out a Secret volume, picks up
+//!   certificate B when `..data` is swapped, without a failed request on
+//!   its listener; once A has expired (the server now refuses it), a
+//!   restarted server is reached again, necessarily with B.
 //!
 //! Needs Envoy: `ENVOY_BIN=/path/to/envoy` (the Makefile sets it); fails
 //! saying so when it is missing. Every wait is bounded; every Envoy is
@@ -27,10 +34,12 @@ use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener
 use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
 use envoy_types::pb::google::protobuf::Any;
 use gatewright::infra::kubernetes::bootstrap::{ADMIN_CLUSTER, READY_LISTENER, XDS_CLUSTER};
-use gatewright::infra::kubernetes::objects::{BOOTSTRAP_KEY, XDS_TLS_DIR};
+use gatewright::infra::kubernetes::objects::{
+    BOOTSTRAP_DIR, BOOTSTRAP_KEY, XDS_CA_SDS_KEY, XDS_CLIENT_SDS_KEY, XDS_TLS_DIR,
+};
 use gatewright::infra::kubernetes::{KubeInfraConfig, ListenerPort, ProxyObjects, build};
 use gatewright::pki::{
-    CA_CERT_KEY, Ca, GatewayAuthorizer, TLS_CERT_KEY, TLS_KEY_KEY, service_dns_names,
+    CA_CERT_KEY, Ca, GatewayAuthorizer, IssuedCert, TLS_CERT_KEY, TLS_KEY_KEY, service_dns_names,
 };
 use gatewright_translator::api::gateways::Gateway;
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, Resources, serve_tls};
@@ -147,6 +156,8 @@ fn envoy_args(objects: &ProxyObjects) -> Vec<String> {
 struct Local<'a> {
     /// Holds `tls.crt`, `tls.key` and `ca.crt`, as the Secret mount would.
     tls_dir: &'a Path,
+    /// Holds the SDS files, as the ConfigMap mount would.
+    sds_dir: &'a Path,
     admin_port: u16,
     ready_port: u16,
 }
@@ -179,20 +190,70 @@ fn strings(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Replaces the Secret mount point in every string starting with it;
-/// returns how many were replaced.
-fn relocate_files(value: &mut Value, local_dir: &Path) -> usize {
+/// Replaces the mount point `mount` in every string that is it or starts
+/// with it and a `/`; returns how many were replaced.
+fn relocate_files(value: &mut Value, mount: &str, local_dir: &Path) -> usize {
     match value {
-        Value::String(s) => match s.strip_prefix(&format!("{XDS_TLS_DIR}/")) {
+        Value::String(s) if s == mount => {
+            *s = local_dir.to_string_lossy().into_owned();
+            1
+        }
+        Value::String(s) => match s.strip_prefix(&format!("{mount}/")) {
             Some(file) => {
                 *s = local_dir.join(file).to_string_lossy().into_owned();
                 1
             }
             None => 0,
         },
-        Value::Array(a) => a.iter_mut().map(|v| relocate_files(v, local_dir)).sum(),
-        Value::Object(o) => o.values_mut().map(|v| relocate_files(v, local_dir)).sum(),
+        Value::Array(a) => a
+            .iter_mut()
+            .map(|v| relocate_files(v, mount, local_dir))
+            .sum(),
+        Value::Object(o) => o
+            .values_mut()
+            .map(|v| relocate_files(v, mount, local_dir))
+            .sum(),
         _ => 0,
+    }
+}
+
+/// Fails if anything in-cluster is left in `value`: a mount point or the
+/// wildcard address.
+fn assert_nothing_in_cluster_left(value: &Value, what: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    strings(value, &mut left);
+    for s in &left {
+        assert!(
+            !s.contains("/etc/gatewright") && s != "0.0.0.0",
+            "{s:?} was left in the localised {what}"
+        );
+    }
+    left
+}
+
+/// Writes the ConfigMap's SDS files into `local.sds_dir`, each as written
+/// but for the mount points: the Secret's files and watched directory
+/// become `local.tls_dir`. Checks each names the Secret's files.
+fn localise_sds(objects: &ProxyObjects, local: &Local<'_>) {
+    let data = objects.config_map.data.as_ref().expect("ConfigMap data");
+    // (key, files it names under the Secret's mount, incl. the watched
+    // directory)
+    for (key, expected) in [(XDS_CLIENT_SDS_KEY, 3), (XDS_CA_SDS_KEY, 2)] {
+        let text = data
+            .get(key)
+            .unwrap_or_else(|| panic!("the ConfigMap has no {key:?}"));
+        let mut sds: Value = serde_json::from_str(text).expect("the SDS file is JSON");
+        let moved = relocate_files(&mut sds, XDS_TLS_DIR, local.tls_dir);
+        assert_eq!(
+            moved, expected,
+            "{key}: expected {expected} paths under {XDS_TLS_DIR}: {sds:#}"
+        );
+        assert_nothing_in_cluster_left(&sds, key);
+        std::fs::write(
+            local.sds_dir.join(key),
+            serde_json::to_vec_pretty(&sds).expect("SDS JSON"),
+        )
+        .expect("write an SDS file");
     }
 }
 
@@ -232,7 +293,8 @@ fn localise_bootstrap(b: &mut Value, xds_port: u16, local: &Local<'_>) {
             let tls = &cluster["transport_socket"]["typed_config"];
             assert_eq!(tls["sni"], json!(service_host), "SNI");
             assert_eq!(
-                tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"],
+                tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+                    ["match_typed_subject_alt_names"],
                 json!([{ "san_type": "DNS", "matcher": { "exact": service_host } }]),
                 "server SAN check"
             );
@@ -275,25 +337,25 @@ fn localise_bootstrap(b: &mut Value, xds_port: u16, local: &Local<'_>) {
     }
     assert!(seen_ready, "no {READY_LISTENER} listener in the bootstrap");
 
-    // 5. The client certificate, its key and the CA: in the pod, the
-    //    Secret mounted at XDS_TLS_DIR; here the same file names in a
-    //    temporary directory.
-    let moved = relocate_files(b, local.tls_dir);
+    // 5. The client certificate and the CA come through SDS from files in
+    //    the ConfigMap's mount (two paths, each watched through its
+    //    directory): here the same file names in a temporary directory,
+    //    written by `localise_sds`. The certificate files themselves are
+    //    named only there.
+    let moved = relocate_files(b, BOOTSTRAP_DIR, local.sds_dir);
     assert_eq!(
-        moved, 3,
-        "expected the cert, key and CA files under {XDS_TLS_DIR}"
+        moved, 4,
+        "expected two SDS files and their watched directory under {BOOTSTRAP_DIR}"
+    );
+    assert_eq!(
+        relocate_files(b, XDS_TLS_DIR, local.tls_dir),
+        0,
+        "the bootstrap names no file of the Secret itself"
     );
 
     // Nothing in-cluster is left, except the Service's name where it is
     // meant to stay: the SNI and the SAN check.
-    let mut left = Vec::new();
-    strings(b, &mut left);
-    for s in &left {
-        assert!(
-            !s.contains("/etc/gatewright") && s != "0.0.0.0",
-            "{s:?} was left in the localised bootstrap"
-        );
-    }
+    let left = assert_nothing_in_cluster_left(b, "bootstrap");
     assert_eq!(
         left.iter().filter(|s| s.contains(&service_host)).count(),
         2,
@@ -568,15 +630,16 @@ async fn provisioned_envoy_gets_its_gateway_and_only_its_gateway() {
     assert_eq!(bootstrap_a["node"]["cluster"], "ns1/gw-a");
     let tls_a = dir.path().join("a-xds");
     write_client_secret(&tls_a, &ca, "ns1", "gw-a");
-    localise_bootstrap(
-        &mut bootstrap_a,
-        xds_port,
-        &Local {
-            tls_dir: &tls_a,
-            admin_port: admin_a,
-            ready_port: ready_a,
-        },
-    );
+    let sds_a = dir.path().join("a-bootstrap");
+    std::fs::create_dir_all(&sds_a).expect("create the SDS directory");
+    let local_a = Local {
+        tls_dir: &tls_a,
+        sds_dir: &sds_a,
+        admin_port: admin_a,
+        ready_port: ready_a,
+    };
+    localise_bootstrap(&mut bootstrap_a, xds_port, &local_a);
+    localise_sds(&objects_a, &local_a);
     let envoy_a = Envoy::start(dir.path(), "a", &envoy_args(&objects_a), &bootstrap_a);
     let names = envoy_a
         .eventually("marker-a becoming active", async || {
@@ -621,15 +684,16 @@ async fn provisioned_envoy_gets_its_gateway_and_only_its_gateway() {
     assert_eq!(bootstrap_b["node"]["cluster"], "ns1/gw-b");
     let tls_b = dir.path().join("b-xds");
     write_client_secret(&tls_b, &ca, "ns1", "gw-a");
-    localise_bootstrap(
-        &mut bootstrap_b,
-        xds_port,
-        &Local {
-            tls_dir: &tls_b,
-            admin_port: admin_b,
-            ready_port: ready_b,
-        },
-    );
+    let sds_b = dir.path().join("b-bootstrap");
+    std::fs::create_dir_all(&sds_b).expect("create the SDS directory");
+    let local_b = Local {
+        tls_dir: &tls_b,
+        sds_dir: &sds_b,
+        admin_port: admin_b,
+        ready_port: ready_b,
+    };
+    localise_bootstrap(&mut bootstrap_b, xds_port, &local_b);
+    localise_sds(&objects_b, &local_b);
     let envoy_b = Envoy::start(dir.path(), "b", &envoy_args(&objects_b), &bootstrap_b);
     envoy_b
         .eventually("the server refusing Envoy B", async || {
@@ -682,5 +746,421 @@ async fn provisioned_envoy_gets_its_gateway_and_only_its_gateway() {
 
     drop((envoy_a, envoy_b));
     serving.abort();
+    eprintln!("done in {:?}", started.elapsed());
+}
+
+/// How long certificate A of the rotation test is valid: long enough for
+/// Envoy to start with it and be given B, short enough to wait out.
+const CERT_A_VALIDITY: Duration = Duration::from_secs(25);
+
+/// A directory laid out as the kubelet lays out a Secret volume: each key
+/// a symlink to `..data/<key>`, `..data` a symlink to a timestamped folder
+/// holding the files. An update writes a new folder, points a new symlink
+/// at it and renames that over `..data` (one atomic move inside the
+/// directory), then removes the old folder.
+struct KubeletVolume {
+    dir: PathBuf,
+    current: Option<PathBuf>,
+    updates: u32,
+}
+
+impl KubeletVolume {
+    fn new(dir: &Path) -> KubeletVolume {
+        std::fs::create_dir_all(dir).expect("create the volume directory");
+        KubeletVolume {
+            dir: dir.to_owned(),
+            current: None,
+            updates: 0,
+        }
+    }
+
+    /// Publishes `files` (key, content) as the volume's new content.
+    fn publish(&mut self, files: &[(&str, &str)]) {
+        self.updates += 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970");
+        let name = format!(
+            "..{}_{:09}_{}",
+            now.as_secs(),
+            now.subsec_nanos(),
+            self.updates
+        );
+        let folder = self.dir.join(&name);
+        std::fs::create_dir(&folder).expect("create the timestamped folder");
+        for (key, content) in files {
+            std::fs::write(folder.join(key), content).expect("write a volume file");
+        }
+        let staged = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &staged).expect("symlink ..data_tmp");
+        std::fs::rename(&staged, self.dir.join("..data")).expect("swap ..data");
+        for (key, _) in files {
+            let link = self.dir.join(key);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{key}"), &link).expect("symlink a key");
+            }
+        }
+        if let Some(old) = self.current.replace(folder) {
+            std::fs::remove_dir_all(old).expect("remove the old folder");
+        }
+    }
+
+    /// Publishes what a client Secret holds: `cert` and the CA.
+    fn publish_secret(&mut self, ca: &Ca, cert: &IssuedCert) {
+        self.publish(&[
+            (TLS_CERT_KEY, &cert.cert_pem),
+            (TLS_KEY_KEY, &cert.key_pem),
+            (CA_CERT_KEY, ca.cert_pem()),
+        ]);
+    }
+}
+
+/// A serial number as lowercase hex without separators or leading zeros,
+/// so that x509-parser's and Envoy's spellings compare.
+fn normalise_serial(serial: &str) -> String {
+    let hex: String = serial
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    match hex.trim_start_matches('0') {
+        "" => "0".to_owned(),
+        trimmed => trimmed.to_owned(),
+    }
+}
+
+/// The serial number of a PEM certificate.
+fn serial_of(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("an X.509 certificate");
+    normalise_serial(&cert.raw_serial_as_string())
+}
+
+/// The serial numbers of the certificates (not CAs) Envoy's admin `/certs`
+/// reports.
+async fn envoy_cert_serials(
+    client: &reqwest::Client,
+    envoy: &Envoy,
+) -> Result<Vec<String>, String> {
+    let (status, body) = get(client, envoy.admin, "/certs").await?;
+    if status != 200 {
+        return Err(format!("/certs: {status} {body}"));
+    }
+    let certs: Value = serde_json::from_str(&body).map_err(|e| format!("/certs: {e}"))?;
+    Ok(certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+        .filter_map(|c| c["serial_number"].as_str())
+        .map(normalise_serial)
+        .collect())
+}
+
+/// Sets its flag when dropped, also when a test panics.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How many connections Envoy has made to the xDS cluster (its
+/// `upstream_cx_total` counter).
+async fn xds_connections(client: &reqwest::Client, envoy: &Envoy) -> u64 {
+    let stat = format!("cluster.{XDS_CLUSTER}.upstream_cx_total");
+    let (status, body) = get(client, envoy.admin, &format!("/stats?filter={stat}"))
+        .await
+        .unwrap_or_else(|e| panic!("Envoy's stats: {e}"));
+    assert_eq!(status, 200, "/stats: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{stat}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {stat} in {body:?}"))
+}
+
+/// Whether the xDS server on `port` accepts `cert` as a client certificate:
+/// a TLS handshake as Envoy makes it, then the server's first bytes (its
+/// HTTP/2 SETTINGS), which it sends only once it has accepted the client.
+async fn server_accepts(ca: &Ca, port: u16, cert: &IssuedCert) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.cert_der().clone())
+        .map_err(|e| e.to_string())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).map_err(|e| e.to_string())?],
+        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(format!("{XDS_SERVICE}.{CONTROLLER_NAMESPACE}.svc"))
+        .map_err(|e| e.to_string())?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut first = [0u8; 9];
+        match tls.read(&mut first).await {
+            Ok(0) => Err("the server closed the connection".to_owned()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| "no answer within 5 s".to_owned())?
+}
+
+/// A running mutual-TLS xDS server, as a controller replica runs it; it can
+/// be stopped (every connection closed) and started again on its port.
+struct XdsServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl XdsServer {
+    fn start(cache: &Cache, ca: &Ca, socket: tokio::net::TcpListener) -> XdsServer {
+        let config = ca
+            .server_config(&service_dns_names(XDS_SERVICE, CONTROLLER_NAMESPACE))
+            .expect("the server TLS configuration");
+        let server = AdsServer::new(cache.clone()).with_authorizer(Arc::new(GatewayAuthorizer));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_tls(
+            server,
+            socket,
+            Arc::new(ReloadableServerConfig::new(config)),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        XdsServer {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops accepting, ends every ADS stream and waits (bounded) until
+    /// every connection is closed and the port is released.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .unwrap_or_else(|_| panic!("the xDS server did not stop within {PATIENCE:?}"));
+        result
+            .expect("the xDS server task")
+            .expect("the xDS server ran without error");
+    }
+}
+
+impl Drop for XdsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds 127.0.0.1:`port` again, retrying briefly (bounded).
+async fn rebind(port: u16) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+            Ok(socket) => return socket,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("[rotation] rebinding port {port}: {e}; retrying");
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => panic!("could not bind the xDS port {port} again: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_reaches_the_running_envoy() {
+    let started = Instant::now();
+    envoy_binary();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let [marker_1_port, marker_2_port, admin_port, ready_port] = free_ports::<4>();
+    let (namespace, name, group) = ("ns1", "gw-r", "ns1/gw-r");
+
+    let ca = Ca::generate().expect("a CA");
+    let cache = Cache::new();
+    let mut first = Resources::new();
+    first.add("marker-1", &marker_listener("marker-1", marker_1_port));
+    cache.set(group, first.clone());
+    let socket = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind the xDS port");
+    let xds_port = socket.local_addr().expect("xDS address").port();
+    let server = XdsServer::start(&cache, &ca, socket);
+    let denied = || cache.stats().denied.load(Ordering::Relaxed);
+    let client = http();
+
+    // The Secret volume, as the kubelet makes it, with short-lived
+    // certificate A.
+    let tls_dir = dir.path().join("r-xds");
+    let sds_dir = dir.path().join("r-bootstrap");
+    std::fs::create_dir_all(&sds_dir).expect("create the SDS directory");
+    let mut volume = KubeletVolume::new(&tls_dir);
+    let a_issued = Instant::now();
+    let cert_a = ca
+        .issue_client_valid_for(namespace, name, CERT_A_VALIDITY)
+        .expect("certificate A");
+    let a_expires = a_issued + CERT_A_VALIDITY;
+    volume.publish_secret(&ca, &cert_a);
+    let serial_a = serial_of(&cert_a.cert_pem);
+
+    let objects = provision(namespace, name, xds_port);
+    let mut bootstrap = bootstrap_of(&objects);
+    let local = Local {
+        tls_dir: &tls_dir,
+        sds_dir: &sds_dir,
+        admin_port,
+        ready_port,
+    };
+    localise_bootstrap(&mut bootstrap, xds_port, &local);
+    localise_sds(&objects, &local);
+    let envoy = Envoy::start(dir.path(), "r", &envoy_args(&objects), &bootstrap);
+
+    envoy
+        .eventually("marker-1 answering", async || {
+            read_marker(marker_1_port).ok().filter(|t| t == "marker-1")
+        })
+        .await;
+    let serials = envoy
+        .eventually("/certs reporting certificate A", async || {
+            envoy_cert_serials(&client, &envoy)
+                .await
+                .ok()
+                .filter(|s| s.contains(&serial_a))
+        })
+        .await;
+    eprintln!(
+        "[rotation] serving marker-1 with certificate A (serial {serial_a}) after {:?}; /certs: {serials:?}",
+        started.elapsed()
+    );
+
+    // Requests to the served listener, all through the swap. The loop also
+    // ends when the guard drops (a failed check below), and after a bound,
+    // so that a failure never leaves the runtime waiting for it forever.
+    let stop_traffic = StopOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let traffic = {
+        let stop = Arc::clone(&stop_traffic.0);
+        let give_up = Instant::now() + 3 * PATIENCE;
+        tokio::task::spawn_blocking(move || {
+            let (mut served, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                match read_marker(marker_1_port) {
+                    Ok(t) if t == "marker-1" => served += 1,
+                    other => failures.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (served, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Certificate B, swapped in as the kubelet does.
+    let cert_b = ca.issue_client(namespace, name).expect("certificate B");
+    let serial_b = serial_of(&cert_b.cert_pem);
+    assert_ne!(serial_a, serial_b);
+    let swapped = Instant::now();
+    volume.publish_secret(&ca, &cert_b);
+    let serials = envoy
+        .eventually("/certs reporting certificate B instead of A", async || {
+            envoy_cert_serials(&client, &envoy)
+                .await
+                .ok()
+                .filter(|s| s.contains(&serial_b) && !s.contains(&serial_a))
+        })
+        .await;
+    let pickup = swapped.elapsed();
+    eprintln!(
+        "[rotation] certificate B (serial {serial_b}) picked up {pickup:?} after the swap; /certs: {serials:?}"
+    );
+    assert!(
+        swapped < a_expires,
+        "the machine was too slow: A expired before B was swapped in"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stop_traffic);
+    let (served, failures) = tokio::time::timeout(PATIENCE, traffic)
+        .await
+        .expect("the request loop stopped in time")
+        .expect("the request loop");
+    eprintln!(
+        "[rotation] requests during the swap: {served} served, {} failed",
+        failures.len()
+    );
+    assert!(served > 0, "no request was made during the swap");
+    assert!(
+        failures.is_empty(),
+        "requests failed during the swap: {failures:?}"
+    );
+
+    // Wait until A has expired: the server now refuses it (rustls' client
+    // certificate verifier, as the server builds it).
+    tokio::time::sleep_until((a_expires + Duration::from_secs(1)).into()).await;
+    let refusal = ca
+        .verify_client(&cert_a.cert_pem, rustls::pki_types::UnixTime::now())
+        .expect_err("certificate A has expired");
+    eprintln!(
+        "[rotation] A expired at {:?}; the verifier says: {refusal:#}",
+        a_expires - started
+    );
+
+    // Restart the server: every connection is dropped, so Envoy must
+    // reconnect, and the only certificate it can succeed with is B.
+    let connections_before = xds_connections(&client, &envoy).await;
+    server.stop().await;
+    let restarted = Instant::now();
+    let server = XdsServer::start(&cache, &ca, rebind(xds_port).await);
+    let refused = server_accepts(&ca, xds_port, &cert_a)
+        .await
+        .expect_err("the restarted server refuses expired certificate A");
+    server_accepts(&ca, xds_port, &cert_b)
+        .await
+        .unwrap_or_else(|e| panic!("the restarted server refuses certificate B: {e}"));
+    eprintln!("[rotation] restarted server: A refused ({refused}), B accepted");
+    let mut second = first;
+    second.add("marker-2", &marker_listener("marker-2", marker_2_port));
+    cache.set(group, second);
+    envoy
+        .eventually("marker-2 answering after the reconnect", async || {
+            read_marker(marker_2_port).ok().filter(|t| t == "marker-2")
+        })
+        .await;
+    let connections_after = xds_connections(&client, &envoy).await;
+    eprintln!(
+        "[rotation] reconnected with B: marker-2 served {:?} after the restart; \
+         xDS connections made: {connections_before} before, {connections_after} after",
+        restarted.elapsed()
+    );
+    assert!(
+        connections_after > connections_before,
+        "Envoy made no new xDS connection"
+    );
+    assert_eq!(read_marker(marker_1_port).as_deref(), Ok("marker-1"));
+    assert_eq!(denied(), 0, "the server refused Envoy's group");
+
+    drop(envoy);
+    server.stop().await;
     eprintln!("done in {:?}", started.elapsed());
 }

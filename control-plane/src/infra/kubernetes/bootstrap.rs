@@ -2,6 +2,23 @@
 //! (which xDS group the Envoy belongs to), the admin interface and the
 //! delta-ADS connection to Gatewright.
 //!
+//! In Kubernetes mode the xDS connection is mutual TLS, and Envoy takes its
+//! client certificate and the server's CA through SDS from files
+//! ([`xds_sds_files`]) rather than naming them in the bootstrap: a
+//! `tls_certificates` entry is read once at start, so a certificate the
+//! controller renews in the Secret would never reach a running Envoy, and
+//! its next reconnect after the old one expired would fail. Each SDS
+//! resource sets `watched_directory` to the Secret's mount point: the
+//! kubelet updates a Secret volume by atomically swapping its `..data`
+//! symlink, a move inside that directory, which makes Envoy re-read the
+//! files (certificate and key together). (Without it Envoy watches the
+//! files' parent directories, which here is the same directory; naming it
+//! keeps the behaviour independent of where the keys sit in the volume.)
+//! Likewise the SDS files themselves
+//! are watched through their directory, the ConfigMap's mount point. New
+//! TLS connections then use the new files; the open ADS stream keeps the
+//! handshake it made.
+//!
 //! `crate::infra::host::bootstrap_json` builds the host-mode bootstrap by hand; a
 //! unit test below checks that [`bootstrap_json`] with
 //! [`XdsEndpoint::Static`] and an ephemeral admin port yields exactly the
@@ -20,6 +37,12 @@ pub const XDS_CLUSTER: &str = "gatewright-xds";
 pub const ADMIN_CLUSTER: &str = "gatewright-admin";
 /// The name of the static readiness listener.
 pub const READY_LISTENER: &str = "gatewright-ready";
+/// The SDS secret holding the xDS client certificate and key.
+pub const XDS_CLIENT_CERT_SECRET: &str = "gatewright-xds-client-cert";
+/// The SDS secret holding the CA the xDS server's certificate must chain to.
+pub const XDS_SERVER_CA_SECRET: &str = "gatewright-xds-server-ca";
+/// The type URL of an SDS secret resource.
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Where an Envoy finds Gatewright's ADS server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +61,8 @@ pub enum XdsEndpoint {
     },
 }
 
-/// The files of an Envoy's xDS client TLS, and the name the server's
-/// certificate must carry.
+/// The files of an Envoy's xDS client TLS, the SDS files that name them,
+/// and the name the server's certificate must carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdsTls {
     /// PEM client certificate chain.
@@ -48,8 +71,60 @@ pub struct XdsTls {
     pub key_file: String,
     /// PEM CA bundle the server certificate must chain to.
     pub ca_file: String,
+    /// The directory Envoy watches for moves to re-read the three files:
+    /// the Secret's mount point, where the kubelet swaps `..data`.
+    pub tls_dir: String,
+    /// The SDS file of the client certificate ([`xds_sds_files`]).
+    pub client_sds_file: String,
+    /// The SDS file of the server CA ([`xds_sds_files`]).
+    pub ca_sds_file: String,
+    /// The directory Envoy watches for moves to re-read the SDS files (the
+    /// ConfigMap's mount point).
+    pub sds_dir: String,
     /// The DNS SAN the server certificate must hold (also sent as SNI).
     pub server_san: String,
+}
+
+/// Where Envoy reads SDS secret `file` from, watching `tls.sds_dir`.
+fn sds_file_source(file: &str, tls: &XdsTls) -> Value {
+    json!({
+        "path_config_source": { "path": file, "watched_directory": { "path": tls.sds_dir } },
+        "resource_api_version": "V3"
+    })
+}
+
+/// The SDS files the bootstrap of `tls` names, as `(path, document)`: the
+/// client certificate at `tls.client_sds_file`, the CA at
+/// `tls.ca_sds_file`. One resource per file, as Envoy's file-based SDS
+/// wants. Both watch `tls.tls_dir`, so one `..data` swap in the Secret
+/// renews them together (a hand-rotated CA comes with new certificates).
+pub fn xds_sds_files(tls: &XdsTls) -> [(String, Value); 2] {
+    let watched = json!({ "path": tls.tls_dir });
+    [
+        (
+            tls.client_sds_file.clone(),
+            json!({ "resources": [{
+                "@type": SECRET_TYPE,
+                "name": XDS_CLIENT_CERT_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": { "filename": tls.cert_file },
+                    "private_key": { "filename": tls.key_file },
+                    "watched_directory": watched
+                }
+            }] }),
+        ),
+        (
+            tls.ca_sds_file.clone(),
+            json!({ "resources": [{
+                "@type": SECRET_TYPE,
+                "name": XDS_SERVER_CA_SECRET,
+                "validation_context": {
+                    "trusted_ca": { "filename": tls.ca_file },
+                    "watched_directory": watched
+                }
+            }] }),
+        ),
+    ]
 }
 
 /// What varies between bootstraps besides the Gateway.
@@ -179,16 +254,24 @@ fn xds_cluster(xds: &XdsEndpoint) -> Value {
                     "sni": tls.server_san,
                     "common_tls_context": {
                         "alpn_protocols": ["h2"],
-                        "tls_certificates": [{
-                            "certificate_chain": { "filename": tls.cert_file },
-                            "private_key": { "filename": tls.key_file }
+                        // Through SDS from files, so renewals reach a running
+                        // Envoy (see the module documentation).
+                        "tls_certificate_sds_secret_configs": [{
+                            "name": XDS_CLIENT_CERT_SECRET,
+                            "sds_config": sds_file_source(&tls.client_sds_file, tls)
                         }],
-                        "validation_context": {
-                            "trusted_ca": { "filename": tls.ca_file },
-                            "match_typed_subject_alt_names": [{
-                                "san_type": "DNS",
-                                "matcher": { "exact": tls.server_san }
-                            }]
+                        // The SAN check is fixed; only the CA comes from SDS.
+                        "combined_validation_context": {
+                            "default_validation_context": {
+                                "match_typed_subject_alt_names": [{
+                                    "san_type": "DNS",
+                                    "matcher": { "exact": tls.server_san }
+                                }]
+                            },
+                            "validation_context_sds_secret_config": {
+                                "name": XDS_SERVER_CA_SECRET,
+                                "sds_config": sds_file_source(&tls.ca_sds_file, tls)
+                            }
                         }
                     }
                 }

@@ -2,7 +2,7 @@
 //! fleet: a ServiceAccount, a ConfigMap with the bootstrap, a Deployment
 //! and a Service. No IO; the same input always gives the same objects.
 
-use super::bootstrap::{BootstrapOptions, XdsEndpoint, XdsTls, bootstrap_json};
+use super::bootstrap::{BootstrapOptions, XdsEndpoint, XdsTls, bootstrap_json, xds_sds_files};
 use super::params::{ProxyParametersSpec, ServiceType};
 use super::{KubeInfraConfig, ListenerPort};
 use anyhow::Context as _;
@@ -39,8 +39,8 @@ pub const GATEWAY_NAMESPACE_LABEL: &str = "gatewright.dev/gateway-namespace";
 /// Gatewright installations in one cluster never delete each other's
 /// objects.
 pub const CONTROLLER_LABEL: &str = "gatewright.dev/controller-namespace";
-/// Pod template annotation: a hash of the bootstrap, so that a changed
-/// bootstrap rolls the pods (Envoy reads it only at start).
+/// Pod template annotation: a hash of the bootstrap ConfigMap's data, so
+/// that a changed bootstrap rolls the pods (Envoy reads it only at start).
 pub const BOOTSTRAP_HASH_ANNOTATION: &str = "gatewright.dev/bootstrap-hash";
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "gatewright";
@@ -49,6 +49,11 @@ pub const FIELD_MANAGER: &str = "gatewright";
 pub const BOOTSTRAP_DIR: &str = "/etc/gatewright/bootstrap";
 /// The bootstrap's key in the ConfigMap.
 pub const BOOTSTRAP_KEY: &str = "envoy.json";
+/// The ConfigMap key of the SDS file that gives Envoy its xDS client
+/// certificate (from [`XDS_TLS_DIR`], watched for renewals).
+pub const XDS_CLIENT_SDS_KEY: &str = "xds-client-sds.json";
+/// The ConfigMap key of the SDS file that gives Envoy the xDS server's CA.
+pub const XDS_CA_SDS_KEY: &str = "xds-ca-sds.json";
 /// Where the xDS client certificate Secret is mounted.
 pub const XDS_TLS_DIR: &str = "/etc/gatewright/xds";
 
@@ -193,34 +198,60 @@ fn envoy_ports(ports: &[ListenerPort]) -> (u16, u16) {
     (admin, ready)
 }
 
+/// A Gateway's Envoy bootstrap and the SDS files it names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeBootstrap {
+    /// The bootstrap ([`BOOTSTRAP_KEY`]).
+    pub bootstrap: serde_json::Value,
+    /// The SDS documents, by ConfigMap key ([`XDS_CLIENT_SDS_KEY`],
+    /// [`XDS_CA_SDS_KEY`]); the bootstrap expects them in `bootstrap_dir`.
+    pub sds: BTreeMap<String, serde_json::Value>,
+}
+
 /// The Envoy bootstrap for a Gateway's pods, its xDS TLS files under
-/// `tls_dir` (the Secret's mount point; tests point it elsewhere).
+/// `tls_dir` (the Secret's mount point) and its SDS files under
+/// `bootstrap_dir` (the ConfigMap's); tests point them elsewhere.
 pub fn kube_bootstrap(
     key: &ObjectKey,
     config: &KubeInfraConfig,
     ports: &[ListenerPort],
     tls_dir: &str,
-) -> serde_json::Value {
+    bootstrap_dir: &str,
+) -> KubeBootstrap {
     let (admin, ready) = envoy_ports(ports);
     let host = format!("{}.{}.svc", config.xds_service, config.controller_namespace);
-    bootstrap_json(
+    let tls = XdsTls {
+        // The Secret's keys, as `crate::pki` writes them.
+        cert_file: format!("{tls_dir}/{}", crate::pki::TLS_CERT_KEY),
+        key_file: format!("{tls_dir}/{}", crate::pki::TLS_KEY_KEY),
+        ca_file: format!("{tls_dir}/{}", crate::pki::CA_CERT_KEY),
+        tls_dir: tls_dir.to_owned(),
+        client_sds_file: format!("{bootstrap_dir}/{XDS_CLIENT_SDS_KEY}"),
+        ca_sds_file: format!("{bootstrap_dir}/{XDS_CA_SDS_KEY}"),
+        sds_dir: bootstrap_dir.to_owned(),
+        server_san: host.clone(),
+    };
+    // Their paths are `client_sds_file` and `ca_sds_file` above: the keys.
+    let [(_, client_sds), (_, ca_sds)] = xds_sds_files(&tls);
+    let bootstrap = bootstrap_json(
         key,
         &BootstrapOptions {
             admin_port: admin,
             readiness_port: Some(ready),
             xds: XdsEndpoint::Dns {
-                host: host.clone(),
+                host,
                 port: config.xds_port,
-                tls: XdsTls {
-                    // The Secret's keys, as `crate::pki` writes them.
-                    cert_file: format!("{tls_dir}/{}", crate::pki::TLS_CERT_KEY),
-                    key_file: format!("{tls_dir}/{}", crate::pki::TLS_KEY_KEY),
-                    ca_file: format!("{tls_dir}/{}", crate::pki::CA_CERT_KEY),
-                    server_san: host,
-                },
+                tls,
             },
         },
-    )
+    );
+    KubeBootstrap {
+        bootstrap,
+        sds: BTreeMap::from([
+            (XDS_CLIENT_SDS_KEY.to_owned(), client_sds),
+            (XDS_CA_SDS_KEY.to_owned(), ca_sds),
+        ]),
+    }
 }
 
 /// Envoy's `--concurrency`: the parameter, else the CPU limit rounded up,
@@ -338,15 +369,28 @@ pub fn build(
         ..ServiceAccount::default()
     };
 
-    let bootstrap = kube_bootstrap(&key, config, ports, XDS_TLS_DIR);
-    let bootstrap_text =
-        serde_json::to_string_pretty(&bootstrap).context("serialising the Envoy bootstrap")?;
+    let KubeBootstrap { bootstrap, sds } =
+        kube_bootstrap(&key, config, ports, XDS_TLS_DIR, BOOTSTRAP_DIR);
+    let mut data = BTreeMap::from([(
+        BOOTSTRAP_KEY.to_owned(),
+        serde_json::to_string_pretty(&bootstrap).context("serialising the Envoy bootstrap")?,
+    )]);
+    for (file, document) in sds {
+        let text = serde_json::to_string_pretty(&document)
+            .with_context(|| format!("serialising the SDS file {file}"))?;
+        data.insert(file, text);
+    }
+    // Every key, in key order, each followed by a NUL (which JSON text
+    // never contains), so that no two ConfigMaps hash the same input.
+    let hash_input: Vec<u8> = data
+        .iter()
+        .flat_map(|(k, v)| [k.as_bytes(), b"\0", v.as_bytes(), b"\0"])
+        .flatten()
+        .copied()
+        .collect();
     let config_map = ConfigMap {
         metadata: meta(labels.clone(), annotations.clone()),
-        data: Some(BTreeMap::from([(
-            BOOTSTRAP_KEY.to_owned(),
-            bootstrap_text.clone(),
-        )])),
+        data: Some(data),
         ..ConfigMap::default()
     };
 
@@ -374,7 +418,7 @@ pub fn build(
                 .and_then(|d| d.pod_annotations.as_ref()),
             Some(&BTreeMap::from([(
                 BOOTSTRAP_HASH_ANNOTATION.to_owned(),
-                short_hash(bootstrap_text.as_bytes()),
+                short_hash(&hash_input),
             )])),
         ]),
     })?;

@@ -324,7 +324,8 @@ fn envoy_ports_avoid_listener_ports() {
             protocol: "HTTP".into(),
         })
         .collect();
-    let bootstrap = kube_bootstrap(&ObjectKey::new("a", "b"), &config(), &listeners, "/x");
+    let bootstrap =
+        kube_bootstrap(&ObjectKey::new("a", "b"), &config(), &listeners, "/x", "/y").bootstrap;
     assert_eq!(
         bootstrap["admin"]["address"]["socket_address"]["port_value"],
         19003
@@ -375,22 +376,62 @@ fn bootstrap_identifies_the_gateway_and_uses_mutual_tls() {
     assert_eq!(socket["address"], "gatewright.gatewright-system.svc");
     assert_eq!(socket["port_value"], 18000);
     let tls = &xds["transport_socket"]["typed_config"]["common_tls_context"];
+    // No certificate file is named in the bootstrap (it would be read only
+    // once): both come through SDS from files in the ConfigMap's mount.
+    assert!(tls.get("tls_certificates").is_none(), "{tls:#}");
+    assert!(tls.get("validation_context").is_none(), "{tls:#}");
+    let sds_source = |file: &str| {
+        json!({
+            "path_config_source": {
+                "path": format!("{BOOTSTRAP_DIR}/{file}"),
+                "watched_directory": { "path": BOOTSTRAP_DIR }
+            },
+            "resource_api_version": "V3"
+        })
+    };
     assert_eq!(
-        tls["tls_certificates"][0]["certificate_chain"]["filename"],
-        "/etc/gatewright/xds/tls.crt"
+        tls["tls_certificate_sds_secret_configs"],
+        json!([{ "name": "gatewright-xds-client-cert", "sds_config": sds_source(XDS_CLIENT_SDS_KEY) }])
+    );
+    let combined = &tls["combined_validation_context"];
+    assert_eq!(
+        combined["validation_context_sds_secret_config"],
+        json!({ "name": "gatewright-xds-server-ca", "sds_config": sds_source(XDS_CA_SDS_KEY) })
     );
     assert_eq!(
-        tls["tls_certificates"][0]["private_key"]["filename"],
-        "/etc/gatewright/xds/tls.key"
+        combined["default_validation_context"]["match_typed_subject_alt_names"],
+        json!([{ "san_type": "DNS", "matcher": { "exact": "gatewright.gatewright-system.svc" } }])
     );
+
+    // The SDS files, in the same ConfigMap: the Secret's files, watched
+    // through the Secret's mount point (the kubelet's `..data` swap).
+    let data = objects.config_map.data.as_ref().expect("data");
+    let client: Value = serde_json::from_str(&data[XDS_CLIENT_SDS_KEY]).expect("client SDS json");
     assert_eq!(
-        tls["validation_context"]["trusted_ca"]["filename"],
-        "/etc/gatewright/xds/ca.crt"
+        client,
+        json!({ "resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "gatewright-xds-client-cert",
+            "tls_certificate": {
+                "certificate_chain": { "filename": "/etc/gatewright/xds/tls.crt" },
+                "private_key": { "filename": "/etc/gatewright/xds/tls.key" },
+                "watched_directory": { "path": "/etc/gatewright/xds" }
+            }
+        }] })
     );
+    let ca: Value = serde_json::from_str(&data[XDS_CA_SDS_KEY]).expect("CA SDS json");
     assert_eq!(
-        tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
-        "gatewright.gatewright-system.svc"
+        ca,
+        json!({ "resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "gatewright-xds-server-ca",
+            "validation_context": {
+                "trusted_ca": { "filename": "/etc/gatewright/xds/ca.crt" },
+                "watched_directory": { "path": "/etc/gatewright/xds" }
+            }
+        }] })
     );
+    assert_eq!(data.len(), 3, "{:?}", data.keys());
 }
 
 /// The Envoy binary, as the other test suites find it: `$ENVOY_BIN`, else
@@ -455,14 +496,21 @@ fn real_envoy_accepts_the_bootstrap() {
             &config(),
         )
         .expect("build");
-        // The very text that goes into the ConfigMap, with the Secret's
-        // mount point moved to the temporary certificate files.
-        let text = objects.config_map.data.as_ref().expect("data")[BOOTSTRAP_KEY].replace(
-            &format!("{XDS_TLS_DIR}/"),
-            &format!("{}/", tls_dir.display()),
-        );
-        let file = dir.path().join("envoy.json");
-        std::fs::write(&file, text).expect("write bootstrap");
+        // The very texts that go into the ConfigMap, with the Secret's
+        // mount point moved to the temporary certificate files and the
+        // ConfigMap's to a temporary folder holding the SDS files, so that
+        // Envoy really reads them.
+        let bootstrap_dir = dir.path().join("bootstrap");
+        std::fs::create_dir_all(&bootstrap_dir).expect("mkdir");
+        let localise = |text: &str| {
+            text.replace(XDS_TLS_DIR, &tls_dir.display().to_string())
+                .replace(BOOTSTRAP_DIR, &bootstrap_dir.display().to_string())
+        };
+        let data = objects.config_map.data.as_ref().expect("data");
+        for (key, text) in data {
+            std::fs::write(bootstrap_dir.join(key), localise(text)).expect("write a ConfigMap key");
+        }
+        let file = bootstrap_dir.join(BOOTSTRAP_KEY);
         let output = std::process::Command::new(&envoy)
             .arg("--mode")
             .arg("validate")
@@ -479,6 +527,20 @@ fn real_envoy_accepts_the_bootstrap() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+
+    // Envoy really reads the SDS file: without it, the same bootstrap fails.
+    let bootstrap_dir = dir.path().join("bootstrap");
+    std::fs::remove_file(bootstrap_dir.join(XDS_CLIENT_SDS_KEY)).expect("remove the SDS file");
+    let output = std::process::Command::new(&envoy)
+        .args(["--mode", "validate", "--log-level", "warning", "-c"])
+        .arg(bootstrap_dir.join(BOOTSTRAP_KEY))
+        .output()
+        .expect("run envoy");
+    assert!(
+        !output.status.success(),
+        "Envoy accepted a bootstrap whose SDS file is missing:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
