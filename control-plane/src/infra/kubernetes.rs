@@ -45,12 +45,16 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Annotation holding a hash of what Gatewright last applied to an object,
 /// so an unchanged object is not applied again.
 pub const APPLIED_HASH_ANNOTATION: &str = "gatewright.dev/applied-hash";
 /// How many Gateways are provisioned at the same time.
 const PARALLELISM: usize = 8;
+/// How long a round waits for a load balancer to give a Service the IP a
+/// Gateway asked for, right after asking.
+const LOAD_BALANCER_WAIT: Duration = Duration::from_secs(3);
 
 /// What the Kubernetes infrastructure needs to know about its own
 /// installation.
@@ -270,7 +274,11 @@ impl KubeInfra {
         self.execute(service_account).await?;
         self.execute(config_map).await?;
         let deployment = self.execute(deployment).await?;
-        let service = self.execute(service).await?;
+        let asked_now = matches!(&service, Plan::Apply(_));
+        let mut service = self.execute(service).await?;
+        if asked_now {
+            service = self.await_requested_ip(service).await;
+        }
         Ok(InfraStatus {
             addresses: service_addresses(&service),
             ready_replicas: deployment
@@ -279,6 +287,50 @@ impl KubeInfra {
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0),
         })
+    }
+
+    /// A Service just applied with a `loadBalancerIP` its load balancer
+    /// has not given yet, once the load balancer answered or
+    /// [`LOAD_BALANCER_WAIT`] passed. Without this pause the Gateway's
+    /// status for its new generation would report the Service before the
+    /// load balancer had a chance to give (or refuse) the address.
+    async fn await_requested_ip(&self, service: Service) -> Service {
+        let Some(ip) = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_ip.clone())
+        else {
+            return service;
+        };
+        let given = |s: &Service| service_addresses(s).iter().any(|a| a.value == ip);
+        if given(&service) {
+            return service;
+        }
+        let (Some(namespace), Some(name)) = (
+            service.metadata.namespace.clone(),
+            service.metadata.name.clone(),
+        ) else {
+            return service;
+        };
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let deadline = tokio::time::Instant::now() + LOAD_BALANCER_WAIT;
+        let mut latest = service;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match api.get_opt(&name).await {
+                Ok(Some(current)) => {
+                    latest = current;
+                    if given(&latest) {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(service = %format!("{namespace}/{name}"), "reading the Service: {e}");
+                }
+            }
+        }
+        latest
     }
 
     /// Lists this installation's objects of one kind in all namespaces;
