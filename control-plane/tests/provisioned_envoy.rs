@@ -162,6 +162,32 @@ struct Local<'a> {
     ready_port: u16,
 }
 
+/// Starts Envoy `tag` with the bootstrap and SDS files of `objects`,
+/// localised: the Secret mount is `tls_dir` (already filled), the
+/// ConfigMap mount a new `<tag>-bootstrap` folder, and `(admin, ready)` the
+/// free ports of [`Local`].
+fn start_provisioned(
+    dir: &Path,
+    tag: &'static str,
+    objects: &ProxyObjects,
+    tls_dir: &Path,
+    (admin_port, ready_port): (u16, u16),
+    xds_port: u16,
+) -> Envoy {
+    let sds_dir = dir.join(format!("{tag}-bootstrap"));
+    std::fs::create_dir_all(&sds_dir).expect("create the SDS directory");
+    let mut bootstrap = bootstrap_of(objects);
+    let local = Local {
+        tls_dir,
+        sds_dir: &sds_dir,
+        admin_port,
+        ready_port,
+    };
+    localise_bootstrap(&mut bootstrap, xds_port, &local);
+    localise_sds(objects, &local);
+    Envoy::start(dir, tag, &envoy_args(objects), &bootstrap)
+}
+
 /// The one endpoint address of a static cluster in the bootstrap.
 fn endpoint_of(cluster: &mut Value) -> &mut Value {
     let name = cluster["name"].clone();
@@ -626,21 +652,18 @@ async fn provisioned_envoy_gets_its_gateway_and_only_its_gateway() {
 
     // Envoy A: Gateway ns1/gw-a's bootstrap and its own certificate.
     let objects_a = provision("ns1", "gw-a", xds_port);
-    let mut bootstrap_a = bootstrap_of(&objects_a);
+    let bootstrap_a = bootstrap_of(&objects_a);
     assert_eq!(bootstrap_a["node"]["cluster"], "ns1/gw-a");
     let tls_a = dir.path().join("a-xds");
     write_client_secret(&tls_a, &ca, "ns1", "gw-a");
-    let sds_a = dir.path().join("a-bootstrap");
-    std::fs::create_dir_all(&sds_a).expect("create the SDS directory");
-    let local_a = Local {
-        tls_dir: &tls_a,
-        sds_dir: &sds_a,
-        admin_port: admin_a,
-        ready_port: ready_a,
-    };
-    localise_bootstrap(&mut bootstrap_a, xds_port, &local_a);
-    localise_sds(&objects_a, &local_a);
-    let envoy_a = Envoy::start(dir.path(), "a", &envoy_args(&objects_a), &bootstrap_a);
+    let envoy_a = start_provisioned(
+        dir.path(),
+        "a",
+        &objects_a,
+        &tls_a,
+        (admin_a, ready_a),
+        xds_port,
+    );
     let names = envoy_a
         .eventually("marker-a becoming active", async || {
             dynamic_listeners(&client, &envoy_a)
@@ -680,21 +703,18 @@ async fn provisioned_envoy_gets_its_gateway_and_only_its_gateway() {
     // Envoy B: Gateway ns1/gw-b's bootstrap (node group ns1/gw-b), but
     // gw-a's certificate, as if gw-a's Secret were mounted into it.
     let objects_b = provision("ns1", "gw-b", xds_port);
-    let mut bootstrap_b = bootstrap_of(&objects_b);
+    let bootstrap_b = bootstrap_of(&objects_b);
     assert_eq!(bootstrap_b["node"]["cluster"], "ns1/gw-b");
     let tls_b = dir.path().join("b-xds");
     write_client_secret(&tls_b, &ca, "ns1", "gw-a");
-    let sds_b = dir.path().join("b-bootstrap");
-    std::fs::create_dir_all(&sds_b).expect("create the SDS directory");
-    let local_b = Local {
-        tls_dir: &tls_b,
-        sds_dir: &sds_b,
-        admin_port: admin_b,
-        ready_port: ready_b,
-    };
-    localise_bootstrap(&mut bootstrap_b, xds_port, &local_b);
-    localise_sds(&objects_b, &local_b);
-    let envoy_b = Envoy::start(dir.path(), "b", &envoy_args(&objects_b), &bootstrap_b);
+    let envoy_b = start_provisioned(
+        dir.path(),
+        "b",
+        &objects_b,
+        &tls_b,
+        (admin_b, ready_b),
+        xds_port,
+    );
     envoy_b
         .eventually("the server refusing Envoy B", async || {
             (denied() >= 1).then_some(())
@@ -1015,8 +1035,6 @@ async fn a_renewed_client_certificate_reaches_the_running_envoy() {
     // The Secret volume, as the kubelet makes it, with short-lived
     // certificate A.
     let tls_dir = dir.path().join("r-xds");
-    let sds_dir = dir.path().join("r-bootstrap");
-    std::fs::create_dir_all(&sds_dir).expect("create the SDS directory");
     let mut volume = KubeletVolume::new(&tls_dir);
     let a_issued = Instant::now();
     let cert_a = ca
@@ -1027,16 +1045,14 @@ async fn a_renewed_client_certificate_reaches_the_running_envoy() {
     let serial_a = serial_of(&cert_a.cert_pem);
 
     let objects = provision(namespace, name, xds_port);
-    let mut bootstrap = bootstrap_of(&objects);
-    let local = Local {
-        tls_dir: &tls_dir,
-        sds_dir: &sds_dir,
-        admin_port,
-        ready_port,
-    };
-    localise_bootstrap(&mut bootstrap, xds_port, &local);
-    localise_sds(&objects, &local);
-    let envoy = Envoy::start(dir.path(), "r", &envoy_args(&objects), &bootstrap);
+    let envoy = start_provisioned(
+        dir.path(),
+        "r",
+        &objects,
+        &tls_dir,
+        (admin_port, ready_port),
+        xds_port,
+    );
 
     envoy
         .eventually("marker-1 answering", async || {

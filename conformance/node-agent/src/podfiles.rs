@@ -123,6 +123,20 @@ pub fn etc_hosts(pod_ip: &str, hostname: &str) -> String {
     )
 }
 
+/// A Service or port name as an environment variable name part, the way
+/// kubelet spells it: upper case, dashes as underscores.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
+        .collect()
+}
+
 /// The environment variables a Service named `name` with `cluster_ip` and
 /// `ports` (name, port, protocol) gives a pod, as docker links did:
 /// `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORTNAME>]`, `<NAME>_PORT*`.
@@ -131,16 +145,7 @@ pub fn service_env(
     cluster_ip: &str,
     ports: &[(String, i32, String)],
 ) -> Vec<(String, String)> {
-    let prefix: String = name
-        .chars()
-        .map(|c| {
-            if c == '-' {
-                '_'
-            } else {
-                c.to_ascii_uppercase()
-            }
-        })
-        .collect();
+    let prefix = env_name(name);
     let mut env = vec![(format!("{prefix}_SERVICE_HOST"), cluster_ip.to_string())];
     let Some((_, first_port, first_proto)) = ports.first() else {
         return env;
@@ -148,16 +153,7 @@ pub fn service_env(
     env.push((format!("{prefix}_SERVICE_PORT"), first_port.to_string()));
     for (pname, port, _) in ports {
         if !pname.is_empty() {
-            let pname: String = pname
-                .chars()
-                .map(|c| {
-                    if c == '-' {
-                        '_'
-                    } else {
-                        c.to_ascii_uppercase()
-                    }
-                })
-                .collect();
+            let pname = env_name(pname);
             env.push((format!("{prefix}_SERVICE_PORT_{pname}"), port.to_string()));
         }
     }
