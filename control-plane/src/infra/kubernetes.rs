@@ -204,13 +204,11 @@ impl KubeInfra {
             futures::stream::iter(todo.into_iter().map(|(key, provision)| {
                 let existing = &existing;
                 async move {
+                    // Failures are logged once, by the caller that reports them.
                     let result = self
                         .provision(provision, existing)
                         .await
                         .map_err(|e| format!("{e:#}"));
-                    if let Err(e) = &result {
-                        tracing::warn!(gateway = %format!("{}/{}", key.namespace, key.name), "cannot provision Envoy: {e}");
-                    }
                     (key, result)
                 }
             }))
