@@ -27,6 +27,8 @@ pub struct Resources {
     /// Shared, so a type whose content did not change keeps its identity
     /// across [`Cache::set`] calls and streams can skip it cheaply.
     by_type: BTreeMap<String, Arc<TypeResources>>,
+    /// [`Resources::config_version`], set when the cache takes the set.
+    config_version: String,
 }
 
 fn content_version(bytes: &[u8]) -> String {
@@ -103,6 +105,29 @@ impl Resources {
         self.len() == 0
     }
 
+    /// The version of the configuration in this set: a hash of every
+    /// name and version but the endpoints'. Endpoints follow pods and are
+    /// not configuration; an Envoy holding this version holds everything
+    /// else exactly. Empty until [`Cache::set`] has taken the set.
+    pub fn config_version(&self) -> &str {
+        &self.config_version
+    }
+
+    fn compute_config_version(&self) -> String {
+        let mut h = std::hash::DefaultHasher::new();
+        for (type_url, resources) in &self.by_type {
+            if type_url == crate::session::type_url::ENDPOINT || resources.is_empty() {
+                continue;
+            }
+            type_url.hash(&mut h);
+            for (name, r) in resources.iter() {
+                name.hash(&mut h);
+                r.version.hash(&mut h);
+            }
+        }
+        format!("{:016x}", h.finish())
+    }
+
     /// Whether both sets hold the same names and versions, type by type.
     fn same_content(&self, other: &Resources) -> bool {
         let nonempty = |r: &Resources| r.by_type.iter().filter(|(_, m)| !m.is_empty()).count();
@@ -162,6 +187,17 @@ impl Group {
     }
 }
 
+/// Which configuration the streams of one node group hold, as far as
+/// this server knows: a stream holds a version once the Envoy has
+/// acknowledged every listener, route, cluster and secret of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupSync {
+    /// Streams of the group open now.
+    pub streams: usize,
+    /// Config version ([`Resources::config_version`]) → streams holding it.
+    pub holding: BTreeMap<String, usize>,
+}
+
 /// Counters the control plane turns into metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -185,6 +221,11 @@ struct Inner {
     groups: Mutex<HashMap<String, Group>>,
     nack_events: broadcast::Sender<Nack>,
     stats: Stats,
+    /// Per group, per open stream: the config version it holds, if any.
+    streams: Mutex<HashMap<String, BTreeMap<u64, Option<String>>>>,
+    /// Bumped whenever a stream opens, closes, or holds another version.
+    sync_notify: watch::Sender<u64>,
+    next_stream: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -210,6 +251,9 @@ impl Cache {
                 groups: Mutex::new(HashMap::new()),
                 nack_events: broadcast::channel(256).0,
                 stats: Stats::default(),
+                streams: Mutex::new(HashMap::new()),
+                sync_notify: watch::channel(0).0,
+                next_stream: AtomicU64::new(0),
             }),
         }
     }
@@ -234,6 +278,7 @@ impl Cache {
         }
         let mut resources = resources;
         resources.share_unchanged(&g.resources);
+        resources.config_version = resources.compute_config_version();
         g.resources = Arc::new(resources);
         g.notify.send_modify(|generation| *generation += 1);
         true
@@ -257,6 +302,81 @@ impl Cache {
         self.groups()
             .get(group)
             .map_or_else(|| Arc::new(Resources::new()), |g| Arc::clone(&g.resources))
+    }
+
+    /// The config version of `group`'s current resources
+    /// ([`Resources::config_version`]), if the group was ever set.
+    pub fn config_version(&self, group: &str) -> Option<String> {
+        self.groups()
+            .get(group)
+            .map(|g| g.resources.config_version.clone())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, BTreeMap<u64, Option<String>>>> {
+        // Every update is a single insert or remove: safe after a panic.
+        self.inner
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the streams of `group` hold.
+    pub fn sync_of(&self, group: &str) -> GroupSync {
+        self.streams()
+            .get(group)
+            .map(group_sync)
+            .unwrap_or_default()
+    }
+
+    /// What the streams of every group with an open stream hold.
+    pub fn sync(&self) -> BTreeMap<String, GroupSync> {
+        self.streams()
+            .iter()
+            .map(|(group, streams)| (group.clone(), group_sync(streams)))
+            .collect()
+    }
+
+    /// A receiver that changes whenever [`Cache::sync`] may have.
+    pub fn sync_changes(&self) -> watch::Receiver<u64> {
+        self.inner.sync_notify.subscribe()
+    }
+
+    /// Registers a new stream of `group`, holding nothing yet.
+    pub(crate) fn open_stream(&self, group: &str) -> u64 {
+        let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.streams()
+            .entry(group.to_owned())
+            .or_default()
+            .insert(id, None);
+        self.inner.sync_notify.send_modify(|n| *n += 1);
+        id
+    }
+
+    /// Records the config version stream `id` of `group` holds now.
+    pub(crate) fn stream_holds(&self, group: &str, id: u64, version: Option<String>) {
+        if let Some(held) = self
+            .streams()
+            .get_mut(group)
+            .and_then(|streams| streams.get_mut(&id))
+        {
+            *held = version;
+        }
+        self.inner.sync_notify.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets stream `id` of `group`.
+    pub(crate) fn close_stream(&self, group: &str, id: u64) {
+        {
+            let mut streams = self.streams();
+            if let Some(of_group) = streams.get_mut(group) {
+                of_group.remove(&id);
+                if of_group.is_empty() {
+                    streams.remove(group);
+                }
+            }
+        }
+        self.inner.sync_notify.send_modify(|n| *n += 1);
     }
 
     /// The last NACKs of `group`, oldest first.
@@ -290,6 +410,17 @@ impl Cache {
         }
         // No subscriber is not an error.
         let _ = self.inner.nack_events.send(nack);
+    }
+}
+
+fn group_sync(streams: &BTreeMap<u64, Option<String>>) -> GroupSync {
+    let mut holding = BTreeMap::new();
+    for version in streams.values().flatten() {
+        *holding.entry(version.clone()).or_insert(0) += 1;
+    }
+    GroupSync {
+        streams: streams.len(),
+        holding,
     }
 }
 

@@ -12,6 +12,10 @@
 //!   route needs them.
 //! - NACKs are recorded per group with Envoy's message ([`Cache::nacks`],
 //!   [`Cache::nack_events`]) and a rejected version is not sent again.
+//! - Which configuration each group's Envoys hold is tracked per stream
+//!   ([`Cache::sync_of`], [`Cache::sync_changes`]): a stream holds a
+//!   version ([`Resources::config_version`]) once its Envoy has
+//!   acknowledged all of it, so "programmed" can mean "acknowledged".
 //! - Optionally authenticated and authorised: [`serve_tls`] (or
 //!   [`TlsIncoming`]) accepts only clients with a certificate the
 //!   configuration's verifier accepts ([`mtls_server_config`]: signed by a
@@ -27,7 +31,7 @@ mod session;
 mod tls;
 
 pub use auth::{Authorizer, IdentityError, PeerIdentity};
-pub use cache::{Cache, Nack, Resource, Resources, Stats, TypeResources};
+pub use cache::{Cache, GroupSync, Nack, Resource, Resources, Stats, TypeResources};
 pub use server::{AdsServer, GROUP_METADATA_KEY};
 pub use session::type_url;
 pub use tls::{

@@ -118,6 +118,10 @@ pub(crate) struct Session {
     /// Per type, the resources the last push worked from.
     seen: [Option<Arc<TypeResources>>; 5],
     nonce: u64,
+    /// This stream's id in the cache's record of what streams hold.
+    stream: u64,
+    /// The config version last recorded as held.
+    holds: Option<String>,
 }
 
 fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
@@ -137,6 +141,7 @@ fn unknown_type(type_url: &str) -> Status {
 
 impl Session {
     pub(crate) fn new(mode: Mode, cache: Cache, group: String, node: String) -> Self {
+        let stream = cache.open_stream(&group);
         Self {
             mode,
             cache,
@@ -146,6 +151,8 @@ impl Session {
             dirty: [false; 5],
             seen: Default::default(),
             nonce: 0,
+            stream,
+            holds: None,
         }
     }
 
@@ -406,8 +413,50 @@ impl Session {
         })
     }
 
-    /// Everything to send now, in push order.
+    /// Whether the Envoy holds all of `resources` but the endpoints: for
+    /// every such type nothing is in flight or rejected, and what it holds
+    /// is exactly what it should. Clusters and listeners (wildcard) count
+    /// even before they are asked for; routes and secrets only by the names
+    /// the Envoy asks for, which its listeners and clusters determine.
+    fn holds_config(&self, resources: &Resources) -> bool {
+        [CLUSTER, LISTENER, ROUTE, SECRET].iter().all(|t| {
+            let i = known(t).unwrap_or_default();
+            let st = &self.types[i];
+            if !st.requested {
+                return !wildcard_by_default(t)
+                    || resources.of_type(t).is_none_or(BTreeMap::is_empty);
+            }
+            let desired = self.desired(i, resources);
+            st.in_flight.is_empty()
+                && st.rejected_version.is_none()
+                && desired.len() == st.held.len()
+                && desired
+                    .iter()
+                    .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
+        })
+    }
+
+    /// Records in the cache whether this stream holds `resources`'
+    /// configuration, when that changed.
+    fn record_holding(&mut self, resources: &Resources) {
+        let holds = self
+            .holds_config(resources)
+            .then(|| resources.config_version().to_owned());
+        if holds != self.holds {
+            self.holds.clone_from(&holds);
+            self.cache.stream_holds(&self.group, self.stream, holds);
+        }
+    }
+
+    /// Everything to send now, in push order; afterwards records whether
+    /// the Envoy holds the current configuration.
     pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
+        let out = self.push_all(resources);
+        self.record_holding(resources);
+        out
+    }
+
+    fn push_all(&mut self, resources: &Resources) -> Vec<Outgoing> {
         // A type whose content changed (a new shared map) is looked at
         // again, with the types that depend on it.
         for (i, type_url) in ORDER.iter().enumerate() {
@@ -596,5 +645,11 @@ impl Session {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let changed = updated.iter().map(|r| r.name.clone()).collect();
         Some((Outgoing::Delta(response), changed))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.cache.close_stream(&self.group, self.stream);
     }
 }

@@ -35,7 +35,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
-use gatewright_xds::{AdsServer, Cache, GROUP_METADATA_KEY, Resources, type_url};
+use gatewright_xds::{AdsServer, Cache, GROUP_METADATA_KEY, GroupSync, Resources, type_url};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -945,6 +945,24 @@ impl Harness {
         )
     }
 
+    /// Waits until the group's one stream is recorded as holding the
+    /// cache's current config version; returns that version.
+    fn wait_holds_current(&self) -> String {
+        let current = self
+            .cache
+            .config_version(&self.group)
+            .expect("the group has resources");
+        self.wait("the stream to hold the current config version", || {
+            let sync = self.cache.sync_of(&self.group);
+            if sync.streams == 1 && sync.holding.get(&current) == Some(&1) {
+                Ok(())
+            } else {
+                Err(format!("{sync:?}, current {current}"))
+            }
+        });
+        current
+    }
+
     fn stat(&self, name: &str) -> u64 {
         self.wait(&format!("stat {name}"), || self.envoy().stat(name))
     }
@@ -1015,6 +1033,15 @@ fn config_arrives(api: Api) {
     assert!(h.cache.nacks(&h.group).is_empty());
     assert_eq!(h.cache.stats().streams.load(Ordering::Relaxed), 1);
     assert_eq!(h.stat("control_plane.connected_state"), 1);
+    h.wait_holds_current();
+    // A closed stream holds nothing any more.
+    drop(h.envoy.take());
+    h.wait("the closed stream to be forgotten", || {
+        match h.cache.sync_of(&h.group) {
+            s if s == GroupSync::default() => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
+    });
 }
 
 /// Switching the endpoints to another upstream is an EDS-only update: the
@@ -1024,6 +1051,7 @@ fn endpoint_only_change(api: Api) {
     let a = h.upstream("a");
     let b = h.upstream("b");
     let before = h.start_serving(a, "a");
+    let version_before = h.wait_holds_current();
     let rds_success = "http.http.rds.route-http.update_success";
     let counters = [
         "listener_manager.lds.update_success",
@@ -1060,6 +1088,8 @@ fn endpoint_only_change(api: Api) {
     );
     assert!(h.stat("cluster.backend.update_success") > eds_before);
     assert!(h.cache.nacks(&h.group).is_empty());
+    // Endpoints are not configuration: the version held is the same.
+    assert_eq!(h.wait_holds_current(), version_before);
 }
 
 /// An invalid listener is NACKed with Envoy's message, Envoy keeps serving
@@ -1068,6 +1098,7 @@ fn invalid_listener_is_nacked(api: Api) {
     let mut h = Harness::new("nack", api);
     let a = h.upstream("a");
     h.start_serving(a, "a");
+    let good = h.wait_holds_current();
     let mut events = h.cache.nack_events();
     let rejected_before = h.stat("listener_manager.lds.update_rejected");
 
@@ -1094,7 +1125,16 @@ fn invalid_listener_is_nacked(api: Api) {
         v > rejected_before
     });
 
-    // The previous listener keeps serving.
+    // The previous listener keeps serving; the stream does not hold the
+    // rejected version, and no longer claims to hold the current one.
+    let rejected = h.cache.config_version(&h.group).expect("version");
+    assert_ne!(rejected, good);
+    let sync = h.cache.sync_of(&h.group);
+    assert_eq!(sync.streams, 1);
+    assert!(
+        !sync.holding.contains_key(&rejected),
+        "a NACKed version is recorded as held: {sync:?}"
+    );
     h.assert_serving("a");
     let snapshot = h.envoy().snapshot().expect("config_dump");
     assert_eq!(snapshot.stat_prefix().as_deref(), Some("http"));
@@ -1116,6 +1156,7 @@ fn invalid_listener_is_nacked(api: Api) {
     });
     h.wait_for_upstream("a");
     h.assert_serving("a");
+    h.wait_holds_current();
     assert_eq!(h.cache.nacks(&h.group), vec![nack.clone()]);
     assert!(
         events.try_recv().is_err(),
