@@ -2,10 +2,12 @@
 //! translates, serves xDS (every replica), and — on the replica holding the
 //! Lease — writes status and provisions infrastructure.
 
+use crate::acks::Acks;
 use crate::admin::{self, Shared, View};
 use crate::infra::Infra;
 use crate::infra::host::{Host, HostConfig};
 use crate::infra::kubernetes::{KubeInfra, KubeInfraConfig, KubeMode};
+use crate::k8s::acks;
 use crate::k8s::leader::{self, LeaseConfig};
 use crate::k8s::provider::{Changed, Kinds, Provider};
 use crate::k8s::status::StatusWriter;
@@ -49,6 +51,9 @@ pub struct ControllerOptions {
     pub namespace: String,
     /// This replica's identity in the Lease.
     pub identity: String,
+    /// The UID of this replica's Pod, which then owns the replica's xDS
+    /// acknowledgement report (`k8s::acks`).
+    pub pod_uid: Option<String>,
     /// The Lease's name.
     pub lease_name: String,
     /// How long a Lease lasts without renewal.
@@ -276,6 +281,23 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline::new(Arc::clone(&shared), infra);
     pipeline.set_system_ca_file(options.system_ca_file.clone());
+    if options.infrastructure == Infrastructure::Kubernetes {
+        // Envoys of a Gateway may be connected to any replica: each one
+        // reports what its streams hold, and the leader reads them all.
+        acks::spawn_publisher(
+            client.clone(),
+            options.namespace.clone(),
+            options.identity.clone(),
+            acks::pod_owner(&options.identity, options.pod_uid.as_deref())
+                .or_else(|| owner.clone()),
+            cache.clone(),
+            shutdown_rx.clone(),
+        );
+        let (peers, _watch) =
+            acks::spawn_watcher(client.clone(), &options.namespace, &options.identity);
+        pipeline.set_acks(Acks::with_peers(cache.clone(), peers));
+    }
+    let mut acked = pipeline.acks().waiter();
     let writer = StatusWriter::new(client.clone(), options.controller_name.clone());
     let mut undecodable =
         UndecodableReport::new(client.clone(), &options.controller_name, &options.identity);
@@ -318,6 +340,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         tokio::select! {
             Some(c) = changed.recv() => pending.add(c),
             _ = leading_changes.changed() => pending = Pending::Full,
+            () = acked.wait() => pending = Pending::Full,
             _ = tokio::time::sleep(wait) => pending = Pending::Full,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,

@@ -2,6 +2,7 @@
 //! (Envoy child processes), status, the admin server and the `run` loop.
 //! The `gatewright` binary is a thin CLI over this library.
 
+pub mod acks;
 pub mod admin;
 pub mod controller;
 pub mod infra;

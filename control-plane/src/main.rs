@@ -53,6 +53,10 @@ struct ControllerArgs {
     /// process id].
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The UID of this replica's Pod (from the downward API): the Pod then
+    /// owns the replica's xDS acknowledgement report, which goes with it.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
     /// Name of the coordination.k8s.io Lease replicas elect a leader on.
     #[arg(long, default_value = "gatewright-controller")]
     lease_name: String,
@@ -278,6 +282,7 @@ fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::Exit
         infrastructure: args.infrastructure,
         namespace: args.namespace,
         identity,
+        pod_uid: args.pod_uid,
         lease_name: args.lease_name,
         lease_duration: Duration::from_secs(args.lease_seconds),
         xds_address: args.xds_address,

@@ -1,19 +1,21 @@
 //! The one pipeline both modes run, written once:
 //!
 //! provider snapshot → translate → publish to the xDS cache →
-//! infrastructure → statuses (merged with what infrastructure learned) →
-//! status sink → admin view and metrics.
+//! infrastructure → acknowledgements (`crate::acks`) → statuses (merged
+//! with what infrastructure and the acknowledgements say) → status sink →
+//! admin view and metrics.
 //!
 //! `gatewright run` and `gatewright controller` differ only in what they
 //! plug in: the provider that produces [`Snapshot`]s (files, or the API
 //! server's watches), the [`StatusSink`] (status files, or the status
 //! subresource) and the [`Infra`] (host processes, or Kubernetes objects).
 
+use crate::acks::Acks;
 use crate::admin::{Shared, View};
-use crate::infra::{Infra, merge};
+use crate::infra::{Infra, Learned, NotProgrammed, merge};
 use crate::source::{ObjectId, Snapshot};
 use crate::status::{ObjectStatus, collect, loose_problems};
-use crate::xds::Publisher;
+use crate::xds::{Publisher, group_of};
 use anyhow::Context as _;
 use gatewright_translator::{Input, ObjectKey, Output, refresh_endpoints, translate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -45,6 +47,9 @@ pub struct Pipeline {
     /// The CA bundle file for `wellKnownCACertificates: System`, given to
     /// every translation (the translator's default when None).
     system_ca_file: Option<String>,
+    /// What Envoys hold: a Gateway is Programmed only once one holds its
+    /// current configuration.
+    acks: Acks,
 }
 
 impl Pipeline {
@@ -53,11 +58,24 @@ impl Pipeline {
     pub fn new(shared: Arc<Shared>, infra: Infra) -> Self {
         Self {
             publisher: Publisher::new(shared.cache.clone()),
+            acks: Acks::local(shared.cache.clone()),
             shared,
             infra,
             last_problems: Vec::new(),
             system_ca_file: None,
         }
+    }
+
+    /// Looks acknowledgements up in `acks` (which may know other
+    /// replicas' streams) instead of this process's streams alone.
+    pub fn set_acks(&mut self, acks: Acks) {
+        self.acks = acks;
+    }
+
+    /// Where the loop learns that an awaited acknowledgement came: the
+    /// next round then turns the Gateway Programmed.
+    pub fn acks(&self) -> &Acks {
+        &self.acks
     }
 
     /// Sets the CA bundle file (on the Envoys' hosts) that BackendTLSPolicies
@@ -96,7 +114,10 @@ impl Pipeline {
         }
 
         self.publisher.publish(&output);
-        let learned = self.infra.reconcile(&snapshot, &output, leading).await;
+        let mut learned = self.infra.reconcile(&snapshot, &output, leading).await;
+        if leading {
+            self.await_acks(&output, &mut learned);
+        }
         merge(&mut output, learned);
         *self
             .shared
@@ -128,6 +149,41 @@ impl Pipeline {
             statuses: collected,
             output: Arc::new(output),
         });
+    }
+
+    /// Keeps every Gateway that would be Programmed `Pending` until an
+    /// Envoy holds its current configuration, and tells [`Acks`] which
+    /// versions to wait for. Infrastructure's own reasons come first.
+    fn await_acks(&self, output: &Output, learned: &mut BTreeMap<ObjectKey, Learned>) {
+        let mut awaited = BTreeMap::new();
+        for key in output.gateways.keys() {
+            let programmed = output.statuses.gateways.get(key).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Programmed" && c.status == "True")
+            });
+            let entry = learned.entry(key.clone()).or_default();
+            if !programmed || entry.not_programmed.is_some() {
+                continue;
+            }
+            let group = group_of(key);
+            let Some(version) = self.shared.cache.config_version(&group) else {
+                continue;
+            };
+            if self.acks.held(&group, &version) {
+                continue;
+            }
+            entry.not_programmed = Some((
+                NotProgrammed::Pending,
+                format!(
+                    "waiting for an Envoy of the Gateway to acknowledge its configuration \
+                     (version {version}) over xDS"
+                ),
+            ));
+            awaited.insert(group, version);
+        }
+        self.acks.await_versions(awaited);
     }
 
     /// Recomputes only the endpoints of `services` (from `input`, which

@@ -116,13 +116,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut acked = pipeline.acks().waiter();
     loop {
         // Reading files is blocking IO: keep it off the threads serving xDS.
         let snapshot = tokio::task::block_in_place(|| source.load(&options.controller_name));
         pipeline.apply(snapshot, &mut sink, true).await;
-        // Wait for a change, then for the input to be quiet.
+        // Wait for a change, or for an Envoy to acknowledge a configuration
+        // a Gateway waits for, then for the input to be quiet.
         let stop = tokio::select! {
             _ = changed.recv() => false,
+            () = acked.wait() => false,
             _ = tokio::signal::ctrl_c() => true,
             _ = terminate.recv() => true,
         };

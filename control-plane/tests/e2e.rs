@@ -1424,3 +1424,110 @@ async fn backend_filters_follow_their_backend() {
         "a 1:1 split over 40 requests reaches both backends: {seen:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 16. Programmed means acknowledged.
+
+/// The Gateway's Programmed condition as (status, reason, message).
+fn programmed(gw: &Gatewright) -> Result<(String, String, String), String> {
+    let s = gw
+        .status_file("Gateway", "default", "gw")
+        .ok_or("no status file Gateway/default/gw.yaml yet")?;
+    let c = s
+        .get("conditions")
+        .and_then(|c| c.as_sequence())
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Programmed"))
+        .ok_or("no Programmed condition")?;
+    let field = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    Ok((field("status"), field("reason"), field("message")))
+}
+
+/// A process stopped with SIGSTOP until dropped (SIGCONT), so a failing
+/// test never leaves it stopped.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is
+        // the Envoy this test's gatewright runs.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {pid}"
+        );
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `Stopped::new`.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// A Gateway is Programmed only while its Envoy has acknowledged the
+/// current configuration. With the Envoy stopped (SIGSTOP) a route change
+/// cannot reach it, and the Gateway says Programmed=False/Pending; resumed,
+/// the Envoy takes the change and the Gateway is Programmed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_waits_for_the_envoys_acknowledgement() {
+    let (envoy, _slot) = begin(
+        "programmed_waits_for_the_envoys_acknowledgement",
+        Slot::Shared,
+    )
+    .await;
+    let route = |svc: &str| http_route("acked", &prefix_rule("/acked", svc, ""));
+    let w = World::http(
+        &envoy,
+        70,
+        &[("svc-one", "one"), ("svc-two", "two")],
+        &[("route.yaml", route("svc-one"))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/acked", w.base());
+    w.gw.wait("/acked on svc-one", async || {
+        served_by(&c, &url, &[], "one").await
+    })
+    .await;
+    w.gw.wait("Programmed=True", async || match programmed(&w.gw)? {
+        (s, r, _) if s == "True" && r == "Programmed" => Ok(()),
+        other => Err(format!("Programmed is {other:?}")),
+    })
+    .await;
+
+    let (pid, _) = envoy_cmdline(&w.gw).await.expect("the Envoy's pid");
+    let stopped = Stopped::new(pid);
+    w.gw.write("route.yaml", &route("svc-two"));
+    let (_, _, message) =
+        w.gw.wait(
+            "Programmed=False/Pending while the Envoy is stopped",
+            async || match programmed(&w.gw)? {
+                (s, r, m) if s == "False" && r == "Pending" => Ok((s, r, m)),
+                other => Err(format!("Programmed is {other:?}")),
+            },
+        )
+        .await;
+    println!("while stopped: {message}");
+    assert!(
+        message.contains("acknowledge"),
+        "the message does not say what is awaited: {message}"
+    );
+
+    drop(stopped);
+    w.gw.wait("/acked on svc-two after the Envoy resumed", async || {
+        served_by(&c, &url, &[], "two").await
+    })
+    .await;
+    w.gw.wait("Programmed=True again", async || match programmed(&w.gw)? {
+        (s, r, _) if s == "True" && r == "Programmed" => Ok(()),
+        other => Err(format!("Programmed is {other:?}")),
+    })
+    .await;
+}

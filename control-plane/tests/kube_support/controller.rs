@@ -91,6 +91,7 @@ impl Controller {
             .env_remove("KUBECONFIG")
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
+            .env_remove("POD_UID")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,0 +1,106 @@
+//! Programmed means acknowledged: whether an Envoy of a Gateway holds the
+//! Gateway's current configuration, as its xDS stream says.
+//!
+//! A stream holds a config version once its Envoy has acknowledged every
+//! listener, route, cluster and secret of it (`gatewright_xds::Cache::
+//! sync_of`). The streams are this process's, and in Kubernetes mode also
+//! the other replicas', from their reports (`k8s::acks`). The pipeline
+//! keeps a Gateway `Programmed=False`/`Pending` until some stream holds its
+//! current version, and [`AckWaiter`] wakes the next round when one does.
+
+use crate::k8s::acks::Peers;
+use gatewright_xds::Cache;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Where acknowledgements are looked up.
+#[derive(Clone)]
+pub struct Acks {
+    cache: Cache,
+    /// The other replicas' reports (Kubernetes mode); always empty else.
+    peers: watch::Receiver<Arc<Peers>>,
+    /// Node group → the config version the last round waits for.
+    awaited: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Acks {
+    /// Acknowledgements of this process's streams only.
+    pub fn local(cache: Cache) -> Self {
+        // The sender is dropped: the receiver keeps its empty value.
+        let (_, peers) = watch::channel(Arc::new(Peers::new()));
+        Self::with_peers(cache, peers)
+    }
+
+    /// Acknowledgements of this process's streams and of the peers'.
+    pub fn with_peers(cache: Cache, peers: watch::Receiver<Arc<Peers>>) -> Self {
+        Self {
+            cache,
+            peers,
+            awaited: Arc::default(),
+        }
+    }
+
+    /// Whether some Envoy of `group` holds config `version`.
+    pub fn held(&self, group: &str, version: &str) -> bool {
+        self.cache.sync_of(group).holding.contains_key(version)
+            || self.peers.borrow().values().any(|report| {
+                report
+                    .groups
+                    .get(group)
+                    .is_some_and(|g| g.holding.contains_key(version))
+            })
+    }
+
+    /// Sets what the last round waits for: node group → config version.
+    pub fn await_versions(&self, awaited: BTreeMap<String, String>) {
+        *self
+            .awaited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = awaited;
+    }
+
+    /// A waiter for [`Acks::await_versions`]'s versions.
+    pub fn waiter(&self) -> AckWaiter {
+        AckWaiter {
+            acks: self.clone(),
+            local: self.cache.sync_changes(),
+        }
+    }
+
+    fn any_awaited_held(&self) -> bool {
+        let awaited = self
+            .awaited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        awaited
+            .iter()
+            .any(|(group, version)| self.held(group, version))
+    }
+}
+
+/// Completes [`AckWaiter::wait`] when a version a round waits for is held.
+pub struct AckWaiter {
+    acks: Acks,
+    local: watch::Receiver<u64>,
+}
+
+impl AckWaiter {
+    /// Waits until some awaited version is held. Cancel-safe: use it in
+    /// `select!` loops.
+    pub async fn wait(&mut self) {
+        loop {
+            let local_open = self.local.has_changed().is_ok();
+            let peers_open = self.acks.peers.has_changed().is_ok();
+            tokio::select! {
+                changed = self.local.changed(), if local_open => { let _ = changed; }
+                changed = self.acks.peers.changed(), if peers_open => { let _ = changed; }
+                else => std::future::pending::<()>().await,
+            }
+            if self.acks.any_awaited_held() {
+                return;
+            }
+        }
+    }
+}
