@@ -104,3 +104,49 @@ impl AckWaiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::acks::{GroupReport, Report};
+    use std::time::Duration;
+
+    fn holding(group: &str, version: &str) -> Report {
+        Report {
+            groups: BTreeMap::from([(
+                group.to_owned(),
+                GroupReport {
+                    streams: 1,
+                    holding: BTreeMap::from([(version.to_owned(), 1)]),
+                },
+            )]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_report_wakes_the_waiter_only_for_an_awaited_version() {
+        let (tx, rx) = watch::channel(Arc::new(Peers::new()));
+        let acks = Acks::with_peers(Cache::new(), rx);
+        let mut waiter = acks.waiter();
+        acks.await_versions(BTreeMap::from([("ns/gw".to_owned(), "v2".to_owned())]));
+        assert!(!acks.held("ns/gw", "v2"));
+
+        // Another version, or another group, is not what is awaited.
+        tx.send_replace(Arc::new(BTreeMap::from([
+            ("a".to_owned(), holding("ns/gw", "v1")),
+            ("b".to_owned(), holding("ns/other", "v2")),
+        ])));
+        let early = tokio::time::timeout(Duration::from_millis(100), waiter.wait()).await;
+        assert!(early.is_err(), "woke for a version nobody waits for");
+
+        tx.send_replace(Arc::new(BTreeMap::from([(
+            "b".to_owned(),
+            holding("ns/gw", "v2"),
+        )])));
+        tokio::time::timeout(Duration::from_secs(5), waiter.wait())
+            .await
+            .expect("the awaited version is held: the waiter wakes");
+        assert!(acks.held("ns/gw", "v2"));
+        assert!(!acks.held("ns/gw", "v1"));
+    }
+}
