@@ -6,7 +6,9 @@
 //! sync_of`). The streams are this process's, and in Kubernetes mode also
 //! the other replicas', from their reports (`k8s::acks`). The pipeline
 //! keeps a Gateway `Programmed=False`/`Pending` until some stream holds its
-//! current version, and [`AckWaiter`] wakes the next round when one does.
+//! current version, or `Programmed=False`/`Invalid` with Envoy's message
+//! when an Envoy rejected it; [`AckWaiter`] wakes the next round when
+//! either happens.
 
 use crate::k8s::acks::Peers;
 use gatewright_xds::Cache;
@@ -52,6 +54,17 @@ impl Acks {
             })
     }
 
+    /// Envoy's message if some Envoy of `group` rejected config `version`.
+    pub fn rejection(&self, group: &str, version: &str) -> Option<String> {
+        if let Some(message) = self.cache.sync_of(group).rejected.get(version) {
+            return Some(message.clone());
+        }
+        self.peers
+            .borrow()
+            .values()
+            .find_map(|report| report.groups.get(group)?.rejected.get(version).cloned())
+    }
+
     /// Sets what the last round waits for: node group → config version.
     pub fn await_versions(&self, awaited: BTreeMap<String, String>) {
         *self
@@ -68,26 +81,29 @@ impl Acks {
         }
     }
 
-    fn any_awaited_held(&self) -> bool {
+    /// Whether some awaited version is now held or rejected.
+    fn any_awaited_settled(&self) -> bool {
         let awaited = self
             .awaited
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        awaited
-            .iter()
-            .any(|(group, version)| self.held(group, version))
+        awaited.iter().any(|(group, version)| {
+            self.held(group, version) || self.rejection(group, version).is_some()
+        })
     }
 }
 
-/// Completes [`AckWaiter::wait`] when a version a round waits for is held.
+/// Completes [`AckWaiter::wait`] when a version a round waits for is held
+/// or rejected.
 pub struct AckWaiter {
     acks: Acks,
     local: watch::Receiver<u64>,
 }
 
 impl AckWaiter {
-    /// Waits until some awaited version is held. Cancel-safe: use it in
+    /// Waits until some awaited version is held or rejected. Cancel-safe:
+    /// use it in
     /// `select!` loops.
     pub async fn wait(&mut self) {
         loop {
@@ -98,7 +114,7 @@ impl AckWaiter {
                 changed = self.acks.peers.changed(), if peers_open => { let _ = changed; }
                 else => std::future::pending::<()>().await,
             }
-            if self.acks.any_awaited_held() {
+            if self.acks.any_awaited_settled() {
                 return;
             }
         }
@@ -118,6 +134,7 @@ mod tests {
                 GroupReport {
                     streams: 1,
                     holding: BTreeMap::from([(version.to_owned(), 1)]),
+                    rejected: BTreeMap::new(),
                 },
             )]),
         }

@@ -152,8 +152,9 @@ impl Pipeline {
     }
 
     /// Keeps every Gateway that would be Programmed `Pending` until an
-    /// Envoy holds its current configuration, and tells [`Acks`] which
-    /// versions to wait for. Infrastructure's own reasons come first.
+    /// Envoy holds its current configuration (`Invalid` with Envoy's
+    /// message once one rejected it), and tells [`Acks`] which versions to
+    /// wait for. Infrastructure's own reasons come first.
     fn await_acks(&self, output: &Output, learned: &mut BTreeMap<ObjectKey, Learned>) {
         let mut awaited = BTreeMap::new();
         for key in output.gateways.keys() {
@@ -172,6 +173,15 @@ impl Pipeline {
                 continue;
             };
             if self.acks.held(&group, &version) {
+                continue;
+            }
+            // The Envoy keeps serving what it had; the version is not sent
+            // to it again, and the next translation that differs replaces it.
+            if let Some(message) = self.acks.rejection(&group, &version) {
+                entry.not_programmed = Some((
+                    NotProgrammed::Invalid,
+                    format!("Envoy rejected configuration version {version}: {message}"),
+                ));
                 continue;
             }
             entry.not_programmed = Some((

@@ -1531,3 +1531,91 @@ async fn programmed_waits_for_the_envoys_acknowledgement() {
     })
     .await;
 }
+
+/// The value of the counter whose name ends in `suffix` in `/metrics`.
+async fn metric(gw: &Gatewright, suffix: &str) -> Result<u64, String> {
+    let (code, body) = gw.admin_get("/metrics").await?;
+    if code != 200 {
+        return Err(format!("/metrics answered {code}"));
+    }
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            name.ends_with(suffix).then(|| value.trim().parse().ok())?
+        })
+        .ok_or_else(|| format!("no metric *{suffix} in /metrics"))
+}
+
+/// When Envoy rejects a Gateway's configuration, the Gateway says
+/// Programmed=False/Invalid with Envoy's message and the NACK metric
+/// counts it, while the Envoy keeps serving what it accepted before; the
+/// next configuration it accepts makes the Gateway Programmed again. The
+/// rejection is one only Envoy can know of: a new listener's port is
+/// already taken on the host (by this test), so Envoy cannot bind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_rejection_shows_in_programmed() {
+    let (envoy, _slot) = begin("an_envoy_rejection_shows_in_programmed", Slot::Shared).await;
+    let w = World::http(
+        &envoy,
+        71,
+        &[("svc-one", "one")],
+        &[(
+            "route.yaml",
+            http_route("nacked", &prefix_rule("/nacked", "svc-one", "")),
+        )],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/nacked", w.base());
+    w.gw.wait("/nacked on svc-one", async || {
+        served_by(&c, &url, &[], "one").await
+    })
+    .await;
+    w.gw.wait("Programmed=True", async || match programmed(&w.gw)? {
+        (s, _, _) if s == "True" => Ok(()),
+        other => Err(format!("Programmed is {other:?}")),
+    })
+    .await;
+    let nacks_before = metric(&w.gw, "xds_nacks_total").await.expect("metric");
+
+    let taken = w.addr(w.port + 1);
+    let _occupier = std::net::TcpListener::bind(taken).expect("binding the port to take");
+    let two = [
+        http_listener("http", w.port),
+        http_listener("taken", w.port + 1),
+    ];
+    let ip = w.ip;
+    w.gw.write("gateway.yaml", &docs(&[gateway_class(), gateway(ip, &two)]));
+    let (_, _, message) =
+        w.gw.wait(
+            "Programmed=False/Invalid with Envoy's message",
+            async || match programmed(&w.gw)? {
+                (s, r, m) if s == "False" && r == "Invalid" => Ok((s, r, m)),
+                other => Err(format!("Programmed is {other:?}")),
+            },
+        )
+        .await;
+    println!("rejected: {message}");
+    assert!(
+        message.contains("Envoy rejected") && message.contains(&taken.to_string()),
+        "the message does not carry Envoy's reason: {message}"
+    );
+    let nacks = metric(&w.gw, "xds_nacks_total").await.expect("metric");
+    assert!(nacks > nacks_before, "xds_nacks_total stayed at {nacks}");
+    // What Envoy accepted before keeps serving.
+    served_by(&c, &url, &[], "one")
+        .await
+        .expect("the first listener still serves");
+
+    let one = [http_listener("http", w.port)];
+    w.gw.write("gateway.yaml", &docs(&[gateway_class(), gateway(ip, &one)]));
+    w.gw.wait("Programmed=True again", async || match programmed(&w.gw)? {
+        (s, _, _) if s == "True" => Ok(()),
+        other => Err(format!("Programmed is {other:?}")),
+    })
+    .await;
+    served_by(&c, &url, &[], "one")
+        .await
+        .expect("the first listener serves");
+}

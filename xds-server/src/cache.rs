@@ -196,6 +196,21 @@ pub struct GroupSync {
     pub streams: usize,
     /// Config version ([`Resources::config_version`]) → streams holding it.
     pub holding: BTreeMap<String, usize>,
+    /// Config version → Envoy's message, for versions some stream's Envoy
+    /// rejected (part of) and still does not hold.
+    pub rejected: BTreeMap<String, String>,
+}
+
+/// What one stream's Envoy holds of its group's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum StreamState {
+    /// Neither held nor rejected (yet): in flight, or never sent.
+    #[default]
+    Waiting,
+    /// Holds this config version.
+    Holds(String),
+    /// Rejected (part of) this config version, with Envoy's message.
+    Rejected(String, String),
 }
 
 /// Counters the control plane turns into metrics.
@@ -222,7 +237,7 @@ struct Inner {
     nack_events: broadcast::Sender<Nack>,
     stats: Stats,
     /// Per group, per open stream: the config version it holds, if any.
-    streams: Mutex<HashMap<String, BTreeMap<u64, Option<String>>>>,
+    streams: Mutex<HashMap<String, BTreeMap<u64, StreamState>>>,
     /// Bumped whenever a stream opens, closes, or holds another version.
     sync_notify: watch::Sender<u64>,
     next_stream: AtomicU64,
@@ -313,7 +328,7 @@ impl Cache {
             .filter(|v| !v.is_empty())
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<String, BTreeMap<u64, Option<String>>>> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<String, BTreeMap<u64, StreamState>>> {
         // Every update is a single insert or remove: safe after a panic.
         self.inner
             .streams
@@ -348,19 +363,19 @@ impl Cache {
         self.streams()
             .entry(group.to_owned())
             .or_default()
-            .insert(id, None);
+            .insert(id, StreamState::Waiting);
         self.inner.sync_notify.send_modify(|n| *n += 1);
         id
     }
 
-    /// Records the config version stream `id` of `group` holds now.
-    pub(crate) fn stream_holds(&self, group: &str, id: u64, version: Option<String>) {
+    /// Records what stream `id` of `group` holds now.
+    pub(crate) fn stream_state(&self, group: &str, id: u64, state: StreamState) {
         if let Some(held) = self
             .streams()
             .get_mut(group)
             .and_then(|streams| streams.get_mut(&id))
         {
-            *held = version;
+            *held = state;
         }
         self.inner.sync_notify.send_modify(|n| *n += 1);
     }
@@ -413,15 +428,25 @@ impl Cache {
     }
 }
 
-fn group_sync(streams: &BTreeMap<u64, Option<String>>) -> GroupSync {
-    let mut holding = BTreeMap::new();
-    for version in streams.values().flatten() {
-        *holding.entry(version.clone()).or_insert(0) += 1;
-    }
-    GroupSync {
+fn group_sync(streams: &BTreeMap<u64, StreamState>) -> GroupSync {
+    let mut sync = GroupSync {
         streams: streams.len(),
-        holding,
+        ..GroupSync::default()
+    };
+    for state in streams.values() {
+        match state {
+            StreamState::Waiting => {}
+            StreamState::Holds(version) => {
+                *sync.holding.entry(version.clone()).or_insert(0) += 1;
+            }
+            StreamState::Rejected(version, message) => {
+                sync.rejected
+                    .entry(version.clone())
+                    .or_insert_with(|| message.clone());
+            }
+        }
     }
+    sync
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 //! - Which configuration each group's Envoys hold is tracked per stream
 //!   ([`Cache::sync_of`], [`Cache::sync_changes`]): a stream holds a
 //!   version ([`Resources::config_version`]) once its Envoy has
-//!   acknowledged all of it, so "programmed" can mean "acknowledged".
+//!   acknowledged all of it, so "programmed" can mean "acknowledged", or
+//!   has rejected it, with Envoy's message.
 //! - Optionally authenticated and authorised: [`serve_tls`] (or
 //!   [`TlsIncoming`]) accepts only clients with a certificate the
 //!   configuration's verifier accepts ([`mtls_server_config`]: signed by a

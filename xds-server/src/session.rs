@@ -1,7 +1,7 @@
 //! The state of one ADS stream: subscriptions per type, what the Envoy holds,
 //! nonces, ACKs and NACKs; and the decision of what to send next.
 
-use crate::cache::{Cache, Nack, Resource, Resources, TypeResources};
+use crate::cache::{Cache, Nack, Resource, Resources, StreamState, TypeResources};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     Resource as DeltaResource,
@@ -88,6 +88,8 @@ struct TypeState {
     /// resource versions (delta). It is not sent again until it changes.
     rejected_version: Option<String>,
     rejected: BTreeMap<String, String>,
+    /// Envoy's message for the last rejection of this type.
+    rejection: String,
     /// Send this type's current state even if it has not changed.
     force: bool,
 }
@@ -120,8 +122,8 @@ pub(crate) struct Session {
     nonce: u64,
     /// This stream's id in the cache's record of what streams hold.
     stream: u64,
-    /// The config version last recorded as held.
-    holds: Option<String>,
+    /// What was last recorded of this stream in the cache.
+    holds: StreamState,
 }
 
 fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
@@ -152,7 +154,7 @@ impl Session {
             seen: Default::default(),
             nonce: 0,
             stream,
-            holds: None,
+            holds: StreamState::Waiting,
         }
     }
 
@@ -215,6 +217,7 @@ impl Session {
                 match &req.error_detail {
                     Some(err) => {
                         st.rejected_version = Some(f.version.clone());
+                        st.rejection.clone_from(&err.message);
                         let message = err.message.clone();
                         self.nack(type_url, f.version, message);
                     }
@@ -273,6 +276,7 @@ impl Session {
                             st.rejected.insert(name.clone(), v.clone());
                         }
                     }
+                    st.rejection.clone_from(&err.message);
                     let version = f
                         .sent
                         .values()
@@ -436,15 +440,41 @@ impl Session {
         })
     }
 
-    /// Records in the cache whether this stream holds `resources`'
+    /// Envoy's message if it rejected part of `resources`' configuration
+    /// (anything but endpoints) and holds the rejected content still
+    /// unreplaced: state-of-the-world, a type whose latest version was
+    /// NACKed; delta, a resource whose current version was.
+    fn rejection(&self, resources: &Resources) -> Option<String> {
+        [CLUSTER, LISTENER, ROUTE, SECRET].iter().find_map(|t| {
+            let i = known(t).unwrap_or_default();
+            let st = &self.types[i];
+            let rejected = match self.mode {
+                Mode::Sotw => st.rejected_version.is_some(),
+                Mode::Delta => {
+                    let desired = self.desired(i, resources);
+                    st.rejected
+                        .iter()
+                        .any(|(n, v)| desired.get(n).is_some_and(|r| r.version == *v))
+                }
+            };
+            rejected.then(|| st.rejection.clone())
+        })
+    }
+
+    /// Records in the cache what this stream holds of `resources`'
     /// configuration, when that changed.
     fn record_holding(&mut self, resources: &Resources) {
-        let holds = self
-            .holds_config(resources)
-            .then(|| resources.config_version().to_owned());
-        if holds != self.holds {
-            self.holds.clone_from(&holds);
-            self.cache.stream_holds(&self.group, self.stream, holds);
+        let version = resources.config_version();
+        let state = if self.holds_config(resources) {
+            StreamState::Holds(version.to_owned())
+        } else if let Some(message) = self.rejection(resources) {
+            StreamState::Rejected(version.to_owned(), message)
+        } else {
+            StreamState::Waiting
+        };
+        if state != self.holds {
+            self.holds = state.clone();
+            self.cache.stream_state(&self.group, self.stream, state);
         }
     }
 

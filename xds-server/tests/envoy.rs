@@ -1129,11 +1129,22 @@ fn invalid_listener_is_nacked(api: Api) {
     // rejected version, and no longer claims to hold the current one.
     let rejected = h.cache.config_version(&h.group).expect("version");
     assert_ne!(rejected, good);
-    let sync = h.cache.sync_of(&h.group);
+    // The NACK is recorded before the stream's state: wait for the latter.
+    let sync = h.wait("the stream to record the rejection", || {
+        match h.cache.sync_of(&h.group) {
+            s if s.rejected.contains_key(&rejected) => Ok(s),
+            s => Err(format!("{s:?}")),
+        }
+    });
     assert_eq!(sync.streams, 1);
     assert!(
         !sync.holding.contains_key(&rejected),
         "a NACKed version is recorded as held: {sync:?}"
+    );
+    assert_eq!(
+        sync.rejected.get(&rejected),
+        Some(&nack.message),
+        "the rejected version is not recorded with Envoy's message"
     );
     h.assert_serving("a");
     let snapshot = h.envoy().snapshot().expect("config_dump");
@@ -1157,6 +1168,7 @@ fn invalid_listener_is_nacked(api: Api) {
     h.wait_for_upstream("a");
     h.assert_serving("a");
     h.wait_holds_current();
+    assert!(h.cache.sync_of(&h.group).rejected.is_empty());
     assert_eq!(h.cache.nacks(&h.group), vec![nack.clone()]);
     assert!(
         events.try_recv().is_err(),

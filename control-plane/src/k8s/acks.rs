@@ -50,6 +50,9 @@ pub struct GroupReport {
     pub streams: usize,
     /// Config version → streams whose Envoy holds it.
     pub holding: BTreeMap<String, usize>,
+    /// Config version → Envoy's message, for versions an Envoy rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, String>,
 }
 
 impl From<BTreeMap<String, GroupSync>> for Report {
@@ -61,6 +64,7 @@ impl From<BTreeMap<String, GroupSync>> for Report {
                     let report = GroupReport {
                         streams: s.streams,
                         holding: s.holding,
+                        rejected: s.rejected,
                     };
                     (group, report)
                 })
@@ -235,6 +239,7 @@ mod tests {
             GroupSync {
                 streams: 2,
                 holding: BTreeMap::from([("00ff".to_owned(), 1)]),
+                rejected: BTreeMap::from([("00fe".to_owned(), "no".to_owned())]),
             },
         )]));
         let mut cm = ConfigMap {
