@@ -338,16 +338,23 @@ secret_cert() { k -n "$NS" get secret "$secret" -o jsonpath='{.data.tls\.crt}' |
 serial_of() { openssl x509 -noout -serial <<<"$1" | norm_serial; }
 not_after_of() { date -d "$(openssl x509 -noout -enddate <<<"$1" | sed 's/^notAfter=//')" +%s; }
 
-old_cert=$(secret_cert)
-old_serial=$(serial_of "$old_cert")
+# Envoy presents the Secret's certificate (given time to load it, should
+# the Secret have been renewed just now: phases 2 and 3 took over 400 s).
+deadline=$((SECONDS + 30))
+while :; do
+  old_cert=$(secret_cert)
+  old_serial=$(serial_of "$old_cert")
+  serials=$(envoy_serials || true)
+  [[ $serials == "$old_serial" ]] && break
+  ((SECONDS < deadline)) || fail "Envoy's /certs shows '$serials', not the Secret's certificate $old_serial"
+  sleep 1
+done
 old_end=$(not_after_of "$old_cert")
 now=$(date +%s)
 ((old_end - now <= CERT_VALIDITY_S)) ||
   fail "the client certificate is valid for $((old_end - now)) s more: --xds-client-cert-validity=$CERT_VALIDITY was not applied"
 issued=$((old_end - CERT_VALIDITY_S))
 due=$((issued + CERT_VALIDITY_S - CERT_VALIDITY_S / 3))
-serials=$(envoy_serials || true)
-[[ $serials == "$old_serial" ]] || fail "Envoy's /certs shows '$serials', not the Secret's certificate $old_serial"
 log "client certificate: Secret $NS/$secret, serial $old_serial, issued $(date -d "@$issued" +%T) for $CERT_VALIDITY_S s, shown by Envoy's /certs (pid $envoy_pid, admin port $admin_port); renewal due at $(date -d "@$due" +%T), in $((due - now)) s"
 
 # Renewal is checked on every full round, at least every RESYNC_S: allow
