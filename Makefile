@@ -76,7 +76,8 @@ conformance-host: envoy
 	GWR_INFRA=host bash conformance/run.sh
 
 # Gatewright installed with Helm in the local cluster: traffic through a
-# provisioned Envoy, the leader killed under traffic, clean uninstall.
+# provisioned Envoy, the leader killed under traffic, the xDS client
+# certificate renewed under traffic, clean uninstall.
 helm-e2e: envoy
 	bash conformance/helm-e2e.sh
 

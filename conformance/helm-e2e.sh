@@ -2,20 +2,31 @@
 # `make helm-e2e`: Gatewright as users run it in a cluster, end to end, in
 # the local cluster (conformance/README.md):
 #
-# 1. `helm install charts/gatewright`, then `helm upgrade --reuse-values`
-#    (the chart README's first-install path, which adds the GatewayClass);
+# 1. `helm install charts/gatewright` with 10-minute xDS client
+#    certificates (`--xds-client-cert-validity=10m`, the shortest allowed),
+#    then `helm upgrade --reuse-values` (the chart README's first-install
+#    path, which adds the GatewayClass);
 # 2. an echo Deployment and Service, a Gateway and an HTTPRoute: the
 #    Gateway is Programmed with an address from the harness's load-balancer
 #    pool, and traffic goes through the Envoy Deployment Gatewright
 #    provisioned for it;
 # 3. under constant traffic, the leader's process is killed (SIGKILL) and
-#    its pod deleted: the other replica takes the Lease, writes the status
-#    of a changed HTTPRoute and its new rule is served; not one request
-#    fails;
-# 4. the Gateway is deleted: its Envoy objects are garbage-collected; then
+#    its pod deleted: another replica (the survivor or the killed pod's
+#    replacement) takes the Lease, writes the status of a changed HTTPRoute
+#    and its new rule is served; not one request fails;
+# 4. under constant traffic, the Gateway's xDS client certificate is
+#    renewed (due when a third of its life is left: about 400 s after the
+#    Gateway was provisioned, so phases 2 and 3 run inside that wait): its
+#    Secret gets a new serial, the same Envoy process (pod and restart
+#    count unchanged) reports it in its admin `/certs` and no longer the
+#    old one; then the controller Deployment is restarted, so Envoy must
+#    open new xDS connections (new TLS handshakes, with the renewed
+#    certificate), and a changed route is served; not one request fails;
+# 5. the Gateway is deleted: its Envoy objects are garbage-collected; then
 #    `helm uninstall`: nothing Gatewright made is left.
 #
 # Every wait is bounded; the cluster is torn down however the script ends.
+# Needs root, nsenter and python3 besides what cluster.sh needs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,9 +35,20 @@ NS=helm-e2e
 SYSTEM=gatewright-system
 LEASE=gatewright-controller
 WAIT=180s
-# Traffic: one request every 50 ms, at most this many or this long.
+# Traffic: one request every 50 ms, at most this many or this long (the
+# failover; the renewal, which waits for the certificate).
 MAX_REQUESTS=4000
 MAX_SECONDS=240
+RENEWAL_MAX_REQUESTS=16000
+RENEWAL_MAX_SECONDS=720
+# The xDS client certificate lifetime, as the flag and in seconds: the
+# shortest the controller takes, so the renewal comes soonest. It reissues
+# a certificate once less than a third is left (control-plane/src/pki.rs),
+# checking on every full round, at least every RESYNC_S seconds
+# (control-plane/src/controller.rs).
+CERT_VALIDITY=10m
+CERT_VALIDITY_S=600
+RESYNC_S=30
 
 # shellcheck source=conformance/lib.sh
 . conformance/lib.sh
@@ -55,7 +77,7 @@ cargo build -p gatewright -p gatewright-node-agent
 "$CLUSTER" up
 
 # -- 1. install -------------------------------------------------------------
-helm_install_gatewright
+helm_install_gatewright --set-json "controller.extraArgs=[\"--xds-client-cert-validity=$CERT_VALIDITY\"]"
 log "helm upgrade --reuse-values (the first install's second step: the GatewayClass)"
 "$CLUSTER" exec "$HELM" upgrade gatewright charts/gatewright --namespace "$SYSTEM" \
   --reuse-values --wait --timeout 5m >/dev/null
@@ -158,15 +180,70 @@ body=$("$CLUSTER" exec curl -s --max-time 5 "http://$addr/hello") || fail "no an
 log "Gateway $NS/gw Programmed at $addr, served by $(tr '\n' ' ' <<<"$envoys")"
 
 # -- 3. the leader killed under traffic -------------------------------------
+# Sends requests through the Gateway from gwr-conf, appending each response
+# code to $1 (000 when none came), until the file $2 exists or the bounds
+# of $3 seconds or $4 requests are reached; a loop that hit a bound leaves
+# $2.bounded behind.
+start_traffic() {
+  # shellcheck disable=SC2016 # expanded by the inner bash, in gwr-conf
+  "$CLUSTER" exec bash -c '
+    end=$((SECONDS + $4)); n=0
+    while [[ ! -e $2 ]] && ((SECONDS < end && n < $5)); do
+      curl -s -o /dev/null -w "%{http_code}\n" --max-time 2 "http://$3/traffic" >>"$1" || echo "000" >>"$1"
+      n=$((n + 1)); sleep 0.05
+    done
+    [[ -e $2 ]] || touch "$2.bounded"' _ "$1" "$2" "$addr" "$3" "$4" &
+  traffic_pid=$!
+}
+# Fails if any request in $1 so far failed; $2 names the phase.
+traffic_ok() {
+  local failed
+  failed=$(grep -cvx 200 "$1" || true)
+  ((failed == 0)) || fail "$failed of $(wc -l <"$1") requests failed during the $2: $(sort "$1" | uniq -c | tr '\n' ' ')"
+}
+# Stops the traffic started with codes file $1 and stop file $2 and checks
+# it: it ran to the end of the phase (a bound reached earlier would leave
+# the rest unobserved), over 100 requests, every one a 200.
+stop_traffic() { # $3: the phase
+  local total
+  touch "$2"
+  wait "$traffic_pid" || true
+  traffic_pid=
+  [[ ! -e $2.bounded ]] || fail "the traffic through the $3 reached its bounds before the phase ended"
+  total=$(wc -l <"$1")
+  ((total > 100)) || fail "only $total requests were sent during the $3"
+  traffic_ok "$1" "$3"
+  log "traffic through the $3: $total requests, 0 failed"
+}
+# Applies the route with a second rule, PathPrefix $1 answered with the
+# header x-e2e: $2, and waits until the route's status is written for its
+# new generation and Envoy serves the rule; $3 says after what.
+serve_route() {
+  local observed header deadline
+  route "$first_rules
+  - matches:
+    - path: { type: PathPrefix, value: $1 }
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{ name: x-e2e, value: $2 }]
+    backendRefs:
+    - name: echo
+      port: 8080" | k apply -f - >/dev/null
+  deadline=$((SECONDS + 120))
+  while :; do
+    observed=$(k -n "$NS" get httproute web -o jsonpath='{.status.parents[0].conditions[?(@.type=="Accepted")].observedGeneration}')
+    generation=$(k -n "$NS" get httproute web -o jsonpath='{.metadata.generation}')
+    header=$("$CLUSTER" exec curl -s -o /dev/null -D - --max-time 2 "http://$addr$1" | tr -d '\r' | grep -i '^x-e2e:' || true)
+    [[ $observed == "$generation" && $header == *"$2"* ]] && break
+    ((SECONDS < deadline)) || fail "$3: route status at generation '$observed' of $generation, $1 header '$header'"
+    sleep 1
+  done
+}
+
 codes=$work/codes
 stop=$work/stop
-"$CLUSTER" exec bash -c '
-  end=$((SECONDS + $4)); n=0
-  while [[ ! -e $2 ]] && ((SECONDS < end && n < $5)); do
-    curl -s -o /dev/null -w "%{http_code}\n" --max-time 2 "http://$3/traffic" >>"$1" || echo "000" >>"$1"
-    n=$((n + 1)); sleep 0.05
-  done' _ "$codes" "$stop" "$addr" "$MAX_SECONDS" "$MAX_REQUESTS" &
-traffic_pid=$!
+start_traffic "$codes" "$stop" "$MAX_SECONDS" "$MAX_REQUESTS"
 sleep 3
 
 leader=$(k -n "$SYSTEM" get lease "$LEASE" -o jsonpath='{.spec.holderIdentity}')
@@ -177,48 +254,163 @@ pid=$(pgrep -f -- "--identity=$leader( |$)" || true)
 log "killing the leader $leader (pid $pid) with SIGKILL and deleting its pod"
 kill -KILL "$pid"
 k -n "$SYSTEM" delete pod "$leader" --grace-period=0 --force --wait=false >/dev/null 2>&1
+# The Deployment replaces the killed pod at once, and its replacement
+# races the survivor for the expired Lease (each checks every third of the
+# lease duration, timing it from when it first saw the last renewal):
+# either may win, as long as it is a live replica.
 deadline=$((SECONDS + 90))
 while :; do
   holder=$(k -n "$SYSTEM" get lease "$LEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
-  [[ $holder == "$survivor" ]] && break
-  ((SECONDS < deadline)) || fail "the Lease is held by '$holder', not by the surviving replica $survivor"
+  if [[ -n $holder && $holder != "$leader" ]] &&
+    [[ $(k -n "$SYSTEM" get pod "$holder" -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]]; then
+    break
+  fi
+  ((SECONDS < deadline)) || fail "the Lease is held by '$holder', not by a running replica other than $leader"
   sleep 1
 done
-log "$survivor took the Lease"
+if [[ $holder == "$survivor" ]]; then
+  log "the surviving replica $holder took the Lease"
+else
+  log "$holder, which replaced the killed leader, took the Lease"
+fi
 
-route '  - backendRefs:
-    - name: echo
-      port: 8080
-  - matches:
-    - path: { type: PathPrefix, value: /new }
-    filters:
-    - type: ResponseHeaderModifier
-      responseHeaderModifier:
-        set: [{ name: x-e2e, value: after-failover }]
-    backendRefs:
-    - name: echo
-      port: 8080' | k apply -f - >/dev/null
-deadline=$((SECONDS + 120))
-while :; do
-  observed=$(k -n "$NS" get httproute web -o jsonpath='{.status.parents[0].conditions[?(@.type=="Accepted")].observedGeneration}')
-  generation=$(k -n "$NS" get httproute web -o jsonpath='{.metadata.generation}')
-  header=$("$CLUSTER" exec curl -s -o /dev/null -D - --max-time 2 "http://$addr/new" | tr -d '\r' | grep -i '^x-e2e:' || true)
-  [[ $observed == "$generation" && $header == *after-failover* ]] && break
-  ((SECONDS < deadline)) || fail "after the failover: route status at generation '$observed' of $generation, /new header '$header'"
-  sleep 1
-done
+serve_route /new after-failover "after the failover"
 log "route status written for generation $generation by the new leader; /new is served"
 sleep 3
-touch "$stop"
-wait "$traffic_pid" || true
-traffic_pid=
-total=$(wc -l <"$codes")
-failed=$(grep -cvx 200 "$codes" || true)
-((total > 100)) || fail "only $total requests were sent"
-((failed == 0)) || fail "$failed of $total requests failed: $(sort "$codes" | uniq -c | tr '\n' ' ')"
-log "traffic through the failover: $total requests, $failed failed"
+stop_traffic "$codes" "$stop" failover
 
-# -- 4. clean removal --------------------------------------------------------
+# -- 4. the xDS client certificate renewed under traffic --------------------
+codes=$work/renewal-codes
+stop=$work/renewal-stop
+start_traffic "$codes" "$stop" "$RENEWAL_MAX_SECONDS" "$RENEWAL_MAX_REQUESTS"
+
+# The Gateway's client Secret: the kubernetes.io/tls Secret Gatewright made
+# that the Gateway owns, and the one its Envoy pod mounts.
+gw_uid=$(k -n "$NS" get gateway gw -o jsonpath='{.metadata.uid}')
+secret=$(k -n "$NS" get secrets -l app.kubernetes.io/managed-by=gatewright \
+  -o jsonpath='{range .items[?(@.type=="kubernetes.io/tls")]}{.metadata.name} {.metadata.ownerReferences[*].uid}{"\n"}{end}' |
+  awk -v uid="$gw_uid" '{ for (i = 2; i <= NF; i++) if ($i == uid) print $1 }')
+[[ $(wc -w <<<"$secret") == 1 ]] || fail "expected one kubernetes.io/tls Secret owned by Gateway $NS/gw, found '$secret'"
+(($(wc -l <<<"$envoys") == 1)) || fail "expected one Envoy pod, got: $envoys"
+envoy_pod=${envoys#pod/}
+k -n "$NS" get pod "$envoy_pod" -o jsonpath='{.spec.volumes[*].secret.secretName}' | tr ' ' '\n' | grep -qx -- "$secret" ||
+  fail "Envoy pod $envoy_pod does not mount Secret $secret"
+
+# The pod's Envoy process: the node agent gives each pod's processes its
+# name as HOSTNAME. Its admin interface listens on 127.0.0.1 in the pod's
+# network namespace, on the port its bootstrap names; `ip netns exec`
+# cannot enter pod namespaces from here (conformance/node-agent/README.md,
+# "Mount namespaces"), nsenter through the process can.
+envoy_pid_of() { # $1: pod name
+  local p
+  for p in $(pgrep -f -- '--config-path /etc/gatewright/bootstrap/' || true); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "HOSTNAME=$1"; then echo "$p"; fi
+  done
+}
+envoy_pid=$(envoy_pid_of "$envoy_pod")
+[[ $(wc -w <<<"$envoy_pid") == 1 ]] || fail "expected one Envoy process of pod $envoy_pod, found '$envoy_pid'"
+restarts() { k -n "$NS" get pod "$envoy_pod" -o jsonpath='{.status.containerStatuses[*].restartCount}'; }
+envoy_restarts=$(restarts)
+admin_port=$(nsenter -t "$envoy_pid" -m cat /etc/gatewright/bootstrap/envoy.json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["admin"]["address"]["socket_address"]["port_value"])') ||
+  fail "cannot read the admin port from the bootstrap of Envoy process $envoy_pid"
+admin() { nsenter -t "$envoy_pid" -n curl -sf --max-time 2 "http://127.0.0.1:$admin_port$1"; }
+# Serials as lower-case hex without leading zeros, how Envoy prints them.
+norm_serial() { tr 'A-F' 'a-f' | sed -e 's/^serial=//' -e 's/^0*//'; }
+# The serials of the certificates Envoy presents (its CA certificates are
+# listed apart, under ca_cert).
+envoy_serials() {
+  admin /certs | python3 -c 'import json, sys
+for c in json.load(sys.stdin).get("certificates", []):
+    for cert in c.get("cert_chain", []):
+        print(cert["serial_number"])' | norm_serial | sort -u
+}
+# The TLS handshakes Envoy has made with the xDS server.
+handshakes() { admin /stats | sed -n 's/^cluster\.gatewright-xds\.ssl\.handshake: //p'; }
+same_envoy() { # $1: when
+  local now_envoys
+  now_envoys=$(k -n "$NS" get pods -l gateway.networking.k8s.io/gateway-name=gw -o name)
+  [[ $now_envoys == "$envoys" ]] || fail "$1: the Envoy pods are now $(tr '\n' ' ' <<<"$now_envoys"), were $envoys"
+  [[ $(restarts) == "$envoy_restarts" ]] || fail "$1: Envoy restarted ($(restarts) restarts, was $envoy_restarts)"
+  [[ $(envoy_pid_of "$envoy_pod") == "$envoy_pid" ]] || fail "$1: Envoy is no longer process $envoy_pid"
+}
+secret_cert() { k -n "$NS" get secret "$secret" -o jsonpath='{.data.tls\.crt}' | base64 -d; }
+serial_of() { openssl x509 -noout -serial <<<"$1" | norm_serial; }
+not_after_of() { date -d "$(openssl x509 -noout -enddate <<<"$1" | sed 's/^notAfter=//')" +%s; }
+
+# Envoy presents the Secret's certificate (given time to load it, should
+# the Secret have been renewed just now: phases 2 and 3 took over 400 s).
+deadline=$((SECONDS + 30))
+while :; do
+  old_cert=$(secret_cert)
+  old_serial=$(serial_of "$old_cert")
+  serials=$(envoy_serials || true)
+  [[ $serials == "$old_serial" ]] && break
+  ((SECONDS < deadline)) || fail "Envoy's /certs shows '$serials', not the Secret's certificate $old_serial"
+  sleep 1
+done
+old_end=$(not_after_of "$old_cert")
+now=$(date +%s)
+((old_end - now <= CERT_VALIDITY_S)) ||
+  fail "the client certificate is valid for $((old_end - now)) s more: --xds-client-cert-validity=$CERT_VALIDITY was not applied"
+issued=$((old_end - CERT_VALIDITY_S))
+due=$((issued + CERT_VALIDITY_S - CERT_VALIDITY_S / 3))
+log "client certificate: Secret $NS/$secret, serial $old_serial, issued $(date -d "@$issued" +%T) for $CERT_VALIDITY_S s, shown by Envoy's /certs (pid $envoy_pid, admin port $admin_port); renewal due at $(date -d "@$due" +%T), in $((due - now)) s"
+
+# Renewal is checked on every full round, at least every RESYNC_S: allow
+# two of them after it is due.
+deadline=$((due + 2 * RESYNC_S))
+while :; do
+  new_cert=$(secret_cert)
+  new_serial=$(serial_of "$new_cert")
+  [[ $new_serial != "$old_serial" ]] && break
+  traffic_ok "$codes" renewal
+  (($(date +%s) < deadline)) ||
+    fail "the client certificate was not renewed by $(date -d "@$deadline" +%T), $((deadline - issued)) s after issuance (due after $((due - issued)) s)"
+  sleep 2
+done
+seen=$SECONDS
+new_end=$(not_after_of "$new_cert")
+((new_end > old_end)) || fail "the new certificate $new_serial ends at $new_end, not after the old one ($old_end)"
+log "client certificate renewed $((new_end - old_end)) s after issuance (due after $((due - issued)) s): serial $old_serial -> $new_serial"
+deadline=$((SECONDS + 60))
+while :; do
+  serials=$(envoy_serials || true)
+  [[ $serials == "$new_serial" ]] && break
+  ((SECONDS < deadline)) || fail "60 s after the renewal, Envoy's /certs shows '$serials', not only $new_serial"
+  sleep 1
+done
+same_envoy "after the renewal"
+log "Envoy $envoy_pod (same process $envoy_pid, $envoy_restarts restarts) presents $new_serial and no longer $old_serial, $((SECONDS - seen)) s after the Secret changed"
+
+# New xDS connections: once the old replicas are gone, Envoy's streams can
+# only be to new ones, over handshakes made with the certificate /certs
+# shows.
+handshakes_before=$(handshakes || true)
+[[ -n $handshakes_before ]] || fail "Envoy has no cluster.gatewright-xds.ssl.handshake statistic"
+deployment=$(k -n "$SYSTEM" get deployments -l app.kubernetes.io/name=gatewright -o name)
+old_replicas=$(k -n "$SYSTEM" get pods -l app.kubernetes.io/name=gatewright -o name)
+log "restarting $deployment"
+k -n "$SYSTEM" rollout restart "$deployment" >/dev/null
+k -n "$SYSTEM" rollout status "$deployment" --timeout="$WAIT" >/dev/null || fail "$deployment did not roll out"
+deadline=$((SECONDS + 90))
+# shellcheck disable=SC2086 # one argument per pod
+while [[ -n $(k -n "$SYSTEM" get $old_replicas --ignore-not-found -o name 2>/dev/null) ]]; do
+  ((SECONDS < deadline)) || fail "the old controller pods are still there: $(tr '\n' ' ' <<<"$old_replicas")"
+  sleep 1
+done
+serve_route /renewed after-renewal "after the controller restart"
+handshakes_after=$(handshakes || true)
+((${handshakes_after:-0} > handshakes_before)) ||
+  fail "Envoy made no new xDS TLS handshake after the restart ($handshakes_before before, $handshakes_after after)"
+serials=$(envoy_serials || true)
+[[ $serials == "$new_serial" ]] || fail "after the restart, Envoy's /certs shows '$serials', not only $new_serial"
+same_envoy "after the controller restart"
+log "controller restarted: Envoy made $((handshakes_after - handshakes_before)) new xDS TLS handshake(s) with $new_serial; route generation $generation served at /renewed"
+sleep 3
+stop_traffic "$codes" "$stop" renewal
+
+# -- 5. clean removal --------------------------------------------------------
 left() { # objects Gatewright made, in every namespace
   k get deployments,services,configmaps,serviceaccounts,secrets,leases -A \
     -l app.kubernetes.io/managed-by=gatewright -o name 2>/dev/null
