@@ -179,6 +179,29 @@ body=$("$CLUSTER" exec curl -s --max-time 5 "http://$addr/hello") || fail "no an
   fail "http://$addr/hello did not reach the echo pod: $body"
 log "Gateway $NS/gw Programmed at $addr, served by $(tr '\n' ' ' <<<"$envoys")"
 
+# Programmed means acknowledged: the replica the Envoy is connected to
+# reports, in its ConfigMap, that the Envoy holds the Gateway's configuration.
+reports() { # name<TAB>report.json of every replica's acknowledgement report
+  k -n "$SYSTEM" get configmaps -l gatewright.dev/xds-acks=true \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\t"}{.data.report\.json}{"\n"}{end}'
+}
+deadline=$((SECONDS + 30))
+while :; do
+  listed=$(reports)
+  holding=$(python3 -c '
+import json, sys
+n = 0
+for line in sys.stdin:
+    name, _, text = line.rstrip("\n").partition("\t")
+    group = json.loads(text or "{}").get("groups", {}).get(sys.argv[1], {})
+    n += sum(group.get("holding", {}).values())
+print(n)' "$NS/gw" <<<"$listed")
+  (($(grep -c . <<<"$listed") == 2 && holding >= 1)) && break
+  ((SECONDS < deadline)) || fail "expected 2 acknowledgement reports, one with an Envoy of $NS/gw holding its configuration: $listed"
+  sleep 1
+done
+log "acknowledgement reports: $(cut -f1 <<<"$listed" | tr '\n' ' ')($holding stream(s) of $NS/gw hold its configuration)"
+
 # -- 3. the leader killed under traffic -------------------------------------
 # Sends requests through the Gateway from gwr-conf, appending each response
 # code to $1 (000 when none came), until the file $2 exists or the bounds
@@ -276,6 +299,13 @@ fi
 
 serve_route /new after-failover "after the failover"
 log "route status written for generation $generation by the new leader; /new is served"
+# The killed leader's report goes with its Pod (it owns the ConfigMap).
+deadline=$((SECONDS + 60))
+while reports | cut -f1 | grep -qx "gatewright-xds-acks-$leader"; do
+  ((SECONDS < deadline)) || fail "the killed leader's acknowledgement report is still there"
+  sleep 1
+done
+log "the killed leader's acknowledgement report was garbage-collected with its Pod"
 sleep 3
 stop_traffic "$codes" "$stop" failover
 
