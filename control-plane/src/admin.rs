@@ -212,6 +212,9 @@ async fn config_dump(
                 .into_response();
         }
     };
+    // The admin port may be reachable from beyond the host (a pod's port):
+    // private keys never leave through it.
+    gatewright_render::redact_private_keys(&mut dump);
     if let Value::Object(map) = &mut dump {
         map.insert("gateway".into(), json!(group_of(key)));
         let nacks: Vec<Value> = shared

@@ -198,7 +198,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     let xds = match options.infrastructure {
         Infrastructure::Host => serve_plaintext(
             xds_listener,
-            AdsServer::new(cache.clone()),
+            crate::xds::plaintext_server(cache.clone(), xds_address),
             shutdown_rx.clone(),
         ),
         Infrastructure::Kubernetes => {

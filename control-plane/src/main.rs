@@ -63,9 +63,12 @@ struct ControllerArgs {
     /// Seconds a Lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
-    /// Address the ADS server listens on.
-    #[arg(long, default_value = "0.0.0.0:18000")]
-    xds_address: SocketAddr,
+    /// Address the ADS server listens on [default: 0.0.0.0:18000 with
+    /// `--infrastructure kubernetes`, where Envoys in other pods connect
+    /// over mutual TLS; 127.0.0.1:18000 with `host`, where Envoys are local
+    /// children and the server has no client to authenticate].
+    #[arg(long)]
+    xds_address: Option<SocketAddr>,
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics,
     /// /debug/status, /debug/config_dump).
     #[arg(long, default_value = "0.0.0.0:18001")]
@@ -285,7 +288,10 @@ fn controller_command(args: ControllerArgs) -> anyhow::Result<std::process::Exit
         pod_uid: args.pod_uid,
         lease_name: args.lease_name,
         lease_duration: Duration::from_secs(args.lease_seconds),
-        xds_address: args.xds_address,
+        xds_address: args.xds_address.unwrap_or(match args.infrastructure {
+            Infrastructure::Kubernetes => SocketAddr::from(([0, 0, 0, 0], 18000)),
+            Infrastructure::Host => SocketAddr::from(([127, 0, 0, 1], 18000)),
+        }),
         admin_address: args.admin_address,
         state_dir,
         controller_name: args.controller_name,

@@ -123,6 +123,21 @@ impl Collector for XdsCollector {
                 "xDS responses Envoys rejected",
                 stats.nacks.load(Ordering::Relaxed),
             ),
+            (
+                "xds_streams_cut_off",
+                "xDS streams refused or closed for exceeding a limit (streams, names, unacknowledged responses)",
+                stats.cut_off.load(Ordering::Relaxed),
+            ),
+            (
+                "xds_secrets_refused",
+                "xDS streams denied secrets because the client is not authenticated",
+                stats.secrets_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "xds_denied",
+                "xDS streams refused by the authorizer",
+                stats.denied.load(Ordering::Relaxed),
+            ),
         ];
         let (restarts, live) = {
             let envoys = self
@@ -153,6 +168,11 @@ impl Collector for XdsCollector {
                 "xds_connected_envoys",
                 "Open xDS streams",
                 i64::try_from(stats.streams.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "xds_node_groups",
+                "Node groups in the xDS cache (published, or watched by a stream)",
+                i64::try_from(self.cache.group_count()).unwrap_or(i64::MAX),
             ),
             (
                 "envoys_live",

@@ -12,7 +12,7 @@ use crate::status::{ObjectStatus, StatusWriter};
 use crate::xds::serve_plaintext;
 use anyhow::Context as _;
 use gatewright_translator::Output;
-use gatewright_xds::{AdsServer, Cache};
+use gatewright_xds::Cache;
 use notify::Watcher as _;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -74,7 +74,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let xds_address = xds_listener.local_addr()?;
     let xds = serve_plaintext(
         xds_listener,
-        AdsServer::new(cache.clone()),
+        crate::xds::plaintext_server(cache.clone(), xds_address),
         shutdown_rx.clone(),
     );
     let admin_listener = tokio::net::TcpListener::bind(options.admin_address)

@@ -79,6 +79,20 @@ impl Publisher {
     }
 }
 
+/// The ADS server for plaintext serving on `address` (host
+/// infrastructure). On loopback only local processes reach it; anywhere
+/// else a client cannot be authenticated, so secrets (private keys) are
+/// never sent, and TLS listeners that need one stay unserved.
+pub fn plaintext_server(cache: Cache, address: std::net::SocketAddr) -> AdsServer {
+    let server = AdsServer::new(cache);
+    if address.ip().is_loopback() {
+        server
+    } else {
+        tracing::warn!(%address, "xDS is served in plaintext beyond loopback: clients cannot be authenticated, so no secrets are sent; TLS listeners stay unserved");
+        server.deny_unauthenticated_secrets()
+    }
+}
+
 /// Serves ADS in plaintext on `listener` until `stop` turns true (host
 /// infrastructure: Envoys are local children on loopback).
 pub fn serve_plaintext(

@@ -430,6 +430,23 @@ async fn https_termination() {
         err.is_err(),
         "a client without the test CA must not accept the certificate; got {err:?}"
     );
+
+    // The admin API shows the Gateway's configuration, never its key.
+    let (status, dump) =
+        w.gw.admin_get("/debug/config_dump?gateway=default/gw")
+            .await
+            .expect("config_dump");
+    assert_eq!(status, 200, "config_dump: {dump}");
+    // The key travels as inline bytes: base64 of its PEM in JSON.
+    let encoded_key = base64(cert.key_pem.as_bytes());
+    assert!(
+        dump.contains("secure-cert") && dump.contains("[redacted]"),
+        "config_dump should show the secret, redacted: {dump}"
+    );
+    assert!(
+        !dump.contains(&encoded_key[..40]) && !dump.contains("PRIVATE KEY"),
+        "config_dump leaks the private key"
+    );
 }
 
 // ---------------------------------------------------------------------------

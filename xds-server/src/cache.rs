@@ -172,6 +172,11 @@ pub struct Nack {
 const NACKS_KEPT: usize = 16;
 
 struct Group {
+    /// Set by [`Cache::set`] and cleared by [`Cache::clear`]: the group
+    /// is served by choice, not only because a client asked for it. A
+    /// group that is neither published nor watched is removed, so clients
+    /// naming groups that do not exist cannot grow the cache.
+    published: bool,
     resources: Arc<Resources>,
     notify: watch::Sender<u64>,
     nacks: VecDeque<Nack>,
@@ -180,6 +185,7 @@ struct Group {
 impl Group {
     fn new() -> Self {
         Self {
+            published: false,
             resources: Arc::new(Resources::new()),
             notify: watch::channel(0).0,
             nacks: VecDeque::new(),
@@ -224,6 +230,12 @@ pub struct Stats {
     pub nacks: AtomicU64,
     /// Streams refused by the authorizer (see `AdsServer::with_authorizer`).
     pub denied: AtomicU64,
+    /// Streams closed for exceeding a [`crate::Limits`] bound: too many
+    /// streams, names, or responses left unacknowledged.
+    pub cut_off: AtomicU64,
+    /// Secret subscriptions left unanswered because the client is not
+    /// authenticated (see `AdsServer::deny_unauthenticated_secrets`).
+    pub secrets_refused: AtomicU64,
 }
 
 /// The cache every stream reads from. Cheap to clone; clones share state.
@@ -288,6 +300,7 @@ impl Cache {
     pub fn set(&self, group: &str, resources: Resources) -> bool {
         let mut groups = self.groups();
         let g = groups.entry(group.to_owned()).or_insert_with(Group::new);
+        g.published = true;
         if g.resources.same_content(&resources) {
             return false;
         }
@@ -299,9 +312,35 @@ impl Cache {
         true
     }
 
-    /// Drops a group's resources (its Envoys then get empty configuration).
+    /// Drops a group's resources (its Envoys then get empty
+    /// configuration) and forgets the group once nothing watches it.
     pub fn clear(&self, group: &str) -> bool {
-        self.set(group, Resources::new())
+        let changed = self.set(group, Resources::new());
+        let mut groups = self.groups();
+        if let Some(g) = groups.get_mut(group) {
+            g.published = false;
+            if g.notify.receiver_count() == 0 {
+                groups.remove(group);
+            }
+        }
+        changed
+    }
+
+    /// Forgets `group` if it is not published and nothing watches it any
+    /// more (called when a stream's receiver from [`Cache::watch`] is gone).
+    pub(crate) fn release(&self, group: &str) {
+        let mut groups = self.groups();
+        if groups
+            .get(group)
+            .is_some_and(|g| !g.published && g.notify.receiver_count() == 0)
+        {
+            groups.remove(group);
+        }
+    }
+
+    /// How many node groups the cache holds.
+    pub fn group_count(&self) -> usize {
+        self.groups().len()
     }
 
     /// The current resources of `group` and a receiver that changes when

@@ -17,6 +17,10 @@
 //!   version ([`Resources::config_version`]) once its Envoy has
 //!   acknowledged all of it, so "programmed" can mean "acknowledged", or
 //!   has rejected it, with Envoy's message.
+//! - Bounded ([`Limits`]): streams, names per subscription, and responses
+//!   left unacknowledged (a client that is behind gets the latest state
+//!   when it catches up; one that answers nothing for a while is cut off).
+//!   Node groups nobody publishes or watches are forgotten.
 //! - Optionally authenticated and authorised: [`serve_tls`] (or
 //!   [`TlsIncoming`]) accepts only clients with a certificate the
 //!   configuration's verifier accepts ([`mtls_server_config`]: signed by a
@@ -34,7 +38,7 @@ mod tls;
 pub use auth::{Authorizer, IdentityError, PeerIdentity};
 pub use cache::{Cache, GroupSync, Nack, Resource, Resources, Stats, TypeResources};
 pub use server::{AdsServer, GROUP_METADATA_KEY};
-pub use session::type_url;
+pub use session::{Limits, type_url};
 pub use tls::{
     ConnectionInfo, ReloadableServerConfig, TlsConnection, TlsIncoming, TlsSetupError,
     mtls_server_config, serve_tls,

@@ -3,7 +3,7 @@
 
 use crate::auth::{Authorizer, PeerIdentity};
 use crate::cache::Cache;
-use crate::session::{Mode, Outgoing, Session};
+use crate::session::{Limits, Mode, Outgoing, Session};
 use crate::tls::ConnectionInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -34,6 +34,8 @@ pub struct AdsServer {
     cache: Cache,
     authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) stop: Option<watch::Receiver<bool>>,
+    limits: Limits,
+    deny_unauthenticated_secrets: bool,
 }
 
 impl AdsServer {
@@ -43,7 +45,25 @@ impl AdsServer {
             cache,
             authorizer: None,
             stop: None,
+            limits: Limits::default(),
+            deny_unauthenticated_secrets: false,
         }
+    }
+
+    /// Replaces the default [`Limits`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Never sends secrets (private keys) to a stream without a verified
+    /// client certificate: its Envoy gets everything else, and TLS
+    /// listeners that need a secret stay unserved (counted in
+    /// [`crate::Stats::secrets_refused`]). For a plaintext server reachable
+    /// from beyond the host.
+    pub fn deny_unauthenticated_secrets(mut self) -> Self {
+        self.deny_unauthenticated_secrets = true;
+        self
     }
 
     /// Ends every open stream with `UNAVAILABLE` once `stop` turns true, so
@@ -75,6 +95,8 @@ impl AdsServer {
                 .extensions()
                 .get::<ConnectionInfo>()
                 .and_then(|c| c.identity.clone()),
+            limits: self.limits,
+            deny_unauthenticated_secrets: self.deny_unauthenticated_secrets,
         }
     }
 
@@ -113,6 +135,8 @@ fn group_of(node: Option<&Node>) -> Result<(String, String), Status> {
 struct Access {
     authorizer: Option<Arc<dyn Authorizer>>,
     identity: Option<Arc<PeerIdentity>>,
+    limits: Limits,
+    deny_unauthenticated_secrets: bool,
 }
 
 impl Access {
@@ -140,6 +164,23 @@ async fn stopping(stop: &mut Option<watch::Receiver<bool>>) {
         return;
     }
     std::future::pending().await
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lets the cache forget a group nobody serves or watches any more.
+struct GroupRelease(Cache, String);
+
+impl Drop for GroupRelease {
+    fn drop(&mut self) {
+        self.0.release(&self.1);
+    }
 }
 
 /// Counts a stream for as long as it lives.
@@ -251,11 +292,33 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
         let _ = tx.send(Err(status)).await;
         return;
     }
-    cache.stats().streams.fetch_add(1, Ordering::Relaxed);
+    if cache.stats().streams.fetch_add(1, Ordering::Relaxed) >= access.limits.max_streams {
+        cache.stats().streams.fetch_sub(1, Ordering::Relaxed);
+        cache.stats().cut_off.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%group, %node, "refused an Envoy: too many streams");
+        let _ = tx
+            .send(Err(Status::resource_exhausted(format!(
+                "this server serves at most {} streams",
+                access.limits.max_streams
+            ))))
+            .await;
+        return;
+    }
     let _guard = StreamGuard(cache.clone());
     tracing::info!(%group, %node, ?mode, "Envoy connected");
+    // Dropped last (after the session and the watch receiver): then the
+    // group can be forgotten if nothing else serves or watches it.
+    let _release = GroupRelease(cache.clone(), group.clone());
     let (mut resources, mut changes) = cache.watch(&group);
-    let mut session = Session::new(mode, cache.clone(), group, node);
+    let secrets_allowed = !access.deny_unauthenticated_secrets || access.identity.is_some();
+    let mut session = Session::new(
+        mode,
+        cache.clone(),
+        group,
+        node,
+        access.limits,
+        secrets_allowed,
+    );
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take()
@@ -272,6 +335,7 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
                 return;
             }
         }
+        let ack_deadline = session.ack_deadline();
         tokio::select! {
             msg = requests.message() => match msg {
                 Ok(Some(req)) => next = Some(req),
@@ -283,6 +347,13 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
                     return;
                 }
                 resources = cache.resources(session.group());
+            }
+            () = sleep_until(ack_deadline) => {
+                if let Err(status) = session.check_acks() {
+                    tracing::warn!(group = %session.group(), %status, "cutting off an Envoy that does not acknowledge");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
             }
             () = stopping(&mut stop) => {
                 tracing::debug!(group = %session.group(), "closing stream: the server is shutting down");

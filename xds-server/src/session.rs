@@ -9,7 +9,38 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::Status;
+
+/// Bounds that keep one client from exhausting the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Streams open at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: u64,
+    /// Resource names one stream may subscribe to, per type; a stream
+    /// asking for more is closed with `RESOURCE_EXHAUSTED`.
+    pub max_names: usize,
+    /// Delta responses of one type a stream may have unacknowledged; past
+    /// it, changes of that type wait (and are coalesced) until it answers.
+    /// A state-of-the-world stream only ever has its latest response.
+    pub max_unacked: usize,
+    /// How long a stream with unacknowledged responses may go without
+    /// answering any; then it is cut off with `RESOURCE_EXHAUSTED`.
+    pub ack_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams: 10_000,
+            max_names: 100_000,
+            max_unacked: 8,
+            ack_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Type URLs of the resources Gatewright serves.
 pub mod type_url {
@@ -124,6 +155,14 @@ pub(crate) struct Session {
     stream: u64,
     /// What was last recorded of this stream in the cache.
     holds: StreamState,
+    limits: Limits,
+    /// Whether secrets may be sent (see `AdsServer::deny_unauthenticated_secrets`).
+    secrets_allowed: bool,
+    /// Secret names asked for while secrets are not allowed: refused once.
+    secrets_refused: bool,
+    /// The last time the client answered a response, or a response went
+    /// out while none was pending.
+    last_progress: Instant,
 }
 
 fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
@@ -142,7 +181,14 @@ fn unknown_type(type_url: &str) -> Status {
 }
 
 impl Session {
-    pub(crate) fn new(mode: Mode, cache: Cache, group: String, node: String) -> Self {
+    pub(crate) fn new(
+        mode: Mode,
+        cache: Cache,
+        group: String,
+        node: String,
+        limits: Limits,
+        secrets_allowed: bool,
+    ) -> Self {
         let stream = cache.open_stream(&group);
         Self {
             mode,
@@ -155,7 +201,45 @@ impl Session {
             nonce: 0,
             stream,
             holds: StreamState::Waiting,
+            limits,
+            secrets_allowed,
+            secrets_refused: false,
+            last_progress: Instant::now(),
         }
+    }
+
+    /// When this stream is cut off for leaving responses unanswered, if it
+    /// has any pending.
+    pub(crate) fn ack_deadline(&self) -> Option<Instant> {
+        self.types
+            .iter()
+            .any(|t| !t.in_flight.is_empty())
+            .then(|| self.last_progress + self.limits.ack_timeout)
+    }
+
+    /// Closes the stream if [`Session::ack_deadline`] has passed.
+    pub(crate) fn check_acks(&self) -> Result<(), Status> {
+        match self.ack_deadline() {
+            Some(deadline) if deadline <= Instant::now() => {
+                self.cache.stats().cut_off.fetch_add(1, Ordering::Relaxed);
+                Err(Status::resource_exhausted(format!(
+                    "no response acknowledged for {:?}; reconnect to resynchronise",
+                    self.limits.ack_timeout
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn too_many_names(&self, count: usize) -> Result<(), Status> {
+        if count > self.limits.max_names {
+            self.cache.stats().cut_off.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "{count} resource names subscribed; at most {} per type",
+                self.limits.max_names
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn group(&self) -> &str {
@@ -197,6 +281,9 @@ impl Session {
     pub(crate) fn on_sotw_request(&mut self, req: &DiscoveryRequest) -> Result<(), Status> {
         let i = known(&req.type_url).ok_or_else(|| unknown_type(&req.type_url))?;
         let type_url = ORDER[i];
+        if !req.response_nonce.is_empty() {
+            self.last_progress = Instant::now();
+        }
         let st = &mut self.types[i];
         if !req.response_nonce.is_empty() {
             // Only an answer to our latest response counts; older ones are
@@ -228,6 +315,7 @@ impl Session {
                 self.mark_dependents(i);
             }
         }
+        self.too_many_names(req.resource_names.len())?;
         let st = &mut self.types[i];
         let explicit_wildcard = req.resource_names.iter().any(|n| n == "*");
         let names: BTreeSet<String> = req
@@ -256,6 +344,7 @@ impl Session {
         let type_url = ORDER[i];
         let first = !self.types[i].requested;
         if !req.response_nonce.is_empty() {
+            self.last_progress = Instant::now();
             let st = &mut self.types[i];
             if let Some(pos) = st
                 .in_flight
@@ -336,11 +425,15 @@ impl Session {
             }
         }
         st.requested = true;
-        Ok(())
+        let count = st.names.len().max(req.initial_resource_versions.len());
+        self.too_many_names(count)
     }
 
     /// The resources of type `i` the Envoy should hold now.
     fn desired(&self, i: usize, resources: &Resources) -> BTreeMap<String, Arc<Resource>> {
+        if ORDER[i] == SECRET && !self.secrets_allowed {
+            return BTreeMap::new();
+        }
         let st = &self.types[i];
         let Some(all) = resources.of_type(ORDER[i]) else {
             return BTreeMap::new();
@@ -502,12 +595,29 @@ impl Session {
                 self.mark_dependents(i);
             }
         }
+        if !self.secrets_allowed && !self.secrets_refused {
+            let sds = &self.types[known(SECRET).unwrap_or_default()];
+            if sds.requested && (sds.wildcard || !sds.names.is_empty()) {
+                self.secrets_refused = true;
+                self.cache
+                    .stats()
+                    .secrets_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(group = %self.group, node = %self.node, "not sending secrets to a client that is not authenticated");
+            }
+        }
+        let idle = self.types.iter().all(|t| t.in_flight.is_empty());
         let mut out = Vec::new();
         // Listeners and routes come after clusters, endpoints and secrets in
         // ORDER, so this is worked out once, after those have been pushed.
         let mut warm = None;
         for (i, type_url) in ORDER.iter().enumerate() {
             if !self.types[i].requested || !self.dirty[i] {
+                continue;
+            }
+            // Backpressure: a client that is behind gets the latest state
+            // once it catches up, not every step in between.
+            if self.types[i].in_flight.len() >= self.limits.max_unacked {
                 continue;
             }
             if (*type_url == LISTENER || *type_url == ROUTE)
@@ -549,6 +659,9 @@ impl Session {
                 out.push(response);
                 self.mark_dependents(i);
             }
+        }
+        if idle && !out.is_empty() {
+            self.last_progress = Instant::now();
         }
         out
     }

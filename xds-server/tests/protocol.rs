@@ -42,10 +42,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, Value};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use gatewright_xds::{AdsServer, Cache, GROUP_METADATA_KEY, Resources, type_url};
+use gatewright_xds::{AdsServer, Cache, GROUP_METADATA_KEY, Limits, Resources, type_url};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -78,10 +79,15 @@ struct Harness {
 
 /// Serves a fresh cache on a loopback port and connects a client to it.
 async fn start() -> Harness {
+    start_with(|server| server).await
+}
+
+/// [`start`], with the server configured by `configure`.
+async fn start_with(configure: impl FnOnce(AdsServer) -> AdsServer) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let cache = Cache::new();
-    let service = AdsServer::new(cache.clone()).into_service();
+    let service = configure(AdsServer::new(cache.clone())).into_service();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -1841,4 +1847,129 @@ async fn groups_are_isolated() {
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );
+}
+
+// ---------------------------------------------------------------------------
+// Limits: no client exhausts the server
+
+fn limits(max_streams: u64, max_names: usize, max_unacked: usize, ack_ms: u64) -> Limits {
+    Limits {
+        max_streams,
+        max_names,
+        max_unacked,
+        ack_timeout: std::time::Duration::from_millis(ack_ms),
+    }
+}
+
+#[tokio::test]
+async fn delta_client_that_never_acks_is_held_back_then_cut_off() {
+    let h = start_with(|s| s.with_limits(limits(100, 100, 2, 1_500))).await;
+    base().set(&h.cache, GROUP);
+    let mut s = Delta::open(&h, Some(node("envoy-1", GROUP))).await;
+    s.subscribe(ENDPOINT, &["a", "b"]);
+    s.recv_type(ENDPOINT).await;
+    // Never acknowledged: after max_unacked responses, changes wait.
+    for port in 9000..9005 {
+        base().endpoint("a", port).set(&h.cache, GROUP);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.recv_type(ENDPOINT).await;
+    s.quiet().await;
+    let status = s.status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("acknowledged"), "{status:?}");
+    assert_eq!(h.cache.stats().cut_off.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_delta_client_that_catches_up_gets_the_latest_state() {
+    let h = start_with(|s| s.with_limits(limits(100, 100, 1, 60_000))).await;
+    base().set(&h.cache, GROUP);
+    let mut s = Delta::open(&h, Some(node("envoy-1", GROUP))).await;
+    s.subscribe(ENDPOINT, &["a", "b"]);
+    let first = s.recv_type(ENDPOINT).await;
+    for port in 9000..9005 {
+        base().endpoint("a", port).set(&h.cache, GROUP);
+    }
+    s.quiet().await;
+    s.ack(&first);
+    let latest = s.recv_type(ENDPOINT).await;
+    let only: Vec<Any> = latest
+        .resources
+        .iter()
+        .flat_map(|r| r.resource.clone())
+        .collect();
+    assert_eq!(ports(&only), BTreeMap::from([("a".to_owned(), 9004)]));
+    s.ack(&latest);
+    s.quiet().await;
+    assert_eq!(h.cache.stats().cut_off.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn subscribing_too_many_names_closes_the_stream() {
+    let h = start_with(|s| s.with_limits(limits(100, 3, 8, 60_000))).await;
+    base().set(&h.cache, GROUP);
+    let mut s = Sotw::open(&h, Some(node("envoy-1", GROUP))).await;
+    s.subscribe(ENDPOINT, &["a", "b", "c", "d"]);
+    let status = s.status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let mut d = Delta::open(&h, Some(node("envoy-2", GROUP))).await;
+    d.subscribe(ENDPOINT, &["a", "b", "c", "d"]);
+    let status = d.status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(h.cache.stats().cut_off.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused() {
+    let h = start_with(|s| s.with_limits(limits(1, 100, 8, 60_000))).await;
+    base().set(&h.cache, GROUP);
+    let mut first = Sotw::open(&h, Some(node("envoy-1", GROUP))).await;
+    first.subscribe(CLUSTER, &[]);
+    first.recv_type(CLUSTER).await;
+    let mut second = Sotw::open(&h, Some(node("envoy-2", GROUP))).await;
+    second.subscribe(CLUSTER, &[]);
+    let status = second.status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(h.cache.stats().streams.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn groups_nobody_publishes_are_forgotten_when_their_streams_end() {
+    let h = start().await;
+    base().set(&h.cache, GROUP);
+    let mut s = Sotw::open(&h, Some(node("envoy-1", "made/up"))).await;
+    s.subscribe(CLUSTER, &[]);
+    s.recv_type(CLUSTER).await;
+    assert_eq!(h.cache.group_count(), 2);
+    drop(s);
+    within("the made-up group to be forgotten", async {
+        while h.cache.group_count() != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A published group stays without streams; cleared, it goes.
+    assert!(!h.cache.resources(GROUP).is_empty());
+    h.cache.clear(GROUP);
+    assert_eq!(h.cache.group_count(), 0);
+}
+
+#[tokio::test]
+async fn secrets_are_withheld_from_unauthenticated_clients_when_denied() {
+    let h = start_with(AdsServer::deny_unauthenticated_secrets).await;
+    base().set(&h.cache, GROUP);
+    let mut s = Sotw::open(&h, Some(node("envoy-1", GROUP))).await;
+    s.subscribe(SECRET, &["cert"]);
+    let sds = s.recv_type(SECRET).await;
+    assert!(
+        sds.resources.is_empty(),
+        "a secret was sent: {}",
+        show(&sds)
+    );
+    s.ack(&sds, &["cert"]);
+    s.subscribe(CLUSTER, &[]);
+    let cds = s.recv_type(CLUSTER).await;
+    assert_eq!(names(&cds), v(&["a", "b"]));
+    assert_eq!(h.cache.stats().secrets_refused.load(Ordering::Relaxed), 1);
 }
