@@ -18,6 +18,14 @@ WORKDIR /src
 # builds one package (.dockerignore keeps target/, .tools/ and .git/ out).
 COPY . .
 
+# RE2's headers and static library: the translator checks route regexes
+# with RE2, Envoy's engine, and links it statically, so the runtime stage
+# needs nothing more. Not pinned, like the runtime stage's packages.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libre2-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # `cargo fetch` downloads every package in Cargo.lock, for all platforms.
 # That is what lets render/'s build script (which runs `cargo metadata
 # --offline` on the workspace to find envoy-types' .proto files) succeed

@@ -19,6 +19,7 @@ mod input;
 mod listenerset;
 mod model;
 mod output;
+pub mod re2;
 mod unsupported;
 mod validate;
 

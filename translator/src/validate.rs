@@ -63,14 +63,11 @@ pub(crate) fn path(p: &str) -> Result<(), String> {
     }
 }
 
-/// A regular expression Envoy's RE2 engine can compile.
+/// A regular expression Envoy accepts: one RE2 compiles into a program no
+/// larger than Envoy's limit (see [`crate::re2`]).
 pub(crate) fn regex(r: &str) -> Result<(), String> {
-    if r.is_empty() || r.len() > 1024 {
-        return Err(format!("invalid regular expression {r:?}"));
-    }
-    regex_syntax::Parser::new()
-        .parse(r)
-        .map(|_| ())
+    crate::re2::check(r)
+        .map(drop)
         .map_err(|e| format!("invalid regular expression {r:?}: {e}"))
 }
 
@@ -102,5 +99,25 @@ mod tests {
         assert!(path("/a?b").is_err());
         assert!(regex("/v[0-9]+/.*").is_ok());
         assert!(regex("(").is_err());
+    }
+
+    #[test]
+    fn regexes_as_envoy_sees_them() {
+        assert_eq!(
+            regex("[a-z]{97}"),
+            Err(
+                "invalid regular expression \"[a-z]{97}\": RE2 program size 101 exceeds \
+                 Envoy's limit of 100"
+                    .to_owned()
+            )
+        );
+        assert!(regex("[a-z]{96}").is_ok());
+        // Rust's regex-syntax accepts these; RE2 does not.
+        assert_eq!(
+            regex("(?x) a"),
+            Err("invalid regular expression \"(?x) a\": invalid perl operator: (?x".to_owned())
+        );
+        assert!(regex("\\u00e9").is_err());
+        assert!(regex("").is_err());
     }
 }

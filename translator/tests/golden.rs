@@ -7,7 +7,7 @@
 
 mod support;
 
-use gatewright_translator::{GatewayResources, ObjectKey, Output, SUPPORTED_FEATURES, translate};
+use gatewright_translator::{GatewayResources, Output, SUPPORTED_FEATURES, translate};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -185,90 +185,9 @@ fn golden_cases() {
     );
 }
 
-/// A minimal Gateway's resources: one HTTP listener whose connection manager
-/// uses RDS route `route`, and the matching RouteConfiguration.
-fn minimal_http_gateway(route_in_listener: &str, listen_address: &str) -> GatewayResources {
-    use envoy_types::pb::envoy::config::core::v3::{
-        Address, AggregatedConfigSource, ConfigSource, SocketAddress, address, config_source,
-        socket_address,
-    };
-    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-        HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
-    };
-    use envoy_types::pb::google::protobuf::Any;
-    use prost::Message;
-
-    let ads = ConfigSource {
-        resource_api_version: 2, // V3
-        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
-            AggregatedConfigSource {},
-        )),
-        ..Default::default()
-    };
-    let hcm = HttpConnectionManager {
-        stat_prefix: "http".to_owned(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(ads),
-            route_config_name: route_in_listener.to_owned(),
-        })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
-                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    .to_owned(),
-                value: Router::default().encode_to_vec(),
-            })),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let listener = Listener {
-        name: "http-8080".to_owned(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: listen_address.to_owned(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(8080)),
-                ..Default::default()
-            })),
-        }),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(Any {
-                    type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
-                               HttpConnectionManager"
-                        .to_owned(),
-                    value: hcm.encode_to_vec(),
-                })),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    GatewayResources {
-        listeners: vec![listener],
-        routes: vec![RouteConfiguration {
-            name: "route".to_owned(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn output_of(resources: GatewayResources) -> Output {
-    let mut output = Output::default();
-    output
-        .gateways
-        .insert(ObjectKey::new("default", "gw"), resources);
-    output
-}
-
 #[test]
 fn envoy_validate_accepts_a_minimal_gateway() {
-    let output = output_of(minimal_http_gateway("route", "127.0.0.1"));
+    let output = support::output_of(support::minimal_http_gateway("route", "127.0.0.1"));
     support::envoy_validate(&output).expect("Envoy accepts a minimal listener with its route");
     let rendered = gatewright_render::render(&output);
     assert!(rendered.contains("routeConfigName: route"), "{rendered}");
@@ -276,14 +195,14 @@ fn envoy_validate_accepts_a_minimal_gateway() {
 
 #[test]
 fn envoy_validate_rejects_a_route_that_is_not_in_the_output() {
-    let output = output_of(minimal_http_gateway("missing", "127.0.0.1"));
+    let output = support::output_of(support::minimal_http_gateway("missing", "127.0.0.1"));
     let error = support::envoy_validate(&output).expect_err("an unknown RDS route is an error");
     assert!(error.contains("\"missing\""), "{error}");
 }
 
 #[test]
 fn envoy_validate_rejects_an_invalid_listener_address() {
-    let output = output_of(minimal_http_gateway("route", "not-an-ip"));
+    let output = support::output_of(support::minimal_http_gateway("route", "not-an-ip"));
     let error = support::envoy_validate(&output).expect_err("Envoy rejects a malformed address");
     assert!(error.contains("envoy --mode validate failed"), "{error}");
 }
@@ -354,8 +273,8 @@ fn fake_certificate_secret(
 fn envoy_validate_resolves_sds_references_from_the_output_secrets() {
     // The referenced secret is missing: Envoy must look for it among the
     // static secrets (not over SDS) and reject the listener.
-    let output = output_of(with_sds_certificate(
-        minimal_http_gateway("route", "127.0.0.1"),
+    let output = support::output_of(with_sds_certificate(
+        support::minimal_http_gateway("route", "127.0.0.1"),
         "default/cert",
     ));
     let error = support::envoy_validate(&output).expect_err("a missing static secret is an error");
@@ -366,12 +285,14 @@ fn envoy_validate_resolves_sds_references_from_the_output_secrets() {
 
     // Present but not a certificate: Envoy loads it and rejects the PEM,
     // which shows the secret was resolved.
-    let mut resources =
-        with_sds_certificate(minimal_http_gateway("route", "127.0.0.1"), "default/cert");
+    let mut resources = with_sds_certificate(
+        support::minimal_http_gateway("route", "127.0.0.1"),
+        "default/cert",
+    );
     resources
         .secrets
         .push(fake_certificate_secret("default/cert"));
-    let error = support::envoy_validate(&output_of(resources))
+    let error = support::envoy_validate(&support::output_of(resources))
         .expect_err("a bogus certificate is an error");
     assert!(
         error.contains("Failed to load certificate chain"),
@@ -381,11 +302,11 @@ fn envoy_validate_resolves_sds_references_from_the_output_secrets() {
 
 #[test]
 fn render_redacts_private_keys() {
-    let mut resources = minimal_http_gateway("route", "127.0.0.1");
+    let mut resources = support::minimal_http_gateway("route", "127.0.0.1");
     resources
         .secrets
         .push(fake_certificate_secret("default/cert"));
-    let rendered = gatewright_render::render(&output_of(resources));
+    let rendered = gatewright_render::render(&support::output_of(resources));
     assert!(rendered.contains("[redacted]"), "{rendered}");
     assert!(!rendered.contains("not a key"), "{rendered}");
     let key_base64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t"; // "-----BEGIN PRIVATE KEY-----"

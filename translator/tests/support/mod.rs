@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
 };
 use envoy_types::pb::google::protobuf::Any;
-use gatewright_translator::{GatewayResources, Input, Output};
+use gatewright_translator::{GatewayResources, Input, ObjectKey, Output};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use prost::Message;
 use serde::Deserialize as _;
@@ -401,4 +401,86 @@ pub fn run_envoy_validate(envoy: &Path, bootstrap: &Bootstrap) -> Result<(), Str
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     ))
+}
+
+/// A minimal Gateway's resources: one HTTP listener whose connection manager
+/// uses RDS route `route`, and the matching RouteConfiguration.
+pub fn minimal_http_gateway(route_in_listener: &str, listen_address: &str) -> GatewayResources {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ConfigSource, SocketAddress, address, config_source,
+        socket_address,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    let ads = ConfigSource {
+        resource_api_version: 2, // V3
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: "http".to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads),
+            route_config_name: route_in_listener.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    .to_owned(),
+                value: Router::default().encode_to_vec(),
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: "http-8080".to_owned(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: listen_address.to_owned(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(8080)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+                               HttpConnectionManager"
+                        .to_owned(),
+                    value: hcm.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    GatewayResources {
+        listeners: vec![listener],
+        routes: vec![RouteConfiguration {
+            name: "route".to_owned(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// `resources` as the only Gateway (`default/gw`) of an [`Output`].
+pub fn output_of(resources: GatewayResources) -> Output {
+    let mut output = Output::default();
+    output
+        .gateways
+        .insert(ObjectKey::new("default", "gw"), resources);
+    output
 }
