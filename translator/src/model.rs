@@ -396,7 +396,19 @@ impl Cors {
     /// header: `*` matches any origin; a `*` in the host matches one or more
     /// labels; a missing port also matches the scheme's default one.
     pub(crate) fn origin_patterns(&self) -> Result<Vec<String>, String> {
-        self.origins.iter().map(|o| origin_pattern(o)).collect()
+        self.origins
+            .iter()
+            .map(|o| {
+                let pattern = origin_pattern(o)?;
+                // A wildcard origin is a regex RE2 cannot reduce to a
+                // literal prefix, so its program grows with the host: a
+                // long one can pass Envoy's limit, and Envoy would then
+                // refuse every route of the port.
+                crate::re2::check(&format!("(?i){pattern}"))
+                    .map_err(|e| format!("CORS allowOrigins {o:?}: {e}"))?;
+                Ok(pattern)
+            })
+            .collect()
     }
 }
 
