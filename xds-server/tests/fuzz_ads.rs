@@ -11,7 +11,7 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 48 per property, so
 //! `make test` stays quick); `make fuzz` runs many more. Failing cases are
-//! kept in `tests/proptest-regressions/` and replayed first.
+//! kept in `tests/proptest-regressions/fuzz_ads.txt` and replayed first.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -346,9 +346,10 @@ fn config() -> ProptestConfig {
         .unwrap_or(48);
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/proptest-regressions/fuzz_ads.txt"
+        )))),
         ..ProptestConfig::default()
     }
 }
