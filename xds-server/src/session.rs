@@ -495,19 +495,26 @@ impl Session {
             if !st.requested {
                 return true;
             }
-            let desired = self.desired(i, resources);
-            // A state-of-the-world NACK leaves `held` at what was rejected,
-            // hence the version check. A delta NACK drops the rejected
-            // resources from `held`, so the comparison below covers it; a
-            // rejection that a later accepted response superseded must not
-            // keep old clusters forever.
-            st.in_flight.is_empty()
-                && st.rejected_version.is_none()
-                && desired.len() == st.held.len()
-                && desired
-                    .iter()
-                    .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
+            self.settled(i, resources)
         })
+    }
+
+    /// Whether type `i` is settled at `resources`: nothing in flight or
+    /// rejected, and the Envoy holds exactly what it should.
+    fn settled(&self, i: usize, resources: &Resources) -> bool {
+        let st = &self.types[i];
+        let desired = self.desired(i, resources);
+        // A state-of-the-world NACK leaves `held` at what was rejected,
+        // hence the version check. A delta NACK drops the rejected
+        // resources from `held`, so the comparison below covers it; a
+        // rejection that a later accepted response superseded does not
+        // count.
+        st.in_flight.is_empty()
+            && st.rejected_version.is_none()
+            && desired.len() == st.held.len()
+            && desired
+                .iter()
+                .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
     }
 
     /// Whether the Envoy holds all of `resources` but the endpoints: for
@@ -523,13 +530,7 @@ impl Session {
                 return !wildcard_by_default(t)
                     || resources.of_type(t).is_none_or(BTreeMap::is_empty);
             }
-            let desired = self.desired(i, resources);
-            st.in_flight.is_empty()
-                && st.rejected_version.is_none()
-                && desired.len() == st.held.len()
-                && desired
-                    .iter()
-                    .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
+            self.settled(i, resources)
         })
     }
 

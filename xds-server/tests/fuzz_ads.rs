@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value};
@@ -243,54 +243,57 @@ fn delta_requests() -> impl Strategy<Value = Vec<DeltaDiscoveryRequest>> {
     )
 }
 
-/// Sends `requests` on a new stream, half-closes it and collects what
-/// comes back until the stream ends or goes quiet.
-async fn sotw_exchange(
-    channel: &Channel,
-    requests: Vec<DiscoveryRequest>,
-) -> Vec<(String, String)> {
+/// Sends `requests` on a new stream of the protocol `open` starts,
+/// half-closes it and collects (type, nonce) of what comes back until the
+/// stream ends or goes quiet.
+async fn exchange<Req, Resp, Fut>(
+    requests: Vec<Req>,
+    open: impl FnOnce(UnboundedReceiverStream<Req>) -> Fut,
+    key: fn(&Resp) -> (String, String),
+) -> Vec<(String, String)>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, tonic::Status>>,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     for r in requests {
         let _ = tx.send(r);
     }
     drop(tx);
-    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
-    let Ok(response) = client
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-    else {
+    let Ok(response) = open(UnboundedReceiverStream::new(rx)).await else {
         return vec![];
     };
     let mut stream = response.into_inner();
     let mut seen = Vec::new();
     while let Ok(Some(Ok(r))) = tokio::time::timeout(QUIET, stream.next()).await {
-        seen.push((r.type_url, r.nonce));
+        seen.push(key(&r));
     }
     seen
+}
+
+async fn sotw_exchange(
+    channel: &Channel,
+    requests: Vec<DiscoveryRequest>,
+) -> Vec<(String, String)> {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    exchange(
+        requests,
+        |rx| async move { client.stream_aggregated_resources(rx).await },
+        |r: &DiscoveryResponse| (r.type_url.clone(), r.nonce.clone()),
+    )
+    .await
 }
 
 async fn delta_exchange(
     channel: &Channel,
     requests: Vec<DeltaDiscoveryRequest>,
 ) -> Vec<(String, String)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    for r in requests {
-        let _ = tx.send(r);
-    }
-    drop(tx);
     let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
-    let Ok(response) = client
-        .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-    else {
-        return vec![];
-    };
-    let mut stream = response.into_inner();
-    let mut seen = Vec::new();
-    while let Ok(Some(Ok(r))) = tokio::time::timeout(QUIET, stream.next()).await {
-        seen.push((r.type_url, r.nonce));
-    }
-    seen
+    exchange(
+        requests,
+        |rx| async move { client.delta_aggregated_resources(rx).await },
+        |r: &DeltaDiscoveryResponse| (r.type_url.clone(), r.nonce.clone()),
+    )
+    .await
 }
 
 /// A well-behaved client gets the group's clusters.
