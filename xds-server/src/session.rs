@@ -501,20 +501,42 @@ impl Session {
 
     /// Whether type `i` is settled at `resources`: nothing in flight or
     /// rejected, and the Envoy holds exactly what it should.
+    ///
+    /// Runs after every push, so it compares in place rather than building
+    /// the desired set, and the cheap checks come first.
     fn settled(&self, i: usize, resources: &Resources) -> bool {
         let st = &self.types[i];
-        let desired = self.desired(i, resources);
         // A state-of-the-world NACK leaves `held` at what was rejected,
         // hence the version check. A delta NACK drops the rejected
         // resources from `held`, so the comparison below covers it; a
         // rejection that a later accepted response superseded does not
         // count.
-        st.in_flight.is_empty()
-            && st.rejected_version.is_none()
-            && desired.len() == st.held.len()
-            && desired
-                .iter()
-                .all(|(n, r)| st.held.get(n).is_some_and(|h| h.version == r.version))
+        if !st.in_flight.is_empty() || st.rejected_version.is_some() {
+            return false;
+        }
+        let all = if ORDER[i] == SECRET && !self.secrets_allowed {
+            None
+        } else {
+            resources.of_type(ORDER[i])
+        };
+        let current =
+            |n: &String, r: &Arc<Resource>| st.held.get(n).is_some_and(|h| h.version == r.version);
+        if st.wildcard {
+            let Some(all) = all else {
+                return st.held.is_empty();
+            };
+            return all.len() == st.held.len() && all.iter().all(|(n, r)| current(n, r));
+        }
+        let mut wanted = 0;
+        for name in &st.names {
+            if let Some(r) = all.and_then(|a| a.get(name)) {
+                if !current(name, r) {
+                    return false;
+                }
+                wanted += 1;
+            }
+        }
+        wanted == st.held.len()
     }
 
     /// Whether the Envoy holds all of `resources` but the endpoints: for
@@ -544,6 +566,7 @@ impl Session {
             let st = &self.types[i];
             let rejected = match self.mode {
                 Mode::Sotw => st.rejected_version.is_some(),
+                Mode::Delta if st.rejected.is_empty() => false,
                 Mode::Delta => {
                     let desired = self.desired(i, resources);
                     st.rejected
