@@ -1697,8 +1697,10 @@ async fn envoys_survive_a_crash_and_are_adopted() {
     w.gw.wait("/ on svc-a", async || served_by(&c, &url, &[], "a").await)
         .await;
     let (pid, admin, adopted) =
-        w.gw.wait("the Envoy in /debug/status", async || envoy_entry(&w.gw).await)
-            .await;
+        w.gw.wait("the Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
     assert!(!adopted, "the first gatewright started its Envoy itself");
     let before = listener_stats(&admin).await.expect("Envoy listener stats");
 
@@ -1729,7 +1731,10 @@ async fn envoys_survive_a_crash_and_are_adopted() {
                     Ok(r) if r.status == 200 && ["a", "b"].contains(&r.backend()) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures.lock().unwrap().push(format!("GET /: {}", r.summary())),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("GET /: {}", r.summary())),
                     Err(e) => failures.lock().unwrap().push(format!("GET /: {e}")),
                 }
                 // About 200 requests a second per client: constant load
@@ -1758,8 +1763,10 @@ async fn envoys_survive_a_crash_and_are_adopted() {
     w.gw.restart(w.dir.path(), &envoy, &[]);
     w.gw.wait_ready().await;
     let (pid_after, _, adopted) =
-        w.gw.wait("the adopted Envoy in /debug/status", async || envoy_entry(&w.gw).await)
-            .await;
+        w.gw.wait("the adopted Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
     assert_eq!(pid_after, pid, "the Envoy was replaced rather than adopted");
     assert!(adopted, "/debug/status should say the Envoy was adopted");
     assert!(
@@ -1769,8 +1776,10 @@ async fn envoys_survive_a_crash_and_are_adopted() {
 
     // A change after the restart reaches the adopted Envoy over xDS.
     w.gw.write("route.yaml", &route("svc-b"));
-    w.gw.wait("/ to move to svc-b", async || served_by(&c, &url, &[], "b").await)
-        .await;
+    w.gw.wait("/ to move to svc-b", async || {
+        served_by(&c, &url, &[], "b").await
+    })
+    .await;
     println!("survive: restart to served change in {:?}", t.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -1793,7 +1802,12 @@ async fn envoys_survive_a_crash_and_are_adopted() {
         failures.is_empty(),
         "expected zero failed requests over the crash, the adoption and the change; got {}:\n{}",
         failures.len(),
-        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(answered, total, "every request must have been answered");
 
@@ -1828,14 +1842,24 @@ async fn envoys_survive_a_crash_and_are_adopted() {
     while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(POLL);
     }
-    assert!(!alive(pid), "the adopted Envoy still runs after a clean shutdown");
+    assert!(
+        !alive(pid),
+        "the adopted Envoy still runs after a clean shutdown"
+    );
     let records = envoy_records(&w.gw.state_dir);
-    assert!(records.is_empty(), "records left after a clean shutdown: {records:?}");
+    assert!(
+        records.is_empty(),
+        "records left after a clean shutdown: {records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_record_is_neither_adopted_nor_signalled() {
-    let (envoy, _slot) = begin("a_stale_record_is_neither_adopted_nor_signalled", Slot::Shared).await;
+    let (envoy, _slot) = begin(
+        "a_stale_record_is_neither_adopted_nor_signalled",
+        Slot::Shared,
+    )
+    .await;
     let mut w = World::http(
         &envoy,
         91,
@@ -1848,8 +1872,10 @@ async fn a_stale_record_is_neither_adopted_nor_signalled() {
     w.gw.wait("traffic", async || served_by(&c, &url, &[], "echo").await)
         .await;
     let (pid, _, _) =
-        w.gw.wait("the Envoy in /debug/status", async || envoy_entry(&w.gw).await)
-            .await;
+        w.gw.wait("the Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
 
     // gatewright crashes, then its Envoy goes too (killed by us, which
     // started it), and the pid in its record is now another process's. Its
@@ -1869,7 +1895,11 @@ async fn a_stale_record_is_neither_adopted_nor_signalled() {
     let sleeper = spawn_proc(sleep_cmd, "sleep", w.dir.path().join("sleep.log"));
     let sleeper_pid = sleeper.pid();
     let mut records = envoy_records(&w.gw.state_dir);
-    assert_eq!(records.len(), 1, "expected one Envoy record after the crash");
+    assert_eq!(
+        records.len(),
+        1,
+        "expected one Envoy record after the crash"
+    );
     let (record_path, mut record) = records.pop().expect("one record");
     record["pid"] = sleeper_pid.into();
     record["start_time"] = start_time(sleeper_pid).expect("sleep's start time").into();
@@ -1882,8 +1912,10 @@ async fn a_stale_record_is_neither_adopted_nor_signalled() {
     })
     .await;
     let (new_pid, _, adopted) =
-        w.gw.wait("the new Envoy in /debug/status", async || envoy_entry(&w.gw).await)
-            .await;
+        w.gw.wait("the new Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
     assert!(!adopted, "the stale record's process was adopted");
     assert_ne!(new_pid, sleeper_pid);
     assert!(
@@ -1910,6 +1942,9 @@ async fn a_stale_record_is_neither_adopted_nor_signalled() {
         alive(sleeper_pid),
         "the process behind the stale record was signalled"
     );
-    assert!(!alive(new_pid), "the new Envoy still runs after a clean shutdown");
+    assert!(
+        !alive(new_pid),
+        "the new Envoy still runs after a clean shutdown"
+    );
     drop(sleeper);
 }

@@ -18,8 +18,8 @@ use anyhow::Context as _;
 use gatewright_translator::api::gatewayclasses::GatewayClass;
 use gatewright_translator::api::gateways::{Gateway, GatewayStatusAddresses};
 use gatewright_translator::{Input, ObjectKey, Output};
-use serde_json::json;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -825,8 +825,7 @@ impl Survivors {
     pub fn xds_address(&self, requested: SocketAddr) -> Option<SocketAddr> {
         let first = self.found.first()?.record.xds_address;
         let agreed = self.found.iter().all(|s| s.record.xds_address == first);
-        let allowed =
-            first == requested || (requested.port() == 0 && requested.ip() == first.ip());
+        let allowed = first == requested || (requested.port() == 0 && requested.ip() == first.ip());
         (agreed && allowed).then_some(first)
     }
 }
@@ -843,7 +842,9 @@ pub async fn bind_xds(
                 tracing::info!(%address, envoys = survivors.len(), "serving xDS where the running Envoys dial");
                 return Ok(listener);
             }
-            Err(e) => tracing::warn!(%address, "cannot bind the xDS address the running Envoys dial ({e}); they will be replaced"),
+            Err(e) => {
+                tracing::warn!(%address, "cannot bind the xDS address the running Envoys dial ({e}); they will be replaced")
+            }
         }
     }
     tokio::net::TcpListener::bind(requested)
@@ -1184,6 +1185,91 @@ mod tests {
         let options = EnvoyOptions::for_host(&config(), Some(&tuned)).expect("envoy only");
         assert_eq!(options.log_level, "debug");
         assert_eq!(options.concurrency, 2);
+    }
+
+    fn record(pid: u32, start_time: u64, argv: Vec<String>, xds: &str) -> EnvoyRecord {
+        let xds_address: SocketAddr = xds.parse().expect("address");
+        EnvoyRecord {
+            namespace: "default".to_owned(),
+            name: "gw".to_owned(),
+            pid,
+            start_time,
+            argv,
+            admin: None,
+            address: "127.0.1.1".parse().expect("ip"),
+            options: EnvoyOptions::for_host(&config(), None).expect("options"),
+            xds_address,
+            bootstrap: bootstrap_json(&key("gw"), xds_address),
+        }
+    }
+
+    fn write(state_dir: &Path, record: &EnvoyRecord) -> PathBuf {
+        let dir = envoy_dir(state_dir, &key("gw"));
+        std::fs::create_dir_all(&dir).expect("creating the Envoy dir");
+        let path = dir.join(RECORD_FILE);
+        std::fs::write(&path, serde_json::to_vec(record).expect("json")).expect("writing");
+        path
+    }
+
+    #[tokio::test]
+    async fn only_the_recorded_process_itself_is_adopted() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let me = std::process::id();
+        let started = proc_stat(me).expect("own stat").start_time;
+        let argv = proc_cmdline(me).expect("own cmdline");
+
+        // This very process matches a record naming its pid, start time and
+        // command line: that is what adoption requires.
+        let path = write(
+            state.path(),
+            &record(me, started, argv.clone(), "127.0.0.1:4000"),
+        );
+        let found = Survivors::find(state.path());
+        assert_eq!(found.len(), 1);
+        assert!(path.exists(), "an adoptable record is kept");
+
+        // The same pid with another start time or command line is another
+        // process: the record is forgotten.
+        for stale in [
+            record(me, started + 1, argv.clone(), "127.0.0.1:4000"),
+            record(me, started, vec!["envoy".to_owned()], "127.0.0.1:4000"),
+            record(0, started, argv.clone(), "127.0.0.1:4000"),
+        ] {
+            let path = write(state.path(), &stale);
+            assert!(Survivors::find(state.path()).is_empty(), "{stale:?}");
+            assert!(!path.exists(), "a stale record is removed");
+        }
+
+        // Unreadable records are forgotten too.
+        let path = write(state.path(), &record(me, started, argv, "127.0.0.1:4000"));
+        std::fs::write(&path, "{").expect("writing");
+        assert!(Survivors::find(state.path()).is_empty());
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn the_survivors_xds_address_is_reused_when_the_flag_allows() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let me = std::process::id();
+        let started = proc_stat(me).expect("own stat").start_time;
+        let argv = proc_cmdline(me).expect("own cmdline");
+        write(state.path(), &record(me, started, argv, "127.0.0.1:4000"));
+        let found = Survivors::find(state.path());
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let recorded = Some(addr("127.0.0.1:4000"));
+        assert_eq!(found.xds_address(addr("127.0.0.1:0")), recorded);
+        assert_eq!(found.xds_address(addr("127.0.0.1:4000")), recorded);
+        assert_eq!(found.xds_address(addr("127.0.0.1:5000")), None);
+        assert_eq!(found.xds_address(addr("127.0.0.2:0")), None);
+        assert_eq!(Survivors::default().xds_address(addr("127.0.0.1:0")), None);
+    }
+
+    #[test]
+    fn proc_stat_reads_the_start_time_past_any_comm() {
+        let me = proc_stat(std::process::id()).expect("own stat");
+        assert!(me.start_time > 0);
+        assert!(matches!(me.state, 'R' | 'S'));
+        assert!(proc_stat(0).is_none());
     }
 
     #[test]

@@ -492,7 +492,8 @@ impl Gatewright {
         let _ = std::fs::remove_file(self.state_dir.join("admin-address"));
         let _ = std::fs::rename(&self.proc.log, root.join("gatewright-before-restart.log"));
         let next = Self::start_with(root, envoy, extra);
-        let seen = std::mem::take(&mut *self.seen_children.lock().unwrap_or_else(|e| e.into_inner()));
+        let seen =
+            std::mem::take(&mut *self.seen_children.lock().unwrap_or_else(|e| e.into_inner()));
         *next.seen_children.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         // The old one has exited; its Envoys are the new one's now.
         let mut old = std::mem::replace(self, next);
