@@ -5,7 +5,7 @@
 use crate::acks::Acks;
 use crate::admin::{self, Shared, View};
 use crate::infra::Infra;
-use crate::infra::host::{Host, HostConfig, Survivors, bind_xds};
+use crate::infra::host::{Host, HostConfig, Survivors, bind_xds, lock_state_dir};
 use crate::infra::kubernetes::{KubeInfra, KubeInfraConfig, KubeMode};
 use crate::k8s::acks;
 use crate::k8s::leader::{self, LeaseConfig};
@@ -189,9 +189,12 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
 
     // On the host, Envoys a crashed predecessor left running keep serving;
     // they are adopted, and dial the same xDS address again.
-    let survivors = match options.infrastructure {
-        Infrastructure::Host => Survivors::find(&options.state_dir),
-        Infrastructure::Kubernetes => Survivors::default(),
+    let (_state_lock, survivors) = match options.infrastructure {
+        Infrastructure::Host => (
+            Some(lock_state_dir(&options.state_dir)?),
+            Survivors::find(&options.state_dir),
+        ),
+        Infrastructure::Kubernetes => (None, Survivors::default()),
     };
     let xds_listener = bind_xds(options.xds_address, &survivors).await?;
     let xds_address = xds_listener.local_addr()?;

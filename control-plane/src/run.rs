@@ -4,7 +4,7 @@
 
 use crate::admin::{self, Shared, View};
 use crate::infra::Infra;
-use crate::infra::host::{Host, HostConfig, Survivors, bind_xds};
+use crate::infra::host::{Host, HostConfig, Survivors, bind_xds, lock_state_dir};
 use crate::metrics::{Envoys, Metrics};
 use crate::pipeline::{Pipeline, StatusSink, remove_addresses, write_addresses};
 use crate::source::{FileSource, ObjectId};
@@ -70,6 +70,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     // Envoys a crashed predecessor left running keep serving; they are
     // adopted, and dial the same xDS address again.
+    let _state_lock = lock_state_dir(&options.state_dir)?;
     let survivors = Survivors::find(&options.state_dir);
     let xds_listener = bind_xds(options.xds_address, &survivors).await?;
     let xds_address = xds_listener.local_addr()?;

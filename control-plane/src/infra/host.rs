@@ -830,6 +830,31 @@ impl Survivors {
     }
 }
 
+/// Takes the state dir for this process: an exclusive lock on its `lock`
+/// file, held while the returned file is open. A second Gatewright on the
+/// same state dir would otherwise take the first one's running Envoys for
+/// survivors of a crash and replace them. The kernel drops the lock when
+/// its holder dies, and Envoys do not inherit it (the descriptor is
+/// close-on-exec), so a crashed Gatewright never keeps its successor out.
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "another Gatewright uses the state dir {} ({e}); give each its own --state-dir",
+            state_dir.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Binds the ADS listener: where surviving Envoys dial if `requested`
 /// allows it (see [`Survivors::xds_address`]), else `requested`.
 pub async fn bind_xds(
@@ -1262,6 +1287,19 @@ mod tests {
         assert_eq!(found.xds_address(addr("127.0.0.1:5000")), None);
         assert_eq!(found.xds_address(addr("127.0.0.2:0")), None);
         assert_eq!(Survivors::default().xds_address(addr("127.0.0.1:0")), None);
+    }
+
+    #[test]
+    fn a_state_dir_serves_one_gatewright_at_a_time() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let held = lock_state_dir(state.path()).expect("first lock");
+        let refused = lock_state_dir(state.path()).expect_err("second lock");
+        assert!(
+            refused.to_string().contains("another Gatewright"),
+            "{refused}"
+        );
+        drop(held);
+        lock_state_dir(state.path()).expect("free again once the holder is gone");
     }
 
     #[test]
