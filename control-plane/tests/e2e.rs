@@ -1731,11 +1731,15 @@ async fn envoys_survive_a_crash_and_are_adopted() {
                     Ok(r) if r.status == 200 && ["a", "b"].contains(&r.backend()) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures
+                    Ok(r) => failures.lock().unwrap().push(format!(
+                        "GET / at {:?}: {}",
+                        started.elapsed(),
+                        r.summary()
+                    )),
+                    Err(e) => failures
                         .lock()
                         .unwrap()
-                        .push(format!("GET /: {}", r.summary())),
-                    Err(e) => failures.lock().unwrap().push(format!("GET /: {e}")),
+                        .push(format!("GET / at {:?}: {e}", started.elapsed())),
                 }
                 // About 200 requests a second per client: constant load
                 // that the cap lets last the whole test.
@@ -1760,6 +1764,7 @@ async fn envoys_survive_a_crash_and_are_adopted() {
 
     // The next gatewright, on the same config and state dir, adopts it.
     let t = Instant::now();
+    println!("survive: restart at {:?}", load_started.elapsed());
     w.gw.restart(w.dir.path(), &envoy, &[]);
     w.gw.wait_ready().await;
     let (pid_after, _, adopted) =
@@ -1775,6 +1780,7 @@ async fn envoys_survive_a_crash_and_are_adopted() {
     );
 
     // A change after the restart reaches the adopted Envoy over xDS.
+    println!("survive: route change at {:?}", load_started.elapsed());
     w.gw.write("route.yaml", &route("svc-b"));
     w.gw.wait("/ to move to svc-b", async || {
         served_by(&c, &url, &[], "b").await
