@@ -113,6 +113,7 @@ impl Shared {
                         "pid": e.pid.load(Ordering::Relaxed),
                         "live": e.live.load(Ordering::Relaxed),
                         "restarts": e.restarts.load(Ordering::Relaxed),
+                        "adopted": e.adopted.load(Ordering::Relaxed),
                         "admin": e.admin_address().map(|a| a.to_string()),
                         "log": e.log.display().to_string(),
                         "nacks": nacks,

@@ -5,7 +5,7 @@
 use crate::acks::Acks;
 use crate::admin::{self, Shared, View};
 use crate::infra::Infra;
-use crate::infra::host::{Host, HostConfig};
+use crate::infra::host::{Host, HostConfig, Survivors, bind_xds, lock_state_dir};
 use crate::infra::kubernetes::{KubeInfra, KubeInfraConfig, KubeMode};
 use crate::k8s::acks;
 use crate::k8s::leader::{self, LeaseConfig};
@@ -187,10 +187,21 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         remote_envoys: options.infrastructure == Infrastructure::Kubernetes,
     });
 
-    let xds_listener = tokio::net::TcpListener::bind(options.xds_address)
-        .await
-        .with_context(|| format!("binding the xDS address {}", options.xds_address))?;
+    // On the host, Envoys a crashed predecessor left running keep serving;
+    // they are adopted, and dial the same xDS address again.
+    let (_state_lock, survivors) = match options.infrastructure {
+        Infrastructure::Host => (
+            Some(lock_state_dir(&options.state_dir)?),
+            Survivors::find(&options.state_dir),
+        ),
+        Infrastructure::Kubernetes => (None, Survivors::default()),
+    };
+    let xds_listener = bind_xds(options.xds_address, &survivors).await?;
     let xds_address = xds_listener.local_addr()?;
+    // Host-mode xDS serving waits for the first round (see
+    // `serve_plaintext`); provisioned Envoys are behind a Service that
+    // follows readiness instead.
+    let (open_tx, open_rx) = watch::channel(false);
     // Envoys in other pods prove which Gateway they serve with a client
     // certificate from our CA; host-mode Envoys are local children on
     // loopback and need none.
@@ -199,6 +210,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         Infrastructure::Host => serve_plaintext(
             xds_listener,
             crate::xds::plaintext_server(cache.clone(), xds_address),
+            open_rx,
             shutdown_rx.clone(),
         ),
         Infrastructure::Kubernetes => {
@@ -256,29 +268,42 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     if let Some(kube) = &kube_mode {
         provider.watch_provisioned(&kube.selector());
     }
+    // Made before the watches are listed so that adopted Envoys are
+    // supervised (and stopped by a clean shutdown) from the start.
+    let mut infra = match kube_mode {
+        Some(kube) => Infra::Kubernetes(Box::new(kube)),
+        None => {
+            let mut host = Host::new(HostConfig {
+                envoy: options
+                    .envoy
+                    .clone()
+                    .context("host infrastructure needs an Envoy binary")?,
+                state_dir: options.state_dir.clone(),
+                xds_address,
+                log_level: options.envoy_log_level.clone(),
+                concurrency: options.envoy_concurrency,
+                drain: options.drain,
+            });
+            host.adopt(survivors);
+            Infra::Host(host)
+        }
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        ready = provider.wait_until_ready() => ready?,
-        _ = tokio::signal::ctrl_c() => return Ok(()),
-        _ = terminate.recv() => return Ok(()),
+    let stopped = tokio::select! {
+        ready = provider.wait_until_ready() => {
+            ready?;
+            false
+        }
+        _ = tokio::signal::ctrl_c() => true,
+        _ = terminate.recv() => true,
+    };
+    if stopped {
+        infra.shutdown().await;
+        return Ok(());
     }
     tracing::info!("watches listed; translating");
 
-    let infra = match kube_mode {
-        Some(kube) => Infra::Kubernetes(Box::new(kube)),
-        None => Infra::Host(Host::new(HostConfig {
-            envoy: options
-                .envoy
-                .clone()
-                .context("host infrastructure needs an Envoy binary")?,
-            state_dir: options.state_dir.clone(),
-            xds_address,
-            log_level: options.envoy_log_level.clone(),
-            concurrency: options.envoy_concurrency,
-            drain: options.drain,
-        })),
-    };
     let mut pipeline = Pipeline::new(Arc::clone(&shared), infra);
     pipeline.set_system_ca_file(options.system_ca_file.clone());
     if options.infrastructure == Infrastructure::Kubernetes {
@@ -325,6 +350,9 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
                     };
                     let leads = *leading.borrow();
                     pipeline.apply(snapshot, &mut sink, leads).await;
+                    // Every Gateway is published now: host-mode xDS
+                    // serving can begin.
+                    open_tx.send_replace(true);
                     true
                 }
                 None => false,

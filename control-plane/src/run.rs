@@ -4,7 +4,7 @@
 
 use crate::admin::{self, Shared, View};
 use crate::infra::Infra;
-use crate::infra::host::{Host, HostConfig};
+use crate::infra::host::{Host, HostConfig, Survivors, bind_xds, lock_state_dir};
 use crate::metrics::{Envoys, Metrics};
 use crate::pipeline::{Pipeline, StatusSink, remove_addresses, write_addresses};
 use crate::source::{FileSource, ObjectId};
@@ -68,13 +68,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let xds_listener = tokio::net::TcpListener::bind(options.xds_address)
-        .await
-        .with_context(|| format!("binding the xDS address {}", options.xds_address))?;
+    // Envoys a crashed predecessor left running keep serving; they are
+    // adopted, and dial the same xDS address again.
+    let _state_lock = lock_state_dir(&options.state_dir)?;
+    let survivors = Survivors::find(&options.state_dir);
+    let xds_listener = bind_xds(options.xds_address, &survivors).await?;
     let xds_address = xds_listener.local_addr()?;
+    let (open_tx, open_rx) = watch::channel(false);
     let xds = serve_plaintext(
         xds_listener,
         crate::xds::plaintext_server(cache.clone(), xds_address),
+        open_rx,
         shutdown_rx.clone(),
     );
     let admin_listener = tokio::net::TcpListener::bind(options.admin_address)
@@ -101,7 +105,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("watching {}", path.display()))?;
     }
 
-    let host = Host::new(HostConfig {
+    let mut host = Host::new(HostConfig {
         envoy: options.envoy.clone(),
         state_dir: options.state_dir.clone(),
         xds_address,
@@ -109,6 +113,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         concurrency: options.envoy_concurrency,
         drain: options.drain,
     });
+    host.adopt(survivors);
     let mut pipeline = Pipeline::new(Arc::clone(&shared), Infra::Host(host));
     pipeline.set_system_ca_file(options.system_ca_file.clone());
     let mut source = FileSource::new(options.config.clone());
@@ -121,6 +126,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         // Reading files is blocking IO: keep it off the threads serving xDS.
         let snapshot = tokio::task::block_in_place(|| source.load(&options.controller_name));
         pipeline.apply(snapshot, &mut sink, true).await;
+        // Every Gateway is published now: serving xDS can begin.
+        open_tx.send_replace(true);
         // Wait for a change, or for an Envoy to acknowledge a configuration
         // a Gateway waits for, then for the input to be quiet.
         let stop = tokio::select! {

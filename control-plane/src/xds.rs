@@ -93,15 +93,28 @@ pub fn plaintext_server(cache: Cache, address: std::net::SocketAddr) -> AdsServe
     }
 }
 
-/// Serves ADS in plaintext on `listener` until `stop` turns true (host
-/// infrastructure: Envoys are local children on loopback).
+/// Serves ADS in plaintext on `listener` from when `open` turns true until
+/// `stop` does (host infrastructure: Envoys are local processes on
+/// loopback).
+///
+/// Until `open`, connections wait in the listen backlog: Envoys adopted
+/// from a crashed Gatewright reconnect at once, and a group that is not
+/// published yet would be served as empty, removing every listener they
+/// hold. The loops open once the first round has published.
 pub fn serve_plaintext(
     listener: tokio::net::TcpListener,
     server: AdsServer,
+    mut open: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let service = server.into_service();
     tokio::spawn(async move {
+        tokio::select! {
+            opened = open.wait_for(|o| *o) => if opened.is_err() {
+                return;
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
             .add_service(service)

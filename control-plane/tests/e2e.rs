@@ -1636,3 +1636,321 @@ async fn an_envoy_rejection_shows_in_programmed() {
         .await
         .expect("the first listener serves");
 }
+
+// ---------------------------------------------------------------------------
+// 17. Traffic survives the control plane: Envoys outlive a crash of
+// gatewright and the next one adopts them.
+
+/// The one Envoy in /debug/status: (pid, admin address, adopted).
+async fn envoy_entry(gw: &Gatewright) -> Result<(u32, String, bool), String> {
+    let (code, body) = gw.admin_get("/debug/status").await?;
+    if code != 200 {
+        return Err(format!("/debug/status answered {code}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
+    let envoys = status["envoys"].as_array().cloned().unwrap_or_default();
+    let [e] = &envoys[..] else {
+        return Err(format!("expected one Envoy, found {envoys:?}"));
+    };
+    let pid = e["pid"].as_u64().filter(|&p| p != 0).ok_or("no pid yet")?;
+    let admin = e["admin"].as_str().ok_or("no admin address yet")?;
+    Ok((
+        u32::try_from(pid).map_err(|e| e.to_string())?,
+        admin.to_owned(),
+        e["adopted"].as_bool().ok_or("no `adopted` field")?,
+    ))
+}
+
+/// Envoy's `listener_manager.*` counters and gauges from its admin /stats.
+async fn listener_stats(admin: &str) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    let body = plain_client()
+        .get(format!("http://{admin}/stats?filter=^listener_manager%5C."))
+        .send()
+        .await
+        .map_err(|e| format!("Envoy admin /stats: {e}"))?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            Some((name.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_survive_a_crash_and_are_adopted() {
+    let (envoy, _slot) = begin("envoys_survive_a_crash_and_are_adopted", Slot::Exclusive).await;
+    let route = |svc: &str| http_route("web", &prefix_rule("/", svc, ""));
+    let mut w = World::http(
+        &envoy,
+        90,
+        &[("svc-a", "a"), ("svc-b", "b")],
+        &[("route.yaml", route("svc-a"))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/", w.base());
+    w.gw.wait("/ on svc-a", async || served_by(&c, &url, &[], "a").await)
+        .await;
+    let (pid, admin, adopted) =
+        w.gw.wait("the Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
+    assert!(!adopted, "the first gatewright started its Envoy itself");
+    let before = listener_stats(&admin).await.expect("Envoy listener stats");
+
+    // Constant load, bounded in count and time; every answer is counted.
+    const MAX_REQUESTS: u64 = 50_000;
+    const MAX_TIME: Duration = Duration::from_secs(60);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (stop, sent, ok, failures, url) = (
+            stop.clone(),
+            sent.clone(),
+            ok.clone(),
+            failures.clone(),
+            url.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let c = plain_client();
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_TIME {
+                if sent.fetch_add(1, Ordering::Relaxed) >= MAX_REQUESTS {
+                    break;
+                }
+                match get(&c, &url, &[]).await {
+                    Ok(r) if r.status == 200 && ["a", "b"].contains(&r.backend()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.lock().unwrap().push(format!(
+                        "GET / at {:?}: {}",
+                        started.elapsed(),
+                        r.summary()
+                    )),
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("GET / at {:?}: {e}", started.elapsed())),
+                }
+                // About 200 requests a second per client: constant load
+                // that the cap lets last the whole test.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let load_started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The crash: nothing of gatewright runs after SIGKILL.
+    w.gw.crash();
+    let ok_at_crash = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ok_while_down = ok.load(Ordering::Relaxed) - ok_at_crash;
+    assert!(alive(pid), "the Envoy died with gatewright");
+    assert!(
+        ok_while_down > 100,
+        "only {ok_while_down} requests were answered in the 3 s without gatewright"
+    );
+    println!("survive: {ok_while_down} requests answered while gatewright was down");
+
+    // The next gatewright, on the same config and state dir, adopts it.
+    let t = Instant::now();
+    println!("survive: restart at {:?}", load_started.elapsed());
+    w.gw.restart(w.dir.path(), &envoy, &[]);
+    w.gw.wait_ready().await;
+    let (pid_after, _, adopted) =
+        w.gw.wait("the adopted Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
+    assert_eq!(pid_after, pid, "the Envoy was replaced rather than adopted");
+    assert!(adopted, "/debug/status should say the Envoy was adopted");
+    assert!(
+        !w.gw.note_children().contains(&pid),
+        "the adopted Envoy cannot be a child of the new gatewright"
+    );
+
+    // A change after the restart reaches the adopted Envoy over xDS.
+    println!("survive: route change at {:?}", load_started.elapsed());
+    w.gw.write("route.yaml", &route("svc-b"));
+    w.gw.wait("/ to move to svc-b", async || {
+        served_by(&c, &url, &[], "b").await
+    })
+    .await;
+    println!("survive: restart to served change in {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in clients {
+        h.await.expect("a load client panicked");
+    }
+    let total = sent.load(Ordering::Relaxed).min(MAX_REQUESTS);
+    let answered = ok.load(Ordering::Relaxed);
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    println!(
+        "survive: {total} requests in {:?}, {answered} answered by a backend, {} failures",
+        load_started.elapsed(),
+        failures.len()
+    );
+    assert!(
+        total < MAX_REQUESTS,
+        "the load hit its cap of {MAX_REQUESTS} requests before the test was over"
+    );
+    assert!(
+        failures.is_empty(),
+        "expected zero failed requests over the crash, the adoption and the change; got {}:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(answered, total, "every request must have been answered");
+
+    // No listener was drained, modified or removed by the adoption.
+    let after = listener_stats(&admin).await.expect("Envoy listener stats");
+    for stat in [
+        "listener_manager.listener_modified",
+        "listener_manager.listener_removed",
+        "listener_manager.listener_added",
+    ] {
+        assert_eq!(
+            after.get(stat),
+            before.get(stat),
+            "{stat} moved: before {before:?}, after {after:?}"
+        );
+    }
+    assert_eq!(
+        after.get("listener_manager.total_listeners_draining"),
+        Some(&0),
+        "{after:?}"
+    );
+
+    // A clean shutdown still drains and stops the adopted Envoy, and
+    // clears the records.
+    w.gw.proc.signal(libc::SIGTERM);
+    let status =
+        w.gw.proc
+            .wait_timeout(Duration::from_secs(15))
+            .expect("gatewright exits within 15 s of SIGTERM");
+    assert!(status.success(), "gatewright exited with {status}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        !alive(pid),
+        "the adopted Envoy still runs after a clean shutdown"
+    );
+    let records = envoy_records(&w.gw.state_dir);
+    assert!(
+        records.is_empty(),
+        "records left after a clean shutdown: {records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_record_is_neither_adopted_nor_signalled() {
+    let (envoy, _slot) = begin(
+        "a_stale_record_is_neither_adopted_nor_signalled",
+        Slot::Shared,
+    )
+    .await;
+    let mut w = World::http(
+        &envoy,
+        91,
+        &[("echo", "echo")],
+        &[("route.yaml", http_route("web", &to_service("echo")))],
+    );
+    w.gw.wait_ready().await;
+    let c = plain_client();
+    let url = format!("{}/", w.base());
+    w.gw.wait("traffic", async || served_by(&c, &url, &[], "echo").await)
+        .await;
+    let (pid, _, _) =
+        w.gw.wait("the Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
+
+    // gatewright crashes, then its Envoy goes too (killed by us, which
+    // started it), and the pid in its record is now another process's. Its
+    // start time is even copied, so only the command line tells them apart.
+    w.gw.crash();
+    // SAFETY: kill(2) on the Envoy this test's gatewright started.
+    unsafe {
+        libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    assert!(!alive(pid), "the Envoy did not die of SIGKILL");
+    let mut sleep_cmd = std::process::Command::new("sleep");
+    sleep_cmd.arg("300");
+    let sleeper = spawn_proc(sleep_cmd, "sleep", w.dir.path().join("sleep.log"));
+    let sleeper_pid = sleeper.pid();
+    let mut records = envoy_records(&w.gw.state_dir);
+    assert_eq!(
+        records.len(),
+        1,
+        "expected one Envoy record after the crash"
+    );
+    let (record_path, mut record) = records.pop().expect("one record");
+    record["pid"] = sleeper_pid.into();
+    record["start_time"] = start_time(sleeper_pid).expect("sleep's start time").into();
+    std::fs::write(&record_path, record.to_string()).expect("rewriting the record");
+
+    w.gw.restart(w.dir.path(), &envoy, &[]);
+    w.gw.wait_ready().await;
+    w.gw.wait("traffic after the restart", async || {
+        served_by(&c, &url, &[], "echo").await
+    })
+    .await;
+    let (new_pid, _, adopted) =
+        w.gw.wait("the new Envoy in /debug/status", async || {
+            envoy_entry(&w.gw).await
+        })
+        .await;
+    assert!(!adopted, "the stale record's process was adopted");
+    assert_ne!(new_pid, sleeper_pid);
+    assert!(
+        w.gw.note_children().contains(&new_pid),
+        "the new Envoy should be a child of the new gatewright"
+    );
+    assert!(
+        w.gw.log_tail(200).contains("forgetting the recorded Envoy"),
+        "gatewright should say why it did not adopt; log:\n{}",
+        w.gw.log_tail(40)
+    );
+    let records = envoy_records(&w.gw.state_dir);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].1["pid"].as_u64(), Some(u64::from(new_pid)));
+
+    // Nor does a clean shutdown touch it.
+    w.gw.proc.signal(libc::SIGTERM);
+    let status =
+        w.gw.proc
+            .wait_timeout(Duration::from_secs(15))
+            .expect("gatewright exits within 15 s of SIGTERM");
+    assert!(status.success(), "gatewright exited with {status}");
+    assert!(
+        alive(sleeper_pid),
+        "the process behind the stale record was signalled"
+    );
+    assert!(
+        !alive(new_pid),
+        "the new Envoy still runs after a clean shutdown"
+    );
+    drop(sleeper);
+}

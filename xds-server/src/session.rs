@@ -160,6 +160,10 @@ pub(crate) struct Session {
     secrets_allowed: bool,
     /// Secret names asked for while secrets are not allowed: refused once.
     secrets_refused: bool,
+    /// Whether the client resumed what it held from another stream (a delta
+    /// request with `initial_resource_versions`): it may hold listeners and
+    /// routes it has not asked about on this stream yet.
+    resumed: bool,
     /// The last time the client answered a response, or a response went
     /// out while none was pending.
     last_progress: Instant,
@@ -204,6 +208,7 @@ impl Session {
             limits,
             secrets_allowed,
             secrets_refused: false,
+            resumed: false,
             last_progress: Instant::now(),
         }
     }
@@ -388,6 +393,14 @@ impl Session {
         {
             self.dirty[i] = true;
         }
+        if first && !req.initial_resource_versions.is_empty() {
+            self.resumed = true;
+        }
+        if first && (type_url == LISTENER || type_url == ROUTE) {
+            // What clusters may be removed depends on what listeners and
+            // routes are held, which this request may have just told.
+            self.mark_dependents(i);
+        }
         let st = &mut self.types[i];
         for name in &req.resource_names_subscribe {
             if name == "*" {
@@ -493,7 +506,12 @@ impl Session {
             let i = known(t).unwrap_or_default();
             let st = &self.types[i];
             if !st.requested {
-                return true;
+                // A new client holds none. A resuming one (an Envoy whose
+                // control plane restarted) may still route to clusters this
+                // configuration dropped; it asks for its listeners and routes
+                // right after its clusters, so wait for that when the
+                // configuration has any.
+                return !(self.resumed && resources.of_type(t).is_some_and(|r| !r.is_empty()));
             }
             self.settled(i, resources)
         })

@@ -1,5 +1,14 @@
-//! Host infrastructure: one supervised Envoy child process per Gateway, each
-//! on a loopback address of its own, fed over ADS by this process.
+//! Host infrastructure: one supervised Envoy process per Gateway, each on a
+//! loopback address of its own, fed over ADS by this process.
+//!
+//! Envoys outlive a crash of this process: they are started in a process
+//! group of their own and without a parent-death signal, and keep serving
+//! their last configuration while the xDS stream is gone. Each Envoy's
+//! record (`envoy/<namespace>_<name>/process.json` in the state dir: pid,
+//! start time, command line, admin and bind address, options, bootstrap)
+//! lets the next Gatewright of the same state dir adopt it ([`Survivors`])
+//! instead of starting another. A clean shutdown drains and stops every
+//! Envoy and removes the records.
 
 use super::kubernetes::{ProxyParametersSpec, resolve_parameters};
 use super::{Learned, NotProgrammed};
@@ -9,13 +18,16 @@ use anyhow::Context as _;
 use gatewright_translator::api::gatewayclasses::GatewayClass;
 use gatewright_translator::api::gateways::{Gateway, GatewayStatusAddresses};
 use gatewright_translator::{Input, ObjectKey, Output};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,6 +41,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// How long Envoy gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
+/// How often a process without a pidfd is looked at to see if it exited.
+const EXIT_POLL: Duration = Duration::from_millis(100);
+/// The record of a running Envoy, in its Gateway's folder.
+const RECORD_FILE: &str = "process.json";
 
 /// How Envoys are started.
 #[derive(Clone, Debug)]
@@ -64,6 +80,13 @@ pub struct EnvoyState {
     pub admin: Mutex<Option<SocketAddr>>,
     /// Envoy's log file.
     pub log: PathBuf,
+    /// Whether the running process was adopted from a previous Gatewright
+    /// rather than started by this one.
+    pub adopted: AtomicBool,
+    /// Whether the running process was started with another command line or
+    /// bootstrap than this Gatewright would use (an adopted Envoy from a
+    /// run with another Envoy binary or xDS address): it is replaced.
+    outdated: AtomicBool,
 }
 
 impl EnvoyState {
@@ -84,7 +107,7 @@ struct Managed {
 
 /// Envoy's own options for one Gateway: the host's defaults with the
 /// `envoy` section of the Gateway's ProxyParameters laid over them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvoyOptions {
     /// `--log-level`.
     pub log_level: String,
@@ -317,9 +340,10 @@ impl Host {
             .envoys
             .iter()
             .filter(|(k, m)| {
-                wanted
-                    .get(*k)
-                    .is_none_or(|(ip, o)| *ip != m.state.address || *o != m.state.options)
+                m.state.outdated.load(Ordering::Relaxed)
+                    || wanted
+                        .get(*k)
+                        .is_none_or(|(ip, o)| *ip != m.state.address || *o != m.state.options)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -368,22 +392,63 @@ impl Host {
         }
     }
 
+    /// Takes over the Envoys a crashed Gatewright of this state dir left
+    /// running: each is supervised from now on as if started here, and keeps
+    /// its address, so the first [`Host::plan`] gives its Gateway the same
+    /// one. The first reconcile keeps those still wanted with the same
+    /// options and replaces or stops the others.
+    pub fn adopt(&mut self, survivors: Survivors) {
+        for survivor in survivors.found {
+            let Survivor {
+                key,
+                dir,
+                record,
+                process,
+            } = survivor;
+            if self.envoys.contains_key(&key) {
+                continue;
+            }
+            let outdated = record.argv != envoy_argv(&self.config.envoy, &dir, &record.options)
+                || record.bootstrap != bootstrap_json(&key, self.config.xds_address);
+            if outdated {
+                tracing::info!(gateway = %group_of(&key), pid = record.pid,
+                    "adopted Envoy runs another binary or dials another xDS address; it will be replaced");
+            } else {
+                tracing::info!(gateway = %group_of(&key), pid = record.pid, address = %record.address,
+                    "adopting the running Envoy");
+            }
+            let state = Arc::new(EnvoyState {
+                address: record.address,
+                options: record.options.clone(),
+                pid: AtomicU32::new(record.pid),
+                live: AtomicBool::new(false),
+                restarts: AtomicU64::new(0),
+                admin: Mutex::new(record.admin),
+                log: dir.join("envoy.log"),
+                adopted: AtomicBool::new(true),
+                outdated: AtomicBool::new(outdated),
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(supervise(
+                self.config.clone(),
+                key.clone(),
+                dir,
+                Arc::clone(&state),
+                stop_rx,
+                Some(process),
+            ));
+            self.envoys.insert(key, Managed { state, stop, task });
+        }
+    }
+
     fn start(
         &self,
         key: &ObjectKey,
         address: IpAddr,
         options: EnvoyOptions,
     ) -> anyhow::Result<Managed> {
-        let dir = self
-            .config
-            .state_dir
-            .join("envoy")
-            .join(format!("{}_{}", key.namespace, key.name));
+        let dir = envoy_dir(&self.config.state_dir, key);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let bootstrap = dir.join("bootstrap.json");
-        let body = serde_json::to_vec_pretty(&bootstrap_json(key, self.config.xds_address))?;
-        std::fs::write(&bootstrap, body)
-            .with_context(|| format!("writing {}", bootstrap.display()))?;
         let state = Arc::new(EnvoyState {
             address,
             options,
@@ -392,21 +457,50 @@ impl Host {
             restarts: AtomicU64::new(0),
             admin: Mutex::new(None),
             log: dir.join("envoy.log"),
+            adopted: AtomicBool::new(false),
+            outdated: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(
             self.config.clone(),
-            group_of(key),
+            key.clone(),
             dir,
             Arc::clone(&state),
             stop_rx,
+            None,
         ));
         Ok(Managed { state, stop, task })
     }
 }
 
+/// The folder of a Gateway's Envoy: bootstrap, log, admin address, record.
+fn envoy_dir(state_dir: &Path, key: &ObjectKey) -> PathBuf {
+    state_dir
+        .join("envoy")
+        .join(format!("{}_{}", key.namespace, key.name))
+}
+
+/// Envoy's command line (program first) for a Gateway whose folder is
+/// `dir`. Recorded, and compared with `/proc/PID/cmdline` before an Envoy
+/// is adopted, so it must be a pure function of its inputs.
+fn envoy_argv(envoy: &Path, dir: &Path, options: &EnvoyOptions) -> Vec<String> {
+    vec![
+        envoy.to_string_lossy().into_owned(),
+        "--config-path".to_owned(),
+        dir.join("bootstrap.json").to_string_lossy().into_owned(),
+        "--admin-address-path".to_owned(),
+        dir.join("admin-address").to_string_lossy().into_owned(),
+        "--disable-hot-restart".to_owned(),
+        "--concurrency".to_owned(),
+        options.concurrency.to_string(),
+        "--log-level".to_owned(),
+        options.log_level.clone(),
+    ]
+}
+
 /// The bootstrap of a Gateway's Envoy: its node group, a loopback admin on
-/// a free port, and delta ADS to this process.
+/// a free port, and delta ADS to this process, re-dialled every second at
+/// most while it is away.
 pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
     let group = group_of(key);
     json!({
@@ -423,7 +517,13 @@ pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
                 "api_type": "DELTA_GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "gatewright-xds" } }]
+                // Envoy's default reconnect back-off grows to 30 s; a
+                // restarted Gatewright should reach its adopted Envoys
+                // within a second of serving again.
+                "grpc_services": [{ "envoy_grpc": {
+                    "cluster_name": "gatewright-xds",
+                    "retry_policy": { "retry_back_off": { "base_interval": "0.25s", "max_interval": "1s" } }
+                } }]
             },
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
@@ -452,43 +552,63 @@ pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
 
 async fn supervise(
     config: HostConfig,
-    group: String,
+    key: ObjectKey,
     dir: PathBuf,
     state: Arc<EnvoyState>,
     mut stop: watch::Receiver<bool>,
+    mut adopted: Option<Process>,
 ) {
+    let group = group_of(&key);
     let mut backoff = BACKOFF_MIN;
+    let admin_file = dir.join("admin-address");
     loop {
         if *stop.borrow() {
+            // An adopted Envoy nobody wants is still drained and stopped.
+            if let Some(mut process) = adopted.take() {
+                stop_envoy(&mut process, &state, config.drain, &group).await;
+                remove_record(&dir);
+            }
             return;
         }
         let started = Instant::now();
-        let mut child = match spawn_envoy(&config, &dir, &state) {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::error!(gateway = %group, "cannot start Envoy: {e:#}");
-                if sleep_or_stop(backoff, &mut stop).await {
-                    return;
+        let mut process = match adopted.take() {
+            Some(process) => process,
+            None => match spawn_envoy(&config, &key, &dir, &state) {
+                Ok(process) => {
+                    state.adopted.store(false, Ordering::Relaxed);
+                    state.outdated.store(false, Ordering::Relaxed);
+                    tracing::info!(gateway = %group, pid = process.pid, address = %state.address, "Envoy started");
+                    process
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
+                Err(e) => {
+                    tracing::error!(gateway = %group, "cannot start Envoy: {e:#}");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
         };
-        let pid = child.id();
-        state.pid.store(pid, Ordering::Relaxed);
-        tracing::info!(gateway = %group, pid, address = %state.address, "Envoy started");
-        let admin_file = dir.join("admin-address");
-        // The child is polled rather than awaited: it is a std child (see
-        // `spawn_from_stable_thread`), and polling also drives readiness.
+        state.pid.store(process.pid, Ordering::Relaxed);
+        let mut recorded_admin = state.admin_address();
+        // Readiness is polled; the exit is awaited (a pidfd where the kernel
+        // has them), for adopted Envoys too, which are not our children.
         let mut poll = tokio::time::interval(Duration::from_millis(100));
         let exited = loop {
             tokio::select! {
                 _ = stop.changed() => break None,
+                status = process.exited() => break Some(status),
                 _ = poll.tick() => {
-                    match child.try_wait() {
-                        Ok(Some(status)) => break Some(Ok(status)),
-                        Ok(None) => poll_ready(&state, &admin_file).await,
-                        Err(e) => break Some(Err(e)),
+                    poll_ready(&state, &admin_file).await;
+                    // The record carries the admin address once Envoy has
+                    // written it, for whoever adopts this Envoy.
+                    let admin = state.admin_address();
+                    if admin != recorded_admin {
+                        recorded_admin = admin;
+                        if let Err(e) = write_record(&config, &key, &dir, &state, &process) {
+                            tracing::warn!(gateway = %group, "cannot update the Envoy's record: {e:#}");
+                        }
                     }
                 }
             }
@@ -496,14 +616,16 @@ async fn supervise(
         state.live.store(false, Ordering::Relaxed);
         match exited {
             None => {
-                stop_envoy(&mut child, &state, config.drain, &group).await;
+                stop_envoy(&mut process, &state, config.drain, &group).await;
+                remove_record(&dir);
                 state.pid.store(0, Ordering::Relaxed);
                 return;
             }
             Some(status) => {
+                // What the record names is gone: nobody may adopt or signal it.
+                remove_record(&dir);
                 state.pid.store(0, Ordering::Relaxed);
                 state.restarts.fetch_add(1, Ordering::Relaxed);
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 if started.elapsed() > HEALTHY_RUN {
                     backoff = BACKOFF_MIN;
                 }
@@ -527,9 +649,13 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
 
 fn spawn_envoy(
     config: &HostConfig,
+    key: &ObjectKey,
     dir: &Path,
     state: &EnvoyState,
-) -> anyhow::Result<std::process::Child> {
+) -> anyhow::Result<Process> {
+    let bootstrap = dir.join("bootstrap.json");
+    let body = serde_json::to_vec_pretty(&bootstrap_json(key, config.xds_address))?;
+    std::fs::write(&bootstrap, body).with_context(|| format!("writing {}", bootstrap.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -543,68 +669,408 @@ fn spawn_envoy(
         .admin
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    let argv = envoy_argv(&config.envoy, dir, &state.options);
     let mut command = std::process::Command::new(&config.envoy);
     command
-        .arg("--config-path")
-        .arg(dir.join("bootstrap.json"))
-        .arg("--admin-address-path")
-        .arg(&admin_file)
-        .arg("--disable-hot-restart")
-        .arg("--concurrency")
-        .arg(state.options.concurrency.to_string())
-        .arg("--log-level")
-        .arg(&state.options.log_level)
+        .args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: prctl is async-signal-safe and only touches the child. It makes
-    // the kernel stop Envoy if this process dies without cleaning up.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    spawn_from_stable_thread(command).with_context(|| format!("running {}", config.envoy.display()))
+    // A process group of its own: a terminal's Ctrl-C reaches Gatewright,
+    // which drains its Envoys, rather than killing them outright; and no
+    // parent-death signal, so that a crash of Gatewright leaves traffic
+    // flowing (the next Gatewright adopts the Envoy through its record).
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command
+        .spawn()
+        .with_context(|| format!("running {}", config.envoy.display()))?;
+    let process = Process::spawned(child);
+    write_record(config, key, dir, state, &process)?;
+    Ok(process)
 }
 
-type SpawnRequest = (
-    std::process::Command,
-    std::sync::mpsc::SyncSender<std::io::Result<std::process::Child>>,
-);
+/// What the state dir remembers of one running Envoy: enough to find it
+/// again after a crash, to prove a process is that Envoy, and to judge
+/// whether it still runs what this Gatewright would run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EnvoyRecord {
+    namespace: String,
+    name: String,
+    pid: u32,
+    /// Field 22 of `/proc/PID/stat` (clock ticks after boot): with the pid
+    /// it names one process, whatever later reuses the pid.
+    start_time: u64,
+    /// The command line it was started with, program first.
+    argv: Vec<String>,
+    /// Its admin address, once Envoy has written it.
+    admin: Option<SocketAddr>,
+    /// The Gateway's address, where its listeners bind.
+    address: IpAddr,
+    options: EnvoyOptions,
+    /// The ADS address its bootstrap dials.
+    xds_address: SocketAddr,
+    /// The bootstrap it was started with.
+    bootstrap: serde_json::Value,
+}
 
-/// Starts `command` from a thread that lives as long as the process.
-/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
-/// not the process, and the async runtime's threads come and go; forking
-/// from one of those would stop Envoys at random.
-fn spawn_from_stable_thread(command: std::process::Command) -> anyhow::Result<std::process::Child> {
-    static SPAWNER: std::sync::OnceLock<Result<std::sync::mpsc::Sender<SpawnRequest>, String>> =
-        std::sync::OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("envoy-spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let _ = reply.send(command.spawn());
+fn write_record(
+    config: &HostConfig,
+    key: &ObjectKey,
+    dir: &Path,
+    state: &EnvoyState,
+    process: &Process,
+) -> anyhow::Result<()> {
+    let record = EnvoyRecord {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        pid: process.pid,
+        start_time: process.start_time,
+        argv: envoy_argv(&config.envoy, dir, &state.options),
+        admin: state.admin_address(),
+        address: state.address,
+        options: state.options.clone(),
+        xds_address: config.xds_address,
+        bootstrap: bootstrap_json(key, config.xds_address),
+    };
+    let path = dir.join(RECORD_FILE);
+    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    // Renamed into place: a crash never leaves half a record.
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+fn remove_record(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(RECORD_FILE));
+}
+
+/// Envoys a previous Gatewright of the same state dir left running when it
+/// crashed, each proven to be the Envoy its record names: alive, with the
+/// recorded start time and the recorded command line. Records of Envoys
+/// that are gone, or whose pid now belongs to another process, are
+/// forgotten, and such processes are never signalled.
+#[derive(Default)]
+pub struct Survivors {
+    found: Vec<Survivor>,
+}
+
+struct Survivor {
+    key: ObjectKey,
+    dir: PathBuf,
+    record: EnvoyRecord,
+    process: Process,
+}
+
+impl Survivors {
+    /// Reads the records under `state_dir` and keeps the Envoys that are
+    /// really still running.
+    pub fn find(state_dir: &Path) -> Self {
+        let mut found = Vec::new();
+        let entries = match std::fs::read_dir(state_dir.join("envoy")) {
+            Ok(entries) => entries,
+            Err(_) => return Self { found },
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let path = dir.join(RECORD_FILE);
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let record: EnvoyRecord = match serde_json::from_slice(&text) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(record = %path.display(), "forgetting an unreadable Envoy record: {e}");
+                    remove_record(&dir);
+                    continue;
                 }
-            })
-            .map(|_| tx)
-            .map_err(|e| format!("cannot start the process-spawning thread: {e}"))
-    });
-    let spawner = spawner.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (reply, result) = std::sync::mpsc::sync_channel(1);
-    spawner
-        .send((command, reply))
-        .map_err(|_| anyhow::anyhow!("the process-spawning thread is gone"))?;
-    // fork+exec takes about a millisecond; blocking this thread that long is
-    // cheaper than a round trip through the blocking pool.
-    let child = result
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the process-spawning thread is gone"))??;
-    Ok(child)
+            };
+            let key = ObjectKey::new(record.namespace.clone(), record.name.clone());
+            if envoy_dir(state_dir, &key) != dir {
+                tracing::warn!(record = %path.display(), "forgetting an Envoy record that names another Gateway's folder");
+                remove_record(&dir);
+                continue;
+            }
+            match Process::adopt(record.pid, record.start_time, &record.argv) {
+                Ok(process) => found.push(Survivor {
+                    key,
+                    dir,
+                    record,
+                    process,
+                }),
+                Err(why) => {
+                    tracing::info!(gateway = %group_of(&key), pid = record.pid,
+                        "forgetting the recorded Envoy: {why}");
+                    remove_record(&dir);
+                }
+            }
+        }
+        Self { found }
+    }
+
+    /// How many Envoys were found running.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Whether none was found.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// The ADS address the survivors' bootstraps dial, to be bound again
+    /// when `requested` allows it: the same address, or the same IP with
+    /// port 0 (any port, so the one chosen before). `None` when there are
+    /// no survivors, when they disagree, or when the user asked for
+    /// another address (the survivors are then replaced).
+    pub fn xds_address(&self, requested: SocketAddr) -> Option<SocketAddr> {
+        let first = self.found.first()?.record.xds_address;
+        let agreed = self.found.iter().all(|s| s.record.xds_address == first);
+        let allowed = first == requested || (requested.port() == 0 && requested.ip() == first.ip());
+        (agreed && allowed).then_some(first)
+    }
+}
+
+/// Takes the state dir for this process: an exclusive lock on its `lock`
+/// file, held while the returned file is open. A second Gatewright on the
+/// same state dir would otherwise take the first one's running Envoys for
+/// survivors of a crash and replace them. The kernel drops the lock when
+/// its holder dies, and Envoys do not inherit it (the descriptor is
+/// close-on-exec), so a crashed Gatewright never keeps its successor out.
+pub fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!(
+            "another Gatewright uses the state dir {} ({e}); give each its own --state-dir",
+            state_dir.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Binds the ADS listener: where surviving Envoys dial if `requested`
+/// allows it (see [`Survivors::xds_address`]), else `requested`.
+pub async fn bind_xds(
+    requested: SocketAddr,
+    survivors: &Survivors,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(address) = survivors.xds_address(requested) {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(%address, envoys = survivors.len(), "serving xDS where the running Envoys dial");
+                return Ok(listener);
+            }
+            Err(e) => {
+                tracing::warn!(%address, "cannot bind the xDS address the running Envoys dial ({e}); they will be replaced")
+            }
+        }
+    }
+    tokio::net::TcpListener::bind(requested)
+        .await
+        .with_context(|| format!("binding the xDS address {requested}"))
+}
+
+/// A running Envoy: a child of this process, or one adopted from a crashed
+/// Gatewright (then not a child: it cannot be waited for, only watched).
+struct Process {
+    pid: u32,
+    /// From `/proc/PID/stat`: with the pid, names this process.
+    start_time: u64,
+    /// Our own child, which must be reaped; `None` when adopted.
+    child: Option<std::process::Child>,
+    /// A pidfd: readable once the process exits, and signals sent through
+    /// it can never reach another process that reused the pid. `None` on
+    /// kernels without pidfd_open (before 5.3).
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// The command line it must still have (adopted processes without a
+    /// pidfd are re-checked before every signal).
+    argv: Vec<String>,
+}
+
+impl Process {
+    fn spawned(child: std::process::Child) -> Self {
+        let pid = child.id();
+        let pidfd = pidfd_open(pid);
+        // Just spawned and not reaped: the pid is ours, its stat readable
+        // (0 only if /proc is not mounted, which makes adoption impossible).
+        let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
+        let argv = proc_cmdline(pid).unwrap_or_default();
+        Self {
+            pid,
+            start_time,
+            child: Some(child),
+            pidfd,
+            argv,
+        }
+    }
+
+    /// The process `pid` if it is alive, started at `start_time` and runs
+    /// `argv`; otherwise why not.
+    fn adopt(pid: u32, start_time: u64, argv: &[String]) -> Result<Self, String> {
+        if pid == 0 || i32::try_from(pid).is_err() {
+            return Err(format!("invalid pid {pid}"));
+        }
+        // Opened before the checks: if they pass, the pidfd refers to the
+        // process they looked at (a pid is not reused while that process
+        // has not exited, and an exit in between makes the checks fail).
+        let pidfd = pidfd_open(pid);
+        identify(pid, start_time, argv)?;
+        Ok(Self {
+            pid,
+            start_time,
+            child: None,
+            pidfd,
+            argv: argv.to_vec(),
+        })
+    }
+
+    /// Whether the process has exited (reaping it if it is our child), with
+    /// how, without blocking.
+    fn try_exited(&mut self) -> Option<String> {
+        if let Some(child) = &mut self.child {
+            return match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot wait for it: {e}")),
+            };
+        }
+        if let Some(fd) = &self.pidfd {
+            let mut poll = libc::pollfd {
+                fd: fd.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            if ready >= 0 && poll.revents & (libc::POLLNVAL | libc::POLLERR) == 0 {
+                return (poll.revents & (libc::POLLIN | libc::POLLHUP) != 0)
+                    .then(|| "exited (not our child: status unknown)".to_owned());
+            }
+            // The pidfd cannot say: ask /proc instead.
+        }
+        identify(self.pid, self.start_time, &self.argv)
+            .err()
+            .map(|why| format!("gone ({why})"))
+    }
+
+    /// Waits until the process has exited (see [`Process::try_exited`]).
+    async fn exited(&mut self) -> String {
+        loop {
+            if let Some(status) = self.try_exited() {
+                return status;
+            }
+            match &self.pidfd {
+                // Readable means exited, and stays so; the next turn looks
+                // (and reaps a child). The short sleep only matters if the
+                // kernel said readable before the child became reapable.
+                Some(fd) => match fd.readable().await {
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(_) => tokio::time::sleep(EXIT_POLL).await,
+                },
+                None => tokio::time::sleep(EXIT_POLL).await,
+            }
+        }
+    }
+
+    /// Sends `signal`, only ever to this process.
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal(2) with a pidfd we own, no siginfo
+            // and no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.get_ref().as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            return;
+        }
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return;
+        };
+        // Our unreaped child cannot have been replaced; an adopted process
+        // is proven to be the same one right before the signal.
+        if self.child.is_some() || identify(self.pid, self.start_time, &self.argv).is_ok() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// A pidfd for `pid` registered with the runtime, if the kernel has them.
+fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+    // descriptor until the AsyncFd drops it.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+}
+
+/// What `/proc/PID/stat` says about a process.
+struct ProcStat {
+    /// R, S, D, Z, ...
+    state: char,
+    start_time: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses,
+    // so fields are counted after its closing one. starttime is field 22,
+    // the 20th after comm.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+fn proc_cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Whether `pid` is a live process started at `start_time` running `argv`.
+fn identify(pid: u32, start_time: u64, argv: &[String]) -> Result<(), String> {
+    let stat = proc_stat(pid).ok_or("no such process")?;
+    if matches!(stat.state, 'Z' | 'X') {
+        return Err("it has exited".to_owned());
+    }
+    if stat.start_time != start_time {
+        return Err(format!(
+            "pid {pid} is another process now (started at {} rather than {start_time})",
+            stat.start_time
+        ));
+    }
+    let cmdline = proc_cmdline(pid).ok_or("its command line cannot be read")?;
+    if cmdline != argv {
+        return Err(format!(
+            "pid {pid} runs another command line: {}",
+            cmdline.join(" ")
+        ));
+    }
+    Ok(())
 }
 
 async fn poll_ready(state: &EnvoyState, admin_file: &Path) {
@@ -663,12 +1129,7 @@ pub async fn admin_request(
     Ok((status, body))
 }
 
-async fn stop_envoy(
-    child: &mut std::process::Child,
-    state: &EnvoyState,
-    drain: Duration,
-    group: &str,
-) {
+async fn stop_envoy(process: &mut Process, state: &EnvoyState, drain: Duration, group: &str) {
     if !drain.is_zero()
         && let Some(admin) = state.admin_address()
     {
@@ -681,28 +1142,21 @@ async fn stop_envoy(
             tokio::time::sleep(drain).await;
         }
     }
-    if let Ok(Some(_)) = child.try_wait() {
+    if process.try_exited().is_some() {
         tracing::info!(gateway = %group, "Envoy stopped");
         return;
     }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped
-        // (try_wait just saw it running), so it cannot be a reused pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + TERM_GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            tracing::info!(gateway = %group, "Envoy stopped");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    process.signal(libc::SIGTERM);
+    if tokio::time::timeout(TERM_GRACE, process.exited())
+        .await
+        .is_ok()
+    {
+        tracing::info!(gateway = %group, "Envoy stopped");
+        return;
     }
     tracing::warn!(gateway = %group, "Envoy ignored SIGTERM; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
+    process.signal(libc::SIGKILL);
+    let _ = tokio::time::timeout(TERM_GRACE, process.exited()).await;
 }
 
 #[cfg(test)]
@@ -756,6 +1210,104 @@ mod tests {
         let options = EnvoyOptions::for_host(&config(), Some(&tuned)).expect("envoy only");
         assert_eq!(options.log_level, "debug");
         assert_eq!(options.concurrency, 2);
+    }
+
+    fn record(pid: u32, start_time: u64, argv: Vec<String>, xds: &str) -> EnvoyRecord {
+        let xds_address: SocketAddr = xds.parse().expect("address");
+        EnvoyRecord {
+            namespace: "default".to_owned(),
+            name: "gw".to_owned(),
+            pid,
+            start_time,
+            argv,
+            admin: None,
+            address: "127.0.1.1".parse().expect("ip"),
+            options: EnvoyOptions::for_host(&config(), None).expect("options"),
+            xds_address,
+            bootstrap: bootstrap_json(&key("gw"), xds_address),
+        }
+    }
+
+    fn write(state_dir: &Path, record: &EnvoyRecord) -> PathBuf {
+        let dir = envoy_dir(state_dir, &key("gw"));
+        std::fs::create_dir_all(&dir).expect("creating the Envoy dir");
+        let path = dir.join(RECORD_FILE);
+        std::fs::write(&path, serde_json::to_vec(record).expect("json")).expect("writing");
+        path
+    }
+
+    #[tokio::test]
+    async fn only_the_recorded_process_itself_is_adopted() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let me = std::process::id();
+        let started = proc_stat(me).expect("own stat").start_time;
+        let argv = proc_cmdline(me).expect("own cmdline");
+
+        // This very process matches a record naming its pid, start time and
+        // command line: that is what adoption requires.
+        let path = write(
+            state.path(),
+            &record(me, started, argv.clone(), "127.0.0.1:4000"),
+        );
+        let found = Survivors::find(state.path());
+        assert_eq!(found.len(), 1);
+        assert!(path.exists(), "an adoptable record is kept");
+
+        // The same pid with another start time or command line is another
+        // process: the record is forgotten.
+        for stale in [
+            record(me, started + 1, argv.clone(), "127.0.0.1:4000"),
+            record(me, started, vec!["envoy".to_owned()], "127.0.0.1:4000"),
+            record(0, started, argv.clone(), "127.0.0.1:4000"),
+        ] {
+            let path = write(state.path(), &stale);
+            assert!(Survivors::find(state.path()).is_empty(), "{stale:?}");
+            assert!(!path.exists(), "a stale record is removed");
+        }
+
+        // Unreadable records are forgotten too.
+        let path = write(state.path(), &record(me, started, argv, "127.0.0.1:4000"));
+        std::fs::write(&path, "{").expect("writing");
+        assert!(Survivors::find(state.path()).is_empty());
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn the_survivors_xds_address_is_reused_when_the_flag_allows() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let me = std::process::id();
+        let started = proc_stat(me).expect("own stat").start_time;
+        let argv = proc_cmdline(me).expect("own cmdline");
+        write(state.path(), &record(me, started, argv, "127.0.0.1:4000"));
+        let found = Survivors::find(state.path());
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let recorded = Some(addr("127.0.0.1:4000"));
+        assert_eq!(found.xds_address(addr("127.0.0.1:0")), recorded);
+        assert_eq!(found.xds_address(addr("127.0.0.1:4000")), recorded);
+        assert_eq!(found.xds_address(addr("127.0.0.1:5000")), None);
+        assert_eq!(found.xds_address(addr("127.0.0.2:0")), None);
+        assert_eq!(Survivors::default().xds_address(addr("127.0.0.1:0")), None);
+    }
+
+    #[test]
+    fn a_state_dir_serves_one_gatewright_at_a_time() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let held = lock_state_dir(state.path()).expect("first lock");
+        let refused = lock_state_dir(state.path()).expect_err("second lock");
+        assert!(
+            refused.to_string().contains("another Gatewright"),
+            "{refused}"
+        );
+        drop(held);
+        lock_state_dir(state.path()).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn proc_stat_reads_the_start_time_past_any_comm() {
+        let me = proc_stat(std::process::id()).expect("own stat");
+        assert!(me.start_time > 0);
+        assert!(matches!(me.state, 'R' | 'S'));
+        assert!(proc_stat(0).is_none());
     }
 
     #[test]

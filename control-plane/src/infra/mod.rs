@@ -1,8 +1,8 @@
 //! Infrastructure: where the Envoys of Gateways run.
 //!
-//! - [`host`]: Envoy child processes of this process, each Gateway on a
-//!   loopback address of its own (`gatewright run`, and `gatewright
-//!   controller --infrastructure host`).
+//! - [`host`]: Envoy processes started (or, after a crash, adopted) by this
+//!   process, each Gateway on a loopback address of its own (`gatewright
+//!   run`, and `gatewright controller --infrastructure host`).
 //! - [`kubernetes`]: an Envoy Deployment and Service per Gateway in the
 //!   cluster, provisioned by the leader (`--infrastructure kubernetes`).
 //!
@@ -125,7 +125,7 @@ fn check_requested_addresses(input: &Input, learned: &mut BTreeMap<ObjectKey, Le
 
 /// The infrastructure a control plane runs its Envoys on.
 pub enum Infra {
-    /// Envoy child processes on loopback addresses.
+    /// Envoy processes on loopback addresses.
     Host(host::Host),
     /// Envoy Deployments and Services in the cluster.
     Kubernetes(Box<kubernetes::KubeMode>),

@@ -172,6 +172,44 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `cmd` (output to `log`) as a [`Proc`] that dies with the test.
+pub fn spawn_proc(mut cmd: Command, name: &str, log: PathBuf) -> Proc {
+    let out = std::fs::File::create(&log).expect("creating a process log");
+    let err = out.try_clone().expect("cloning the log file handle");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    die_with_parent(&mut cmd, libc::SIGKILL);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    Proc {
+        child: Some(child),
+        name: name.to_owned(),
+        log,
+    }
+}
+
+/// The start time of a live process (field 22 of /proc/PID/stat).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Every Envoy record (`envoy/*/process.json`) under a state dir, as JSON.
+pub fn envoy_records(state_dir: &Path) -> Vec<(PathBuf, Value)> {
+    files_under(&state_dir.join("envoy"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "process.json"))
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            Some((p, serde_json::from_str(&text).ok()?))
+        })
+        .collect()
+}
+
 /// Makes the child get `signal` when the thread that started it ends, so
 /// that nothing outlives a test run that was itself killed (when guards do
 /// not run). Tests start their processes from the test's own thread, which
@@ -312,6 +350,9 @@ pub struct Gatewright {
     /// Every descendant seen so far, with its command name, killed on drop
     /// if still alive after gatewright has stopped.
     seen_children: std::sync::Mutex<BTreeMap<u32, String>>,
+    /// Set on a gatewright replaced by [`Gatewright::restart`]: what it ran
+    /// now belongs to its successor, which the drop guard must leave alone.
+    handed_over: bool,
 }
 
 impl Gatewright {
@@ -392,6 +433,7 @@ impl Gatewright {
             status_dir,
             admin,
             seen_children: std::sync::Mutex::new(BTreeMap::new()),
+            handed_over: false,
         }
     }
 
@@ -413,14 +455,50 @@ impl Gatewright {
         self.proc.log_tail(lines)
     }
 
-    /// Records gatewright's current descendants (for the drop guard).
+    /// Records gatewright's current descendants, and the Envoys its state
+    /// dir records (adopted ones are no descendants), for the drop guard.
     pub fn note_children(&self) -> Vec<u32> {
         let kids = descendants(self.proc.pid());
+        let recorded = envoy_records(&self.state_dir)
+            .into_iter()
+            .filter_map(|(_, r)| u32::try_from(r["pid"].as_u64()?).ok())
+            .filter(|&pid| comm(pid).contains("envoy"));
         let mut seen = self.seen_children.lock().unwrap_or_else(|e| e.into_inner());
-        for &k in &kids {
+        for k in kids.iter().copied().chain(recorded) {
             seen.entry(k).or_insert_with(|| comm(k));
         }
         kids
+    }
+
+    /// SIGKILLs gatewright, as a crash would (nothing of it runs after),
+    /// and waits until it is gone. Its Envoys are left running, and still
+    /// killed by the drop guard if nothing stops them first.
+    pub fn crash(&mut self) {
+        self.note_children();
+        self.proc.signal(libc::SIGKILL);
+        assert!(
+            self.proc.wait_timeout(Duration::from_secs(5)).is_some(),
+            "gatewright did not die of SIGKILL"
+        );
+    }
+
+    /// Starts gatewright again on the same dirs (after [`Gatewright::crash`]
+    /// or a clean exit) with `extra` arguments; what the old one ran is
+    /// still remembered for the drop guard.
+    pub fn restart(&mut self, root: &Path, envoy: &Path, extra: &[&std::ffi::OsStr]) {
+        assert!(self.proc.has_exited(), "restart: gatewright still runs");
+        // The old admin address file must not be mistaken for the new one,
+        // and the old log is kept beside the new one.
+        let _ = std::fs::remove_file(self.state_dir.join("admin-address"));
+        let _ = std::fs::rename(&self.proc.log, root.join("gatewright-before-restart.log"));
+        let next = Self::start_with(root, envoy, extra);
+        let seen =
+            std::mem::take(&mut *self.seen_children.lock().unwrap_or_else(|e| e.into_inner()));
+        *next.seen_children.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+        // The old one has exited; its Envoys are the new one's now.
+        let mut old = std::mem::replace(self, next);
+        old.handed_over = true;
+        drop(old);
     }
 
     /// GET on the admin server: (status, body).
@@ -508,6 +586,9 @@ impl Gatewright {
 
 impl Drop for Gatewright {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         self.note_children();
         self.proc.stop();
         let seen = self.seen_children.lock().unwrap_or_else(|e| e.into_inner());

@@ -140,6 +140,11 @@ pub struct BootstrapOptions {
     pub readiness_port: Option<u16>,
     /// The ADS server.
     pub xds: XdsEndpoint,
+    /// Re-dial the ADS server every second at most while it is away, rather
+    /// than Envoy's default back-off of up to 30 s: on the host, where a
+    /// restarted Gatewright adopts the running Envoys and should reach them
+    /// at once.
+    pub fast_reconnect: bool,
 }
 
 /// The Envoy bootstrap for a Gateway's Envoy: node identity and group
@@ -148,6 +153,11 @@ pub struct BootstrapOptions {
 pub fn bootstrap_json(key: &ObjectKey, options: &BootstrapOptions) -> Value {
     let group = group_of(key);
     let mut clusters = vec![xds_cluster(&options.xds)];
+    let mut envoy_grpc = json!({ "cluster_name": XDS_CLUSTER });
+    if options.fast_reconnect {
+        envoy_grpc["retry_policy"] =
+            json!({ "retry_back_off": { "base_interval": "0.25s", "max_interval": "1s" } });
+    }
     let mut bootstrap = json!({
         "node": {
             "id": format!("gatewright/{group}"),
@@ -162,7 +172,7 @@ pub fn bootstrap_json(key: &ObjectKey, options: &BootstrapOptions) -> Value {
                 "api_type": "DELTA_GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }]
+                "grpc_services": [{ "envoy_grpc": envoy_grpc }]
             },
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
@@ -336,6 +346,7 @@ mod tests {
                 admin_port: 0,
                 readiness_port: None,
                 xds: XdsEndpoint::Static(xds),
+                fast_reconnect: true,
             },
         );
         assert_eq!(ours, crate::infra::host::bootstrap_json(&key, xds));

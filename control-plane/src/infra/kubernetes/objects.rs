@@ -243,6 +243,9 @@ pub fn kube_bootstrap(
                 port: config.xds_port,
                 tls,
             },
+            // Another replica takes over when one goes; provisioned
+            // Envoys keep Envoy's default reconnect back-off.
+            fast_reconnect: false,
         },
     );
     KubeBootstrap {
