@@ -362,6 +362,10 @@ fn translate_command(args: TranslateArgs) -> anyhow::Result<std::process::ExitCo
         None => k8s_openapi::jiff::Timestamp::now(),
     };
     snapshot.input.now = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    // The edge settings the pipeline would hand the translator, so the
+    // printed configuration is the one Gatewright would serve.
+    snapshot.input.edge_settings =
+        gatewright::infra::edge_settings(&snapshot.input, &snapshot.proxy_parameters);
     let output = gatewright_translator::translate(&snapshot.input);
     print!("{}", gatewright_render::render(&output));
     for problem in &snapshot.problems {

@@ -101,7 +101,8 @@ impl Pipeline {
             .clone_from(&self.system_ca_file);
         // Translating is CPU work: keep it off the threads serving xDS.
         let mut output = tokio::task::block_in_place(|| {
-            self.infra.prepare(&mut snapshot.input);
+            self.infra
+                .prepare(&mut snapshot.input, &snapshot.proxy_parameters);
             translate(&snapshot.input)
         });
 

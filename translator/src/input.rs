@@ -48,6 +48,17 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// Per-Gateway settings of every HTTP connection manager that come from
+/// the Gateway's ProxyParameters (`spec.envoy`) rather than the Gateway
+/// API; see "Edge defaults" in ARCHITECTURE.md.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EdgeSettings {
+    /// `xff_num_trusted_hops`: how many proxies in front of Envoy append
+    /// to `X-Forwarded-For` and are trusted to; 0 (the default) trusts
+    /// none, so the client address is the peer of the TCP connection.
+    pub xff_num_trusted_hops: u32,
+}
+
 /// Everything the translator reads. Lists may come in any order: the output
 /// does not depend on it.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +71,13 @@ pub struct Input {
     /// Address each Gateway's Envoy listeners bind to, by Gateway; Gateways
     /// not named here bind to `0.0.0.0`.
     pub bind_addresses: BTreeMap<ObjectKey, String>,
+    /// The edge settings of each Gateway's connection managers, resolved
+    /// by the control plane from the Gateway's ProxyParameters (the
+    /// translator reads no parameters' content itself). A Gateway not
+    /// named here gets [`EdgeSettings::default`]; one whose parameters
+    /// hold an invalid value carries the reason, and is refused with
+    /// `Accepted=False`/`InvalidParameters` rather than served without it.
+    pub edge_settings: BTreeMap<ObjectKey, Result<EdgeSettings, String>>,
     /// Whether each Gateway's Envoys are provisioned in Kubernetes (their
     /// own Deployment and Service), which the features in
     /// [`crate::KUBERNETES_FEATURES`] need.

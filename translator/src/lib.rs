@@ -25,7 +25,7 @@ mod validate;
 
 pub use backend_tls::DEFAULT_SYSTEM_CA_FILE;
 pub use emit::INVALID_BACKEND_CLUSTER;
-pub use input::{DEFAULT_CONTROLLER_NAME, Input, InputError, ObjectKey};
+pub use input::{DEFAULT_CONTROLLER_NAME, EdgeSettings, Input, InputError, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
 use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
@@ -215,7 +215,7 @@ pub fn translate(input: &Input) -> Output {
                 g.spec.gateway_class_name
             )),
             None if classes.contains(g.spec.gateway_class_name.as_str()) => {
-                match gateway_parameters(&index, g) {
+                match gateway_parameters(&index, g).and_then(|()| edge_settings(input, g)) {
                     Ok(()) => match unsupported_address(g) {
                         None => continue,
                         Some(message) => Refused::Gateway(Reason::UnsupportedAddress, message),
@@ -346,11 +346,17 @@ pub fn translate(input: &Input) -> Output {
             .bind_addresses
             .get(&info.key)
             .map_or("0.0.0.0", String::as_str);
+        // Refused above when it is an error.
+        let edge = match input.edge_settings.get(&info.key) {
+            Some(Ok(settings)) => settings.clone(),
+            _ => EdgeSettings::default(),
+        };
         let emitter = emit::Emitter {
             gateway: info,
             routes: &resolved,
             attachments: &attachments[gi],
             bind_address: bind,
+            edge: &edge,
             index: &index,
         };
         out.gateways.insert(info.key.clone(), emitter.emit());
@@ -543,6 +549,17 @@ fn gateway_parameters(
             "{field} ProxyParameters {ns}/{} does not exist",
             p.name
         ))
+    }
+}
+
+/// The edge settings the control plane resolved for `gateway` from its
+/// ProxyParameters: an invalid value refuses the Gateway, never serves it
+/// with a default in its place.
+fn edge_settings(input: &Input, gateway: &crate::api::gateways::Gateway) -> Result<(), String> {
+    let (ns, name) = index::key_of(&gateway.metadata);
+    match input.edge_settings.get(&ObjectKey::new(ns, name)) {
+        Some(Err(message)) => Err(message.clone()),
+        _ => Ok(()),
     }
 }
 

@@ -73,6 +73,24 @@ impl Route {
                     }
                     PathMatch::Regex(r) => check(ri, validate::regex(r)),
                 }
+                // Gatewright's Envoys refuse every request carrying a
+                // header whose name has an underscore (see "Edge
+                // defaults" in ARCHITECTURE.md), so such a match could
+                // never match: the route is refused so that its author
+                // learns it, rather than having a rule that is silently
+                // dead.
+                for v in &m.headers {
+                    if v.name.contains('_') {
+                        check(
+                            ri,
+                            Err(format!(
+                                "header match on {:?}: requests with an underscore in a header \
+                                 name are rejected (400) by the Gateway, so it could never match",
+                                v.name
+                            )),
+                        );
+                    }
+                }
                 for v in m.headers.iter().chain(&m.query) {
                     check(ri, validate::header_name(&v.name));
                     check(

@@ -10,6 +10,7 @@
 //! instead of starting another. A clean shutdown drains and stops every
 //! Envoy and removes the records.
 
+use super::kubernetes::params::EnvoyParameters;
 use super::kubernetes::{ProxyParametersSpec, resolve_parameters};
 use super::{Learned, NotProgrammed};
 use crate::source::Snapshot;
@@ -113,6 +114,9 @@ pub struct EnvoyOptions {
     pub log_level: String,
     /// `--concurrency`.
     pub concurrency: u32,
+    /// The bootstrap's downstream connection limit (a change restarts the
+    /// Envoy: Envoy reads its bootstrap only at start).
+    pub max_downstream_connections: u32,
 }
 
 impl EnvoyOptions {
@@ -128,6 +132,7 @@ impl EnvoyOptions {
         let mut options = Self {
             log_level: config.log_level.clone(),
             concurrency: config.concurrency,
+            max_downstream_connections: EnvoyParameters::max_downstream_connections(params),
         };
         let Some(params) = params else {
             return Ok(options);
@@ -409,7 +414,12 @@ impl Host {
                 continue;
             }
             let outdated = record.argv != envoy_argv(&self.config.envoy, &dir, &record.options)
-                || record.bootstrap != bootstrap_json(&key, self.config.xds_address);
+                || record.bootstrap
+                    != bootstrap_json(
+                        &key,
+                        self.config.xds_address,
+                        record.options.max_downstream_connections,
+                    );
             if outdated {
                 tracing::info!(gateway = %group_of(&key), pid = record.pid,
                     "adopted Envoy runs another binary or dials another xDS address; it will be replaced");
@@ -499,9 +509,10 @@ fn envoy_argv(envoy: &Path, dir: &Path, options: &EnvoyOptions) -> Vec<String> {
 }
 
 /// The bootstrap of a Gateway's Envoy: its node group, a loopback admin on
-/// a free port, and delta ADS to this process, re-dialled every second at
-/// most while it is away.
-pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
+/// a free port, delta ADS to this process, re-dialled every second at most
+/// while it is away, and the overload manager's limit of `max_connections`
+/// downstream connections.
+pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr, max_connections: u32) -> serde_json::Value {
     let group = group_of(key);
     json!({
         "node": {
@@ -510,7 +521,9 @@ pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
             "metadata": { gatewright_xds::GROUP_METADATA_KEY: group },
         },
         "admin": {
-            "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } }
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+            // Readiness polling and draining must work at the limit.
+            "ignore_global_conn_limit": true
         },
         "dynamic_resources": {
             "ads_config": {
@@ -528,6 +541,8 @@ pub fn bootstrap_json(key: &ObjectKey, xds: SocketAddr) -> serde_json::Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
         },
+        // A host process has no memory limit of its own: no heap monitor.
+        "overload_manager": super::kubernetes::bootstrap::overload_manager(max_connections, None),
         "static_resources": {
             "clusters": [{
                 "name": "gatewright-xds",
@@ -654,7 +669,11 @@ fn spawn_envoy(
     state: &EnvoyState,
 ) -> anyhow::Result<Process> {
     let bootstrap = dir.join("bootstrap.json");
-    let body = serde_json::to_vec_pretty(&bootstrap_json(key, config.xds_address))?;
+    let body = serde_json::to_vec_pretty(&bootstrap_json(
+        key,
+        config.xds_address,
+        state.options.max_downstream_connections,
+    ))?;
     std::fs::write(&bootstrap, body).with_context(|| format!("writing {}", bootstrap.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -730,7 +749,11 @@ fn write_record(
         address: state.address,
         options: state.options.clone(),
         xds_address: config.xds_address,
-        bootstrap: bootstrap_json(key, config.xds_address),
+        bootstrap: bootstrap_json(
+            key,
+            config.xds_address,
+            state.options.max_downstream_connections,
+        ),
     };
     let path = dir.join(RECORD_FILE);
     let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
@@ -1224,7 +1247,7 @@ mod tests {
             address: "127.0.1.1".parse().expect("ip"),
             options: EnvoyOptions::for_host(&config(), None).expect("options"),
             xds_address,
-            bootstrap: bootstrap_json(&key("gw"), xds_address),
+            bootstrap: bootstrap_json(&key("gw"), xds_address, 50_000),
         }
     }
 
@@ -1308,6 +1331,58 @@ mod tests {
         assert!(me.start_time > 0);
         assert!(matches!(me.state, 'R' | 'S'));
         assert!(proc_stat(0).is_none());
+    }
+
+    #[test]
+    fn real_envoy_accepts_the_host_bootstrap_with_its_connection_limit() {
+        let envoy = crate::infra::kubernetes::tests::envoy_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = ObjectKey::new("ns", "gw");
+        let xds: SocketAddr = "127.0.0.1:18000".parse().expect("address");
+        for limit in [
+            1,
+            EnvoyOptions::for_host(&config(), None)
+                .expect("defaults")
+                .max_downstream_connections,
+        ] {
+            let bootstrap = bootstrap_json(&key, xds, limit);
+            let monitor = &bootstrap["overload_manager"]["resource_monitors"][0];
+            assert_eq!(
+                monitor["name"],
+                "envoy.resource_monitors.global_downstream_max_connections"
+            );
+            assert_eq!(
+                monitor["typed_config"]["max_active_downstream_connections"],
+                limit
+            );
+            // No memory limit is known on the host: no heap monitor.
+            assert_eq!(
+                bootstrap["overload_manager"]["resource_monitors"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(1)
+            );
+            assert_eq!(bootstrap["admin"]["ignore_global_conn_limit"], true);
+            let file = dir.path().join(format!("bootstrap-{limit}.json"));
+            std::fs::write(&file, bootstrap.to_string()).expect("write the bootstrap");
+            let output = std::process::Command::new(&envoy)
+                .args(["--mode", "validate", "--log-level", "warning", "-c"])
+                .arg(&file)
+                .output()
+                .expect("run envoy");
+            assert!(
+                output.status.success(),
+                "Envoy rejected the host bootstrap (limit {limit}):\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // The limit follows the parameters, 50,000 without them.
+        let defaults = EnvoyOptions::for_host(&config(), None).expect("defaults");
+        assert_eq!(defaults.max_downstream_connections, 50_000);
+        let limited = params("envoy: {maxDownstreamConnections: 3}");
+        let options = EnvoyOptions::for_host(&config(), Some(&limited)).expect("envoy only");
+        assert_eq!(options.max_downstream_connections, 3);
     }
 
     #[test]

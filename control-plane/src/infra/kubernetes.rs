@@ -557,8 +557,9 @@ pub type ParametersStore = BTreeMap<ObjectKey, ProxyParametersSpec>;
 /// `spec.infrastructure.parametersRef` (see [`ProxyParametersSpec::over`]).
 /// `Ok(None)` if neither refers to anything. A reference to another kind,
 /// a missing namespace on the class's reference, or a ProxyParameters that
-/// does not exist is an error whose message suits an `InvalidParameters`
-/// condition.
+/// does not exist, or an `envoy` value outside its schema
+/// ([`params::EnvoyParameters::validate`]), is an error whose message suits
+/// an `InvalidParameters` condition.
 pub fn resolve_parameters(
     store: &ParametersStore,
     gateway_class: &GatewayClass,
@@ -583,10 +584,14 @@ pub fn resolve_parameters(
             )?)
         }
     };
-    Ok(match (own, class) {
+    let merged = match (own, class) {
         (Some(own), Some(class)) => Some(own.over(&class)),
         (own, class) => own.or(class),
-    })
+    };
+    if let Some(envoy) = merged.as_ref().and_then(|p| p.envoy.as_ref()) {
+        envoy.validate()?;
+    }
+    Ok(merged)
 }
 
 /// The ProxyParameters a GatewayClass's `parametersRef` names, if any; an
@@ -803,4 +808,4 @@ fn listener_ports(gateway: &Gateway, resources: &GatewayResources) -> Vec<Listen
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

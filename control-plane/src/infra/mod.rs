@@ -16,8 +16,9 @@ pub mod host;
 pub mod kubernetes;
 
 use crate::source::Snapshot;
+use gatewright_translator::api::gatewayclasses::GatewayClass;
 use gatewright_translator::api::gateways::{GatewayStatus, GatewayStatusAddresses};
-use gatewright_translator::{Input, ObjectKey, Output};
+use gatewright_translator::{EdgeSettings, Input, ObjectKey, Output};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -123,6 +124,45 @@ fn check_requested_addresses(input: &Input, learned: &mut BTreeMap<ObjectKey, Le
     }
 }
 
+/// Each Gateway's connection-manager settings from its resolved
+/// ProxyParameters, for `Input::edge_settings`: the same in every mode, so
+/// `gatewright translate` uses it too. Gateways whose class is not in the
+/// input are left out (the translator does not serve them); parameters
+/// that do not resolve or hold an invalid value give the reason, which the
+/// translator turns into `Accepted=False`/`InvalidParameters`.
+pub fn edge_settings(
+    input: &Input,
+    parameters: &kubernetes::ParametersStore,
+) -> BTreeMap<ObjectKey, Result<EdgeSettings, String>> {
+    let classes: BTreeMap<&str, &GatewayClass> = input
+        .gateway_classes
+        .iter()
+        .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+        .collect();
+    input
+        .gateways
+        .iter()
+        .filter_map(|gateway| {
+            let class = classes.get(gateway.spec.gateway_class_name.as_str())?;
+            let key = ObjectKey::new(
+                gateway.metadata.namespace.clone().unwrap_or_default(),
+                gateway.metadata.name.clone().unwrap_or_default(),
+            );
+            let settings =
+                kubernetes::resolve_parameters(parameters, class, gateway).map(|params| {
+                    EdgeSettings {
+                        xff_num_trusted_hops: params
+                            .as_ref()
+                            .and_then(|p| p.envoy.as_ref())
+                            .and_then(|e| e.xff_num_trusted_hops)
+                            .unwrap_or(0),
+                    }
+                });
+            Some((key, settings))
+        })
+        .collect()
+}
+
 /// The infrastructure a control plane runs its Envoys on.
 pub enum Infra {
     /// Envoy processes on loopback addresses.
@@ -133,8 +173,11 @@ pub enum Infra {
 
 impl Infra {
     /// Sets what the translator must know from the infrastructure before
-    /// it runs: on the host, the loopback address each Gateway binds to.
-    pub fn prepare(&mut self, input: &mut Input) {
+    /// it runs: each Gateway's edge settings from its ProxyParameters
+    /// ([`edge_settings`]), and on the host the loopback address each
+    /// Gateway binds to.
+    pub fn prepare(&mut self, input: &mut Input, parameters: &kubernetes::ParametersStore) {
+        input.edge_settings = edge_settings(input, parameters);
         if let Self::Host(host) = self {
             input.bind_addresses = host
                 .plan(input)
@@ -225,6 +268,78 @@ mod tests {
         let mut learned = given(ip);
         check_requested_addresses(&input, &mut learned);
         learned.remove(&ObjectKey::new("ns", "gw"))?.not_programmed
+    }
+
+    #[test]
+    fn edge_settings_come_from_the_resolved_parameters() {
+        use gatewright_translator::api::gatewayclasses::GatewayClassParametersRef;
+        use gatewright_translator::api::gateways::{
+            GatewayInfrastructure, GatewayInfrastructureParametersRef,
+        };
+        let mut class = GatewayClass::default();
+        class.metadata.name = Some("gatewright".to_owned());
+        class.spec.parameters_ref = Some(GatewayClassParametersRef {
+            group: "gatewright.dev".to_owned(),
+            kind: "ProxyParameters".to_owned(),
+            name: "class".to_owned(),
+            namespace: Some("ns".to_owned()),
+        });
+        let named = |name: &str, class: &str, params: Option<&str>| {
+            let mut g = gateway(&[]);
+            g.metadata.name = Some(name.to_owned());
+            g.spec.gateway_class_name = class.to_owned();
+            g.spec.infrastructure = params.map(|p| GatewayInfrastructure {
+                parameters_ref: Some(GatewayInfrastructureParametersRef {
+                    group: "gatewright.dev".to_owned(),
+                    kind: "ProxyParameters".to_owned(),
+                    name: p.to_owned(),
+                }),
+                ..Default::default()
+            });
+            g
+        };
+        let spec = |json: serde_json::Value| -> kubernetes::ProxyParametersSpec {
+            serde_json::from_value(json).expect("parameters")
+        };
+        let store = kubernetes::ParametersStore::from([
+            (
+                ObjectKey::new("ns", "class"),
+                spec(serde_json::json!({"envoy": {"xffNumTrustedHops": 1}})),
+            ),
+            (
+                ObjectKey::new("ns", "two"),
+                spec(serde_json::json!({"envoy": {"xffNumTrustedHops": 2}})),
+            ),
+            (
+                ObjectKey::new("ns", "bad"),
+                spec(serde_json::json!({"envoy": {"xffNumTrustedHops": 17}})),
+            ),
+        ]);
+        let input = Input {
+            gateway_classes: vec![class],
+            gateways: vec![
+                named("from-class", "gatewright", None),
+                named("own", "gatewright", Some("two")),
+                named("bad", "gatewright", Some("bad")),
+                named("missing", "gatewright", Some("nowhere")),
+                named("other-class", "someone-else", Some("two")),
+            ],
+            ..Input::default()
+        };
+        let settings = edge_settings(&input, &store);
+        let hops = |name: &str| {
+            settings
+                .get(&ObjectKey::new("ns", name))
+                .map(|s| s.as_ref().map(|e| e.xff_num_trusted_hops))
+        };
+        assert_eq!(hops("from-class"), Some(Ok(1)));
+        assert_eq!(hops("own"), Some(Ok(2)));
+        let bad = hops("bad")
+            .expect("bad is listed")
+            .expect_err("17 is refused");
+        assert!(bad.contains("xffNumTrustedHops 17"), "{bad}");
+        assert!(hops("missing").expect("listed").is_err());
+        assert_eq!(hops("other-class"), None);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::backend::ClusterRef;
 use crate::gateway::Protocol;
 use crate::output::GatewayResources;
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, TransportSocket, data_source, substitution_format_string,
-    transport_socket,
+    DataSource, HttpProtocolOptions, SubstitutionFormatString, TransportSocket, data_source,
+    http_protocol_options, substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
@@ -31,8 +31,30 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, common_tls_context,
 };
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// `request_headers_timeout`: a client has this long from the first byte
+/// of a request to the end of its headers. Real clients send headers in
+/// one go; a client trickling them (slowloris) holds a connection slot and
+/// is cut off (408) instead.
+pub(crate) const REQUEST_HEADERS_TIMEOUT_SECONDS: i64 = 10;
+/// `stream_idle_timeout`: a request or response stream with no bytes in
+/// either direction for this long is reset. Envoy's own default, written
+/// out so that it is a decision, not an accident; routes whose
+/// `timeouts.request`/`backendRequest` are longer raise it for themselves
+/// (`emit::routes::apply_timeouts`), so a route timeout always governs.
+pub(crate) const STREAM_IDLE_TIMEOUT_SECONDS: i64 = 300;
+/// `common_http_protocol_options.idle_timeout`: a downstream connection
+/// with no active stream for this long is closed, freeing its slot under
+/// the connection limit. Envoy's default for downstream connections,
+/// written out for the same reason.
+pub(crate) const CONNECTION_IDLE_TIMEOUT_SECONDS: i64 = 3600;
+
+/// Whole seconds as a protobuf Duration.
+fn seconds(seconds: i64) -> Option<Duration> {
+    Some(Duration { seconds, nanos: 0 })
+}
 
 impl Emitter<'_, '_> {
     /// The Envoy listener of `port`, serving `listeners` (the programmable
@@ -56,7 +78,7 @@ impl Emitter<'_, '_> {
                 name: name.clone(),
                 address: Some(socket(self.bind_address, port_u)),
                 filter_chains: vec![FilterChain {
-                    filters: vec![hcm(&name, &name, &auth)],
+                    filters: vec![hcm(&name, &name, &auth, self.edge)],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -132,7 +154,7 @@ impl Emitter<'_, '_> {
             if by_sni {
                 filters.push(record_listener(&l.envoy_name));
             }
-            filters.push(hcm(&chain_name, &rc_name, &auth));
+            filters.push(hcm(&chain_name, &rc_name, &auth, self.edge));
             chains.push(FilterChain {
                 name: chain_name,
                 filter_chain_match: Some(FilterChainMatch {
@@ -286,8 +308,15 @@ fn record_listener(listener: &str) -> NetworkFilter {
 }
 
 /// The HTTP connection manager of one route configuration; `auth` holds
-/// the `ext_authz` filters its routes enable.
-fn hcm(stat_prefix: &str, route_config: &str, auth: &AuthFilters) -> NetworkFilter {
+/// the `ext_authz` filters its routes enable, `edge` the Gateway's
+/// settings from its ProxyParameters. Every connection manager carries the
+/// edge defaults (see "Edge defaults" in ARCHITECTURE.md).
+fn hcm(
+    stat_prefix: &str,
+    route_config: &str,
+    auth: &AuthFilters,
+    edge: &crate::input::EdgeSettings,
+) -> NetworkFilter {
     let cors = HttpFilter {
         name: super::routes::CORS_FILTER.to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(any(&Cors::default()))),
@@ -323,6 +352,35 @@ fn hcm(stat_prefix: &str, route_config: &str, auth: &AuthFilters) -> NetworkFilt
             upgrade_type: "websocket".to_owned(),
             ..Default::default()
         }],
+        // The client address is the TCP peer, or the address the trusted
+        // hops in front of Envoy recorded in X-Forwarded-For; nothing a
+        // client writes into that header is believed beyond them.
+        use_remote_address: Some(BoolValue { value: true }),
+        xff_num_trusted_hops: edge.xff_num_trusted_hops,
+        // Routes match on the normalised path (RFC 3986 dot segments
+        // removed, `//` merged), which is also what the backend gets, so
+        // `/a/../admin` or `/a//b` cannot slip past a prefix match.
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        // An encoded slash (`%2F`, `%5C`) is unescaped and the client
+        // redirected to the result, so the path that is matched, the path
+        // the client uses and the path the backend gets are one and the
+        // same: `/public%2F..%2Fadmin` becomes a request for `/admin`,
+        // routed (and authorised) as such.
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        request_headers_timeout: seconds(REQUEST_HEADERS_TIMEOUT_SECONDS),
+        stream_idle_timeout: seconds(STREAM_IDLE_TIMEOUT_SECONDS),
+        common_http_protocol_options: Some(HttpProtocolOptions {
+            idle_timeout: seconds(CONNECTION_IDLE_TIMEOUT_SECONDS),
+            // `x_user` and `x-user` are one header to some backends (CGI,
+            // many frameworks) and two to Envoy's matching and header
+            // filters: a request carrying one is refused (400) rather
+            // than risk a header smuggled past a check on the other.
+            headers_with_underscores_action:
+                http_protocol_options::HeadersWithUnderscoresAction::RejectRequest as i32,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     NetworkFilter {

@@ -61,6 +61,8 @@ pub(crate) struct Emitter<'a, 'i> {
     pub(crate) routes: &'a [ResolvedRoute],
     pub(crate) attachments: &'a [Attachment],
     pub(crate) bind_address: &'a str,
+    /// The Gateway's connection-manager settings from its ProxyParameters.
+    pub(crate) edge: &'a crate::input::EdgeSettings,
     pub(crate) index: &'a Index<'i>,
 }
 

@@ -682,6 +682,24 @@ fn apply_timeouts(action: &mut RouteAction, t: Timeouts, retry: Option<&Retry>) 
         None => t.request.or(t.backend_request).unwrap_or_default(),
     };
     action.timeout = Some(duration(request));
+    // The connection manager resets a stream idle for
+    // STREAM_IDLE_TIMEOUT_SECONDS; a route that allows a longer wait (a
+    // slow backend, a quiet long poll) raises that limit for itself, so
+    // its own timeout is what ends the request. `0s` (no timeout) keeps
+    // the idle limit: a stalled stream is still reset.
+    let longest = [t.request, t.backend_request]
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.is_zero())
+        .max();
+    if let Some(longest) = longest
+        && longest
+            > std::time::Duration::from_secs(
+                super::listeners::STREAM_IDLE_TIMEOUT_SECONDS.unsigned_abs(),
+            )
+    {
+        action.idle_timeout = Some(duration(longest));
+    }
     // A per-attempt limit below the whole request's: one attempt may not
     // use up the time left for the others.
     let per_try = t

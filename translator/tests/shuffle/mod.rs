@@ -28,6 +28,7 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
         controller_name: _,
         now: _,
         bind_addresses: _,
+        edge_settings: _,
         kubernetes_infrastructure: _,
         proxy_parameters: _,
         system_ca_file: _,

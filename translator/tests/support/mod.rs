@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
 };
 use envoy_types::pb::google::protobuf::Any;
-use gatewright_translator::{GatewayResources, Input, ObjectKey, Output};
+use gatewright_translator::{EdgeSettings, GatewayResources, Input, ObjectKey, Output};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use prost::Message;
 use serde::Deserialize as _;
@@ -70,6 +70,22 @@ pub fn load_case(path: &Path) -> anyhow::Result<Input> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut input = Input::new();
     input.now = Some(case_now());
+    // What the control plane resolves from ProxyParameters and hands the
+    // translator (`Input::edge_settings`) is given by a header line:
+    // `# Input.edge_settings: {"<ns>/<gateway>": {"Ok": {...}} | {"Err": "..."}}`.
+    for line in text.lines() {
+        if let Some(json) = line.strip_prefix("# Input.edge_settings:") {
+            let settings: std::collections::BTreeMap<String, Result<EdgeSettings, String>> =
+                serde_json::from_str(json.trim())
+                    .with_context(|| format!("{}: Input.edge_settings", path.display()))?;
+            for (key, value) in settings {
+                let (ns, name) = key
+                    .split_once('/')
+                    .with_context(|| format!("{}: {key} is not ns/name", path.display()))?;
+                input.edge_settings.insert(ObjectKey::new(ns, name), value);
+            }
+        }
+    }
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let yaml = serde_yaml::Value::deserialize(document)
             .with_context(|| format!("{}: parsing YAML document {}", path.display(), index + 1))?;

@@ -145,7 +145,70 @@ pub struct BootstrapOptions {
     /// restarted Gatewright adopts the running Envoys and should reach them
     /// at once.
     pub fast_reconnect: bool,
+    /// The most downstream connections this Envoy holds open
+    /// ([`overload_manager`]).
+    pub max_downstream_connections: u32,
+    /// The memory Envoy may use, when known (a Kubernetes memory limit):
+    /// the overload manager then watches the heap ([`overload_manager`]).
+    pub max_heap_bytes: Option<u64>,
 }
+
+/// The name of the overload manager's connection-limit resource monitor.
+pub const CONNECTION_LIMIT_MONITOR: &str =
+    "envoy.resource_monitors.global_downstream_max_connections";
+
+/// The bootstrap's `overload_manager`: at most `max_connections` downstream
+/// connections across all listeners of the Envoy. Envoy closes a
+/// connection beyond it right after accepting it. Without a limit, a flood
+/// of (idle or slow) connections exhausts file descriptors and memory and
+/// takes every Gateway listener down together. The admin interface and
+/// the readiness listener are exempt (`ignore_global_conn_limit`), so a
+/// full Envoy can still be probed, drained and stopped.
+///
+/// With `max_heap_bytes` (only where a memory limit is known: a host
+/// process has none of its own) the heap is watched too: at 90 % of it
+/// Envoy returns free memory to the system (`shrink_heap`), at 95 % it
+/// answers new requests with 503 (`stop_accepting_requests`) instead of
+/// growing into the kernel's OOM killer, which would drop every
+/// connection at once. The margin is left for memory outside the heap.
+pub fn overload_manager(max_connections: u32, max_heap_bytes: Option<u64>) -> Value {
+    let mut monitors = vec![json!({
+        "name": CONNECTION_LIMIT_MONITOR,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+            "max_active_downstream_connections": max_connections
+        }
+    })];
+    let mut manager = serde_json::Map::new();
+    if let Some(bytes) = max_heap_bytes {
+        monitors.push(json!({
+            "name": HEAP_MONITOR,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": bytes
+            }
+        }));
+        let action = |name: &str, threshold: f64| {
+            json!({
+                "name": name,
+                "triggers": [{ "name": HEAP_MONITOR, "threshold": { "value": threshold } }]
+            })
+        };
+        manager.insert("refresh_interval".into(), json!("0.25s"));
+        manager.insert(
+            "actions".into(),
+            json!([
+                action("envoy.overload_actions.shrink_heap", 0.90),
+                action("envoy.overload_actions.stop_accepting_requests", 0.95),
+            ]),
+        );
+    }
+    manager.insert("resource_monitors".into(), Value::Array(monitors));
+    Value::Object(manager)
+}
+
+/// The name of the overload manager's heap resource monitor.
+pub const HEAP_MONITOR: &str = "envoy.resource_monitors.fixed_heap";
 
 /// The Envoy bootstrap for a Gateway's Envoy: node identity and group
 /// metadata, the admin interface on loopback, delta ADS to Gatewright, and
@@ -165,7 +228,8 @@ pub fn bootstrap_json(key: &ObjectKey, options: &BootstrapOptions) -> Value {
             "metadata": { gatewright_xds::GROUP_METADATA_KEY: group },
         },
         "admin": {
-            "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port } }
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port } },
+            "ignore_global_conn_limit": true
         },
         "dynamic_resources": {
             "ads_config": {
@@ -177,6 +241,7 @@ pub fn bootstrap_json(key: &ObjectKey, options: &BootstrapOptions) -> Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
         },
+        "overload_manager": overload_manager(options.max_downstream_connections, options.max_heap_bytes),
     });
     let mut static_resources = serde_json::Map::new();
     if let Some(port) = options.readiness_port {
@@ -298,6 +363,8 @@ fn readiness_listener(port: u16) -> Value {
     json!({
         "name": READY_LISTENER,
         "address": { "socket_address": { "address": "0.0.0.0", "port_value": port } },
+        // A kubelet probe is never refused for client load.
+        "ignore_global_conn_limit": true,
         "filter_chains": [{ "filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
@@ -347,8 +414,10 @@ mod tests {
                 readiness_port: None,
                 xds: XdsEndpoint::Static(xds),
                 fast_reconnect: true,
+                max_downstream_connections: 7,
+                max_heap_bytes: None,
             },
         );
-        assert_eq!(ours, crate::infra::host::bootstrap_json(&key, xds));
+        assert_eq!(ours, crate::infra::host::bootstrap_json(&key, xds, 7));
     }
 }

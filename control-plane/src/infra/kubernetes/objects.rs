@@ -3,7 +3,7 @@
 //! and a Service. No IO; the same input always gives the same objects.
 
 use super::bootstrap::{BootstrapOptions, XdsEndpoint, XdsTls, bootstrap_json, xds_sds_files};
-use super::params::{ProxyParametersSpec, ServiceType};
+use super::params::{EnvoyParameters, ProxyParametersSpec, ServiceType};
 use super::{KubeInfraConfig, ListenerPort};
 use anyhow::Context as _;
 use gatewright_translator::ObjectKey;
@@ -214,6 +214,7 @@ pub struct KubeBootstrap {
 pub fn kube_bootstrap(
     key: &ObjectKey,
     config: &KubeInfraConfig,
+    params: &ProxyParametersSpec,
     ports: &[ListenerPort],
     tls_dir: &str,
     bootstrap_dir: &str,
@@ -246,6 +247,8 @@ pub fn kube_bootstrap(
             // Another replica takes over when one goes; provisioned
             // Envoys keep Envoy's default reconnect back-off.
             fast_reconnect: false,
+            max_downstream_connections: EnvoyParameters::max_downstream_connections(Some(params)),
+            max_heap_bytes: memory_limit(params),
         },
     );
     KubeBootstrap {
@@ -288,6 +291,43 @@ fn cpu_cores(quantity: &str) -> Option<u32> {
     }
     // At most 256 workers, as the CRD allows; the cast cannot truncate.
     Some(cores.ceil().clamp(1.0, 256.0) as u32)
+}
+
+/// The Envoy container's memory limit in bytes, if its parameters set one.
+fn memory_limit(params: &ProxyParametersSpec) -> Option<u64> {
+    let quantity = params
+        .deployment
+        .as_ref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))?;
+    memory_bytes(&quantity.0)
+}
+
+/// A Kubernetes memory quantity (`512Mi`, `1G`, `1e9`, `1.5Gi`) in bytes;
+/// None for what is not one (the API server would have refused it).
+fn memory_bytes(quantity: &str) -> Option<u64> {
+    let quantity = quantity.trim();
+    let (number, factor) = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ]
+    .into_iter()
+    .find_map(|(suffix, factor)| Some((quantity.strip_suffix(suffix)?, factor)))
+    .unwrap_or((quantity, 1));
+    let bytes = number.parse::<f64>().ok()? * factor as f64;
+    // Below a mebibyte is no Envoy's memory; the cast saturates.
+    (bytes.is_finite() && bytes >= f64::from(1u32 << 20)).then_some(bytes as u64)
 }
 
 /// `base` with `top`'s entries added, `top` winning.
@@ -373,7 +413,7 @@ pub fn build(
     };
 
     let KubeBootstrap { bootstrap, sds } =
-        kube_bootstrap(&key, config, ports, XDS_TLS_DIR, BOOTSTRAP_DIR);
+        kube_bootstrap(&key, config, params, ports, XDS_TLS_DIR, BOOTSTRAP_DIR);
     let mut data = BTreeMap::from([(
         BOOTSTRAP_KEY.to_owned(),
         serde_json::to_string_pretty(&bootstrap).context("serialising the Envoy bootstrap")?,

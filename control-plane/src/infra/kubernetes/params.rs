@@ -157,6 +157,66 @@ pub struct EnvoyParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: Option<u32>,
+    /// How many proxies in front of Envoy (load balancers, CDNs) append the
+    /// address they saw to `X-Forwarded-For` and are trusted to: Envoy
+    /// takes the client address from that many entries from the right of
+    /// the header (`xff_num_trusted_hops`). Default: 0, the TCP peer is the
+    /// client. Set it only to the number of proxies that really are in
+    /// front, since a client can write anything into the header beyond
+    /// them. At most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 16))]
+    pub xff_num_trusted_hops: Option<u32>,
+    /// The most downstream connections one Envoy holds open across all its
+    /// listeners (the overload manager's
+    /// `envoy.resource_monitors.global_downstream_max_connections`); a
+    /// connection beyond it is closed as soon as it is accepted. Default:
+    /// 50000. At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_downstream_connections: Option<u32>,
+}
+
+/// The most trusted `X-Forwarded-For` hops a ProxyParameters may ask for:
+/// more than this is a mistake, and trusting hops that are not there lets
+/// clients choose their own address.
+pub const MAX_XFF_NUM_TRUSTED_HOPS: u32 = 16;
+/// The per-Envoy downstream connection limit when ProxyParameters set none.
+pub const DEFAULT_MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
+
+impl EnvoyParameters {
+    /// Refuses values the CRD schema forbids: file mode has no API server
+    /// to enforce the schema, and a value that cannot be honoured must
+    /// never be replaced by a default.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.xff_num_trusted_hops
+            && n > MAX_XFF_NUM_TRUSTED_HOPS
+        {
+            return Err(format!(
+                "spec.envoy.xffNumTrustedHops {n} is above the maximum of {MAX_XFF_NUM_TRUSTED_HOPS}"
+            ));
+        }
+        if self.max_downstream_connections == Some(0) {
+            return Err(
+                "spec.envoy.maxDownstreamConnections must be at least 1 (0 would refuse every connection)"
+                    .to_owned(),
+            );
+        }
+        if let Some(n) = self.concurrency
+            && !(1..=256).contains(&n)
+        {
+            return Err(format!("spec.envoy.concurrency {n} is outside 1 to 256"));
+        }
+        Ok(())
+    }
+
+    /// The per-Envoy downstream connection limit these parameters give.
+    pub fn max_downstream_connections(params: Option<&ProxyParametersSpec>) -> u32 {
+        params
+            .and_then(|p| p.envoy.as_ref())
+            .and_then(|e| e.max_downstream_connections)
+            .unwrap_or(DEFAULT_MAX_DOWNSTREAM_CONNECTIONS)
+    }
 }
 
 /// An Envoy log level.
@@ -255,6 +315,14 @@ impl ProxyParametersSpec {
                 Some(EnvoyParameters {
                     log_level: pick(&top.log_level, &bottom.log_level),
                     concurrency: pick(&top.concurrency, &bottom.concurrency),
+                    xff_num_trusted_hops: pick(
+                        &top.xff_num_trusted_hops,
+                        &bottom.xff_num_trusted_hops,
+                    ),
+                    max_downstream_connections: pick(
+                        &top.max_downstream_connections,
+                        &bottom.max_downstream_connections,
+                    ),
                 })
             }
         };
@@ -312,6 +380,62 @@ mod tests {
         assert_eq!(
             ProxyParametersSpec::default().over(&ProxyParametersSpec::default()),
             ProxyParametersSpec::default()
+        );
+    }
+
+    #[test]
+    fn envoy_values_outside_the_schema_are_refused() {
+        let envoy = |json: serde_json::Value| -> EnvoyParameters {
+            serde_json::from_value(json).expect("envoy parameters")
+        };
+        assert_eq!(EnvoyParameters::default().validate(), Ok(()));
+        assert_eq!(
+            envoy(serde_json::json!({"xffNumTrustedHops": 16, "maxDownstreamConnections": 1}))
+                .validate(),
+            Ok(())
+        );
+        for (json, field) in [
+            (
+                serde_json::json!({"xffNumTrustedHops": 17}),
+                "xffNumTrustedHops",
+            ),
+            (
+                serde_json::json!({"maxDownstreamConnections": 0}),
+                "maxDownstreamConnections",
+            ),
+            (serde_json::json!({"concurrency": 0}), "concurrency"),
+        ] {
+            let message = envoy(json).validate().expect_err("outside the schema");
+            assert!(message.contains(field), "{message}");
+        }
+        // A negative value does not decode at all: the file provider and
+        // the API server refuse the whole object.
+        assert!(
+            serde_json::from_value::<EnvoyParameters>(serde_json::json!({"xffNumTrustedHops": -1}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn edge_settings_merge_field_by_field() {
+        let class: ProxyParametersSpec = serde_json::from_value(serde_json::json!({
+            "envoy": { "xffNumTrustedHops": 1, "maxDownstreamConnections": 10 }
+        }))
+        .expect("class parameters");
+        let gateway: ProxyParametersSpec = serde_json::from_value(serde_json::json!({
+            "envoy": { "xffNumTrustedHops": 2 }
+        }))
+        .expect("gateway parameters");
+        let merged = gateway.over(&class);
+        let envoy = merged.envoy.as_ref().expect("envoy");
+        assert_eq!(envoy.xff_num_trusted_hops, Some(2));
+        assert_eq!(
+            EnvoyParameters::max_downstream_connections(Some(&merged)),
+            10
+        );
+        assert_eq!(
+            EnvoyParameters::max_downstream_connections(None),
+            DEFAULT_MAX_DOWNSTREAM_CONNECTIONS
         );
     }
 

@@ -324,8 +324,15 @@ fn envoy_ports_avoid_listener_ports() {
             protocol: "HTTP".into(),
         })
         .collect();
-    let bootstrap =
-        kube_bootstrap(&ObjectKey::new("a", "b"), &config(), &listeners, "/x", "/y").bootstrap;
+    let bootstrap = kube_bootstrap(
+        &ObjectKey::new("a", "b"),
+        &config(),
+        &ProxyParametersSpec::default(),
+        &listeners,
+        "/x",
+        "/y",
+    )
+    .bootstrap;
     assert_eq!(
         bootstrap["admin"]["address"]["socket_address"]["port_value"],
         19003
@@ -436,7 +443,8 @@ fn bootstrap_identifies_the_gateway_and_uses_mutual_tls() {
 
 /// The Envoy binary, as the other test suites find it: `$ENVOY_BIN`, else
 /// the one `make envoy` installs, else `envoy` on PATH; never a silent pass.
-fn envoy_binary() -> PathBuf {
+/// The Envoy the bootstrap tests validate with (host.rs's too).
+pub(crate) fn envoy_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
         assert!(
@@ -478,24 +486,28 @@ fn real_envoy_accepts_the_bootstrap() {
     std::fs::write(tls_dir.join("ca.crt"), cert.cert.pem()).expect("write ca");
 
     let long_name = "g".repeat(253);
-    for (name, listeners) in [
-        ("web", ports()),
-        (long_name.as_str(), vec![]),
+    // Parameters that set the connection limit and a memory limit: the
+    // overload manager gets both monitors and the heap actions.
+    let limited: ProxyParametersSpec = serde_json::from_value(json!({
+        "envoy": { "maxDownstreamConnections": 100 },
+        "deployment": { "resources": { "limits": { "memory": "256Mi" } } }
+    }))
+    .expect("params");
+    for (name, listeners, params) in [
+        ("web", ports(), ProxyParametersSpec::default()),
+        (long_name.as_str(), vec![], ProxyParametersSpec::default()),
         (
             "edge",
             vec![ListenerPort {
                 port: 19001,
                 protocol: "HTTP".into(),
             }],
+            ProxyParametersSpec::default(),
         ),
+        ("limited", ports(), limited.clone()),
     ] {
-        let objects = build(
-            &gateway(name, Value::Null),
-            &ProxyParametersSpec::default(),
-            &listeners,
-            &config(),
-        )
-        .expect("build");
+        let objects =
+            build(&gateway(name, Value::Null), &params, &listeners, &config()).expect("build");
         // The very texts that go into the ConfigMap, with the Secret's
         // mount point moved to the temporary certificate files and the
         // ConfigMap's to a temporary folder holding the SDS files, so that
@@ -540,6 +552,63 @@ fn real_envoy_accepts_the_bootstrap() {
         !output.status.success(),
         "Envoy accepted a bootstrap whose SDS file is missing:\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn overload_manager_limits_connections_and_watches_a_known_heap() {
+    let bootstrap_of = |params: &ProxyParametersSpec| -> Value {
+        let objects =
+            build(&gateway("web", Value::Null), params, &ports(), &config()).expect("build");
+        let text = &objects.config_map.data.as_ref().expect("data")[BOOTSTRAP_KEY];
+        serde_json::from_str(text).expect("bootstrap json")
+    };
+    let default = bootstrap_of(&ProxyParametersSpec::default());
+    let manager = &default["overload_manager"];
+    let monitors = manager["resource_monitors"].as_array().expect("monitors");
+    assert_eq!(monitors.len(), 1, "no heap monitor without a memory limit");
+    assert_eq!(
+        monitors[0]["name"],
+        "envoy.resource_monitors.global_downstream_max_connections"
+    );
+    assert_eq!(
+        monitors[0]["typed_config"]["max_active_downstream_connections"],
+        50_000
+    );
+    assert!(manager.get("actions").is_none(), "{manager:#}");
+    // The probe and the admin interface are never refused for load.
+    assert_eq!(default["admin"]["ignore_global_conn_limit"], true);
+    assert_eq!(
+        default["static_resources"]["listeners"][0]["ignore_global_conn_limit"],
+        true
+    );
+
+    let limited: ProxyParametersSpec = serde_json::from_value(json!({
+        "envoy": { "maxDownstreamConnections": 100 },
+        "deployment": { "resources": { "limits": { "memory": "1.5Gi" } } }
+    }))
+    .expect("params");
+    let manager = bootstrap_of(&limited)["overload_manager"].clone();
+    assert_eq!(
+        manager["resource_monitors"][0]["typed_config"]["max_active_downstream_connections"],
+        100
+    );
+    assert_eq!(
+        manager["resource_monitors"][1]["typed_config"]["max_heap_size_bytes"],
+        1_610_612_736u64
+    );
+    let actions: Vec<&str> = manager["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "envoy.overload_actions.shrink_heap",
+            "envoy.overload_actions.stop_accepting_requests"
+        ]
     );
 }
 
