@@ -7,7 +7,9 @@
 
 mod support;
 
-use gatewright_translator::{GatewayResources, Output, SUPPORTED_FEATURES, translate};
+use gatewright_translator::{
+    GatewayResources, KUBERNETES_FEATURES, Output, SUPPORTED_FEATURES, translate,
+};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +42,266 @@ fn strip_supported_features(case: &str, output: &mut Output) -> Result<(), Strin
         status.supported_features = None;
     }
     Ok(())
+}
+
+/// Where each feature Gatewright claims is shown: `(feature, case, text
+/// the case's objects must contain)`. The text ties the case to the field
+/// or value that exercises the feature, so renaming or rewriting the case
+/// cannot silently drop its coverage.
+const FEATURE_CASES: &[(&str, &str, &str)] = &[
+    (
+        "BackendTLSPolicy",
+        "backendtlspolicy-hostname",
+        "kind: BackendTLSPolicy",
+    ),
+    (
+        "BackendTLSPolicySANValidation",
+        "backendtlspolicy-san-dns",
+        "subjectAltNames:",
+    ),
+    (
+        "BackendTLSPolicySANValidation",
+        "backendtlspolicy-san-uri",
+        "subjectAltNames:",
+    ),
+    ("GRPCRoute", "grpcroute-method-exact", "kind: GRPCRoute"),
+    (
+        "GRPCRouteNamedRouteRule",
+        "grpcroute-named-rule",
+        "- name: say-hello",
+    ),
+    ("Gateway", "gateway-single-http-listener", "kind: Gateway\n"),
+    (
+        "GatewayAddressEmpty",
+        "gateway-address-empty-value",
+        "addresses:\n  - type: IPAddress\n  listeners:",
+    ),
+    (
+        "GatewayBackendClientCertificate",
+        "gateway-backend-client-certificate",
+        "clientCertificateRef:",
+    ),
+    (
+        "GatewayFrontendClientCertificateValidation",
+        "frontend-validation-default",
+        "frontend:\n      default:",
+    ),
+    (
+        "GatewayFrontendClientCertificateValidation",
+        "frontend-validation-per-port",
+        "perPort:",
+    ),
+    (
+        "GatewayFrontendClientCertificateValidationInsecureFallback",
+        "frontend-validation-insecure-fallback",
+        "AllowInsecureFallback",
+    ),
+    (
+        "GatewayHTTPListenerIsolation",
+        "hostname-listener-isolation",
+        "hostname:",
+    ),
+    (
+        "GatewayHTTPSListenerDetectMisdirectedRequests",
+        "listener-https-misdirected-requests",
+        "protocol: HTTPS",
+    ),
+    (
+        "GatewayInfrastructurePropagation",
+        "gateway-infrastructure-parameters",
+        "infrastructure:",
+    ),
+    ("GatewayPort8080", "attach-port", "port: 8080"),
+    (
+        "GatewayStaticAddresses",
+        "gateway-address-unsupported-type",
+        "- value: 10.245.0.200",
+    ),
+    ("HTTPRoute", "httproute-path-exact", "kind: HTTPRoute"),
+    (
+        "HTTPRoute303RedirectStatusCode",
+        "httproute-redirect-status-codes-extended",
+        "statusCode: 303",
+    ),
+    (
+        "HTTPRoute307RedirectStatusCode",
+        "httproute-redirect-status-codes-extended",
+        "statusCode: 307",
+    ),
+    (
+        "HTTPRoute308RedirectStatusCode",
+        "httproute-redirect-status-codes-extended",
+        "statusCode: 308",
+    ),
+    (
+        "HTTPRouteBackendProtocolH2C",
+        "httproute-backend-app-protocol",
+        "appProtocol: kubernetes.io/h2c",
+    ),
+    (
+        "HTTPRouteBackendProtocolWebSocket",
+        "httproute-backend-app-protocol",
+        "appProtocol: kubernetes.io/ws",
+    ),
+    (
+        "HTTPRouteBackendRequestHeaderModification",
+        "httproute-backend-request-header-modifier",
+        "type: RequestHeaderModifier",
+    ),
+    (
+        "HTTPRouteBackendTimeout",
+        "httproute-timeout-backend-request",
+        "backendRequest:",
+    ),
+    ("HTTPRouteCORS", "httproute-cors", "type: CORS"),
+    (
+        "HTTPRouteDestinationPortMatching",
+        "attach-port-not-found",
+        "port: 9999",
+    ),
+    (
+        "HTTPRouteHostRewrite",
+        "httproute-rewrite-hostname",
+        "hostname: rewritten.example.com",
+    ),
+    (
+        "HTTPRouteMethodMatching",
+        "httproute-method-match",
+        "method:",
+    ),
+    (
+        "HTTPRouteNamedRouteRule",
+        "httproute-named-rule",
+        "name: checkout",
+    ),
+    (
+        "HTTPRouteParentRefPort",
+        "attach-port",
+        "  - name: gw\n    port: 8080",
+    ),
+    (
+        "HTTPRoutePathRedirect",
+        "httproute-redirect-port-follows-listener-scheme",
+        "type: ReplaceFullPath",
+    ),
+    (
+        "HTTPRoutePathRewrite",
+        "httproute-rewrite-path",
+        "type: ReplacePrefixMatch",
+    ),
+    (
+        "HTTPRoutePathRewrite",
+        "httproute-rewrite-path",
+        "type: ReplaceFullPath",
+    ),
+    (
+        "HTTPRoutePortRedirect",
+        "httproute-redirect-port-follows-listener-scheme",
+        "type: RequestRedirect",
+    ),
+    (
+        "HTTPRouteQueryParamMatching",
+        "httproute-query-param-match",
+        "queryParams:",
+    ),
+    (
+        "HTTPRouteRequestMirror",
+        "httproute-request-mirror-keeps-host",
+        "type: RequestMirror",
+    ),
+    (
+        "HTTPRouteRequestMultipleMirrors",
+        "httproute-request-mirror-multiple",
+        "name: mirror-b",
+    ),
+    (
+        "HTTPRouteRequestPercentageMirror",
+        "httproute-request-mirror-percentage",
+        "percent: 25",
+    ),
+    (
+        "HTTPRouteRequestPercentageMirror",
+        "httproute-request-mirror-percentage",
+        "fraction:",
+    ),
+    (
+        "HTTPRouteRequestTimeout",
+        "httproute-timeout-request",
+        "request: 500ms",
+    ),
+    (
+        "HTTPRouteResponseHeaderModification",
+        "httproute-response-header-modifier",
+        "type: ResponseHeaderModifier",
+    ),
+    (
+        "HTTPRouteSchemeRedirect",
+        "httproute-redirect-scheme-https",
+        "scheme: https",
+    ),
+    (
+        "ListenerSet",
+        "listenerset-allowed-all",
+        "kind: ListenerSet",
+    ),
+    ("ReferenceGrant", "refgrant-to-name", "kind: ReferenceGrant"),
+    (
+        "TLSRoute",
+        "tlsroute-passthrough-exact-sni",
+        "kind: TLSRoute",
+    ),
+    (
+        "TLSRouteModeMixed",
+        "tlsroute-mixed-terminate-and-passthrough",
+        "mode: Passthrough",
+    ),
+    (
+        "TLSRouteModeTerminate",
+        "tlsroute-terminate",
+        "mode: Terminate",
+    ),
+];
+
+/// A claimed feature needs a golden case that exercises it, and the table
+/// above names no feature Gatewright does not claim.
+#[test]
+fn every_supported_feature_has_a_golden_case() {
+    let claimed: std::collections::BTreeSet<&str> = SUPPORTED_FEATURES
+        .iter()
+        .chain(KUBERNETES_FEATURES)
+        .copied()
+        .collect();
+    let mut failures = Vec::new();
+    for feature in &claimed {
+        if !FEATURE_CASES.iter().any(|(f, _, _)| f == feature) {
+            failures.push(format!(
+                "{feature}: claimed, but no golden case is listed for it"
+            ));
+        }
+    }
+    for (feature, case, text) in FEATURE_CASES {
+        if !claimed.contains(feature) {
+            failures.push(format!("{feature}: listed with {case}, but not claimed"));
+        }
+        let path = support::cases_dir().join(format!("{case}.yaml"));
+        let Ok(body) = std::fs::read_to_string(&path) else {
+            failures.push(format!("{feature}: case {} is missing", path.display()));
+            continue;
+        };
+        // Only the objects count, not the comment that describes them.
+        let objects: String = body
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .fold(String::new(), |mut s, line| {
+                s.push_str(line);
+                s.push('\n');
+                s
+            });
+        if !objects.contains(text) {
+            failures.push(format!("{feature}: case {case} does not contain {text:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 fn case_files() -> Vec<PathBuf> {

@@ -261,38 +261,7 @@ fn resources_with_cluster(
 // ---------------------------------------------------------------------------
 // Processes and servers.
 
-fn envoy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; run `make envoy` to install Envoy",
-            bin.display()
-        );
-        return bin;
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(".tools")
-        .join("envoy")
-        .join("bin")
-        .join("envoy");
-    if tools.is_file() {
-        return tools;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("envoy");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "no Envoy found (not in $ENVOY_BIN, {}, nor on PATH); run `make envoy` to install it",
-        tools.display()
-    );
-}
+use gatewright_testkit::envoy as envoy_binary;
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {

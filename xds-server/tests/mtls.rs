@@ -621,27 +621,7 @@ async fn without_an_authorizer_nothing_changes() {
 // ---------------------------------------------------------------------------
 // Real Envoys.
 
-fn envoy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; run `make envoy`",
-            bin.display()
-        );
-        return bin;
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/envoy/bin/envoy");
-    if tools.is_file() {
-        return tools;
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("envoy"))
-        .find(|c| c.is_file())
-        .unwrap_or_else(|| panic!("no Envoy found; run `make envoy`"))
-}
+use gatewright_testkit::envoy as envoy_binary;
 
 /// A running Envoy; killed when dropped.
 struct Envoy {

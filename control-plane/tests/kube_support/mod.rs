@@ -112,26 +112,8 @@ impl Drop for TestDir {
     }
 }
 
-/// The Envoy binary: `$ENVOY_BIN`, else `.tools/envoy/bin/envoy`; panics
-/// saying how to install it otherwise.
-pub fn envoy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; run `make envoy`",
-            bin.display()
-        );
-        return bin;
-    }
-    let tools = repo_root().join(".tools/envoy/bin/envoy");
-    assert!(
-        tools.is_file(),
-        "no Envoy: ENVOY_BIN is unset and {} does not exist; run `make envoy`",
-        tools.display()
-    );
-    tools
-}
+/// The Envoy binary (the workspace's one lookup); fails the test without one.
+pub use gatewright_testkit::envoy as envoy_binary;
 
 // ---------------------------------------------------------------------------
 // Reading status.

@@ -64,39 +64,11 @@ pub async fn begin(test: &str, slot: Slot) -> (PathBuf, SlotGuard) {
 // ---------------------------------------------------------------------------
 // Finding Envoy.
 
-/// The Envoy binary: `$ENVOY_BIN`, else `.tools/envoy/bin/envoy` of the
-/// workspace, else `envoy` on `PATH`. `None` only when none of these exists
-/// and `ENVOY_BIN` is unset; a set but missing `ENVOY_BIN` fails the test.
-pub fn envoy_binary() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; run `make envoy` to install Envoy",
-            bin.display()
-        );
-        return Some(bin);
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/envoy/bin/envoy");
-    if tools.is_file() {
-        return Some(tools);
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("envoy"))
-            .find(|candidate| candidate.is_file())
-    })
-}
-
-/// The Envoy binary; panics saying how to install it when there is none,
-/// so that a machine without Envoy fails the test instead of passing it.
+/// The Envoy binary (the workspace's one lookup); panics saying how to
+/// install it when there is none, so that a machine without Envoy fails
+/// the test instead of passing it.
 pub fn envoy_or_fail(test: &str) -> PathBuf {
-    envoy_binary().unwrap_or_else(|| {
-        panic!(
-            "{test}: no Envoy found (ENVOY_BIN unset, no .tools/envoy/bin/envoy, \
-             no envoy on PATH); run `make envoy` or `make test`"
-        )
-    })
+    gatewright_testkit::find_envoy().unwrap_or_else(|e| panic!("{test}: {e}"))
 }
 
 // ---------------------------------------------------------------------------

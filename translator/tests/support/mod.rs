@@ -135,41 +135,8 @@ fn describe_document(doc: &Value) -> String {
 // Envoy validation
 // ---------------------------------------------------------------------------
 
-/// The Envoy binary to validate with: `$ENVOY_BIN`, else the one `make envoy`
-/// installs in `.tools/envoy/bin/envoy`, else `envoy` on `PATH`.
-pub fn envoy_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        return if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(format!(
-                "ENVOY_BIN={} does not exist; run `make envoy` to install Envoy",
-                bin.display()
-            ))
-        };
-    }
-    let tools = workspace_dir()
-        .join(".tools")
-        .join("envoy")
-        .join("bin")
-        .join("envoy");
-    if tools.is_file() {
-        return Ok(tools);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("envoy");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(format!(
-        "no Envoy found (not in $ENVOY_BIN, {}, nor on PATH); run `make envoy` to install it",
-        tools.display()
-    ))
-}
+/// The Envoy to validate with (the workspace's one lookup).
+pub use gatewright_testkit::find_envoy as envoy_binary;
 
 /// Loads every Gateway's resources into Envoy (`--mode validate`) through a
 /// static bootstrap (see [`bootstrap_for`]). `Err` names each Gateway Envoy

@@ -4,7 +4,6 @@
 use super::objects::*;
 use super::*;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 
 fn config() -> KubeInfraConfig {
     KubeInfraConfig {
@@ -441,36 +440,8 @@ fn bootstrap_identifies_the_gateway_and_uses_mutual_tls() {
     assert_eq!(data.len(), 3, "{:?}", data.keys());
 }
 
-/// The Envoy binary, as the other test suites find it: `$ENVOY_BIN`, else
-/// the one `make envoy` installs, else `envoy` on PATH; never a silent pass.
 /// The Envoy the bootstrap tests validate with (host.rs's too).
-pub(crate) fn envoy_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "ENVOY_BIN={} does not exist; run `make envoy` to install Envoy",
-            bin.display()
-        );
-        return bin;
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/envoy/bin/envoy");
-    if tools.is_file() {
-        return tools;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("envoy");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "no Envoy found (not in $ENVOY_BIN, {}, nor on PATH); run `make envoy` to install it",
-        tools.display()
-    );
-}
+pub(crate) use gatewright_testkit::envoy as envoy_binary;
 
 #[test]
 fn real_envoy_accepts_the_bootstrap() {
