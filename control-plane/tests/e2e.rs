@@ -963,9 +963,21 @@ async fn bad_input_is_skipped_and_reported() {
     })
     .await;
 
-    // Break it again: its last good content stays in force.
+    // Break it again: its last good content stays in force. The check
+    // waits for the round that read the broken file (it counts the file's
+    // problem), so it cannot pass by looking before anything happened.
+    let rounds_before = metric(&w.gw, "translations_total").await.expect("metric");
     w.gw.write("broken.yaml", broken);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.gw.wait("a round over the broken file", async || {
+        let rounds = metric(&w.gw, "translations_total").await?;
+        let problems = metric(&w.gw, "config_problems").await?;
+        if rounds > rounds_before && problems > 0 {
+            Ok(())
+        } else {
+            Err(format!("{rounds} translations, {problems} problems"))
+        }
+    })
+    .await;
     let r = get(&c, &format!("{base}/fixed"), &[]).await.unwrap();
     assert_eq!(
         (r.status, r.backend()),

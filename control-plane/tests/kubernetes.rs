@@ -443,7 +443,7 @@ async fn status_round_trip() {
     )
     .await
     .expect("creating the objects");
-    let _c = Controller::start(
+    let c = Controller::start(
         &dir.path,
         controller_spec(cluster, "a", NS, CONTROLLER_NAME, Infra::Host),
     );
@@ -534,8 +534,30 @@ async fn status_round_trip() {
         route["status"]
     );
 
-    // Nothing changes: nothing is written.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A change that alters no status writes none: the controller runs full
+    // rounds over a re-annotated Service (counted by its translations
+    // metric, so the check cannot pass by having run nothing) and leaves
+    // every status as it was.
+    let annotated = |n: u32| {
+        service(NS, "echo", "10.244.1.10").replacen(
+            "metadata:\n",
+            &format!("metadata:\n  annotations:\n    test.gatewright.dev/round: \"{n}\"\n"),
+            1,
+        )
+    };
+    let rounds_before = translations(&c).await.expect("the translations metric");
+    kube.apply(&annotated(1))
+        .await
+        .expect("annotating the echo Service");
+    wait_for("a round over the annotated Service", WAIT, || async {
+        let now = translations(&c).await?;
+        if now > rounds_before {
+            Ok(now)
+        } else {
+            Err(format!("translations still {now}"))
+        }
+    })
+    .await;
     let read_all = async || {
         [
             gateway_class_obj(&kube, NS)
@@ -550,7 +572,19 @@ async fn status_round_trip() {
         ]
     };
     let first = read_all().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rounds_before = translations(&c).await.expect("the translations metric");
+    kube.apply(&annotated(2))
+        .await
+        .expect("annotating the echo Service again");
+    wait_for("a round over the Service annotated again", WAIT, || async {
+        let now = translations(&c).await?;
+        if now > rounds_before {
+            Ok(now)
+        } else {
+            Err(format!("translations still {now}"))
+        }
+    })
+    .await;
     let second = read_all().await;
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(
@@ -1392,6 +1426,18 @@ async fn undecodable_event(
         ));
     }
     Ok(event.clone())
+}
+
+/// How many rounds (`gatewright_translations_total`) the controller ran.
+async fn translations(c: &Controller) -> Result<u64, String> {
+    let (status, body) = c.admin_get("/metrics").await?;
+    if status != 200 {
+        return Err(format!("/metrics answered {status}"));
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("gatewright_translations_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "no gatewright_translations_total in /metrics".to_owned())
 }
 
 /// The value of `gatewright_undecodable_objects{kind="HTTPRoute"}` on the
