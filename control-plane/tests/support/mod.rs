@@ -586,6 +586,76 @@ impl Drop for Gatewright {
 }
 
 // ---------------------------------------------------------------------------
+// The Envoy a test's gatewright runs (e2e.rs, chaos.rs).
+
+/// The command line of the one Envoy gatewright runs, once it runs.
+pub async fn envoy_cmdline(gw: &Gatewright) -> Result<(u32, Vec<String>), String> {
+    let (code, body) = gw.admin_get("/debug/status").await?;
+    if code != 200 {
+        return Err(format!("/debug/status answered {code}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
+    let pids: Vec<u64> = status["envoys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["pid"].as_u64())
+        .filter(|&p| p != 0)
+        .collect();
+    let [pid] = pids[..] else {
+        return Err(format!("expected one running Envoy, found pids {pids:?}"));
+    };
+    let pid = u32::try_from(pid).map_err(|e| e.to_string())?;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+    let args = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Ok((pid, args))
+}
+
+/// The value after `flag` in `args`.
+pub fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+pub fn proxy_parameters(spec: &str) -> String {
+    format!(
+        "apiVersion: gatewright.dev/v1alpha1
+kind: ProxyParameters
+metadata:
+  name: tuned
+  namespace: default
+spec:
+{spec}"
+    )
+}
+
+/// The one Envoy in /debug/status: (pid, admin address, adopted).
+pub async fn envoy_entry(gw: &Gatewright) -> Result<(u32, String, bool), String> {
+    let (code, body) = gw.admin_get("/debug/status").await?;
+    if code != 200 {
+        return Err(format!("/debug/status answered {code}"));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/debug/status: {e}"))?;
+    let envoys = status["envoys"].as_array().cloned().unwrap_or_default();
+    let [e] = &envoys[..] else {
+        return Err(format!("expected one Envoy, found {envoys:?}"));
+    };
+    let pid = e["pid"].as_u64().filter(|&p| p != 0).ok_or("no pid yet")?;
+    let admin = e["admin"].as_str().ok_or("no admin address yet")?;
+    Ok((
+        u32::try_from(pid).map_err(|e| e.to_string())?,
+        admin.to_owned(),
+        e["adopted"].as_bool().ok_or("no `adopted` field")?,
+    ))
+}
+
+// ---------------------------------------------------------------------------
 // One test's world: temp dir, echo backends, gatewright, a Gateway address.
 
 /// Everything one end-to-end test runs: a temp dir, its echo backends and
