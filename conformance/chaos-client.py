@@ -287,13 +287,13 @@ def cmd_summary(a):
     for line in read(os.path.join(a.dir, "phases")).splitlines():
         name, start = line.split()
         phases.append((name, float(start)))
-    stats = {name: {"n": 0, "2xx": 0, "asked": {}, "codes": {}, "conn": {}, "wrong": 0, "keys": set()}
+    stats = {name: {"n": 0, "2xx": 0, "asked": {}, "codes": {}, "conn": {}, "wrong": 0}
              for name, _ in phases}
     examples = {}
     with open(os.path.join(a.dir, "records")) as f:
         for line in f:
             r = json.loads(line)
-            s = stats.setdefault(r["ph"], {"n": 0, "2xx": 0, "asked": {}, "codes": {}, "conn": {}, "wrong": 0, "keys": set()})
+            s = stats.setdefault(r["ph"], {"n": 0, "2xx": 0, "asked": {}, "codes": {}, "conn": {}, "wrong": 0})
             s["n"] += 1
             c = r["c"]
             if r["v"] == "conn":
@@ -310,22 +310,27 @@ def cmd_summary(a):
                 examples.setdefault(r["ph"], []).append(r)
     conn_ok = set(a.conn_ok.split(","))
     ends = [start for _, start in phases[1:]] + [float(read(os.path.join(a.dir, "ended"), "0")) or time.time()]
+    rows = [(name, end - start, True) for (name, start), end in zip(phases, ends)]
+    # Records of a phase the script never started (none, normally) are
+    # shown and judged too, never dropped.
+    rows += [(name, None, False) for name in stats if name not in dict(phases)]
     failed = False
-    for (name, start), end in zip(phases, ends):
+    fmt = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in sorted(d.items())) + "}"
+    for name, seconds, known in rows:
         s = stats[name]
         conn = sum(s["conn"].values())
         bad = sum(s["codes"].values()) + s["wrong"] + (0 if name in conn_ok else conn)
-        bad_phase = bad > 0 or s["n"] < a.min_requests
+        bad_phase = bad > 0 or (known and s["n"] < a.min_requests)
         failed |= bad_phase
-        fmt = lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in sorted(d.items())) + "}"
-        print(f"CHAOS {name}: {s['n']} requests in {end - start:.1f} s, {s['2xx']} 2xx, "
+        took = f"{seconds:.1f} s" if seconds is not None else "? s (no such phase)"
+        print(f"CHAOS {name or '(none)'}: {s['n']} requests in {took}, {s['2xx']} 2xx, "
               f"non-2xx asked for {fmt(s['asked'])}, non-2xx not asked for {fmt(s['codes'])}, "
               f"connection failures (000) {conn} {fmt(s['conn'])}{' (expected here)' if name in conn_ok and conn else ''}, "
               f"wrong backend/headers {s['wrong']}: {'FAILED' if bad_phase else 'ok'}")
-    for name, rows in examples.items():
-        if name in conn_ok and all(r["v"] == "conn" for r in rows):
+    for name, bad_rows in examples.items():
+        if name in conn_ok and all(r["v"] == "conn" for r in bad_rows):
             continue
-        for r in rows[:5]:
+        for r in bad_rows[:5]:
             print(f"  {name} example: {json.dumps(r)}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -271,7 +271,8 @@ expect() { cc expect "$work" "$@"; }
 phase() { # $1: name; the traffic's requests from now on count for it
   current_phase=$1
   printf '%s %s\n' "$1" "$(date +%s.%N)" >>"$work/phases"
-  printf '%s\n' "$1" >"$work/phase"
+  printf '%s\n' "$1" >"$work/phase.tmp"
+  mv -f "$work/phase.tmp" "$work/phase" # the clients never read it half-written
   log "phase $1"
 }
 
