@@ -140,10 +140,12 @@ def connection(listener, addr, port, ctx):
 def error_kind(e):
     if isinstance(e, ConnectionRefusedError):
         return "refused"
-    if isinstance(e, (ConnectionResetError, BrokenPipeError)):
-        return "reset"
+    # RemoteDisconnected is a ConnectionResetError: the connection closed
+    # before a response (a keep-alive connection whose Envoy went away).
     if isinstance(e, http.client.RemoteDisconnected):
         return "closed"
+    if isinstance(e, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
     if isinstance(e, (socket.timeout, TimeoutError)):
         return "timeout"
     if isinstance(e, ssl.SSLError):

@@ -41,8 +41,7 @@
 # backend's preStop pause, which the echo Deployments here have.
 #
 # Bounded: the traffic stops after MAX_SECONDS or MAX_REQUESTS, every wait
-# has a timeout. Needs root, nsenter, openssl and python3 besides what
-# cluster.sh needs.
+# has a timeout. Needs root and python3 besides what cluster.sh needs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
