@@ -412,7 +412,7 @@ log "Envoy pods $(paste -sd' ' <<<"$old") replaced by $(envoy_pods | cut -f1 | p
 sleep 3
 
 phase envoy-pod-delete
-victim=$(envoy_pods | head -n 1 | cut -f1)
+victim=$(envoy_pods | sed -n 1p | cut -f1) # sed reads it all: no SIGPIPE for envoy_pods
 log "deleting Envoy pod $victim (graceful)"
 k -n "$NS" delete pod "$victim" --wait=true --timeout=90s >/dev/null || fail "Envoy pod $victim not deleted within 90 s"
 wait_envoys "$victim"
@@ -420,7 +420,7 @@ log "Envoy pod $victim replaced; Envoy pods: $(envoy_pods | cut -f1 | paste -sd'
 sleep 3
 
 phase "$UNGRACEFUL"
-victim=$(envoy_pods | head -n 1 | cut -f1)
+victim=$(envoy_pods | sed -n 1p | cut -f1) # sed reads it all: no SIGPIPE for envoy_pods
 restarts() { k -n "$NS" get pod "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
 before=$(restarts)
 pid=$(envoy_pid_of "$victim")
@@ -428,7 +428,7 @@ pid=$(envoy_pid_of "$victim")
 log "SIGKILL to Envoy process $pid of pod $victim"
 kill -KILL "$pid"
 deadline=$((SECONDS + 120))
-until [[ $(restarts) -gt $before ]] && envoy_pods | cut -f1 | grep -qx "$victim" &&
+until [[ $(restarts) -gt $before ]] && envoy_pods | cut -f1 | grep -x "$victim" >/dev/null &&
   [[ $(envoy_pods | grep -c .) == 2 ]]; do
   ((SECONDS < deadline)) || fail "Envoy pod $victim did not restart and become ready again"
   sleep 1
