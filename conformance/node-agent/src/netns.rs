@@ -27,6 +27,18 @@ pub fn host_veth(ns: &str) -> String {
     format!("gwrv{}", ns.trim_start_matches(NS_PREFIX))
 }
 
+/// The MAC address of a pod's `eth0`, derived from its IP (`0a:58` and the
+/// four address bytes, locally administered, as OVN-Kubernetes does). An IP
+/// released by a deleted pod and given to a new one keeps its MAC, so
+/// neighbours that still cache the old entry (the other pods, gwr-conf)
+/// reach the new pod at once: with random MACs, their packets went to the
+/// gone veth until the stale entry was probed again, seconds later, and
+/// connections to the reused address hung meanwhile.
+pub fn pod_mac(addr: Ipv4Addr) -> String {
+    let [a, b, c, d] = addr.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// Runs `ip` with `args`, failing with its stderr.
 pub async fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
@@ -59,9 +71,10 @@ pub async fn setup(
     let veth = host_veth(ns);
     let cidr = format!("{addr}/{prefix}");
     let gw = gateway.to_string();
+    let mac = pod_mac(addr);
     ip(&["netns", "add", ns]).await?;
     ip(&[
-        "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac, "netns", ns,
     ])
     .await?;
     ip(&["link", "set", &veth, "master", bridge]).await?;
@@ -118,5 +131,11 @@ mod tests {
         assert_eq!(ns, "gwrp-3f2504e0");
         assert_eq!(host_veth(&ns), "gwrv3f2504e0");
         assert!(host_veth(&ns).len() <= 15);
+    }
+
+    #[test]
+    fn mac_follows_the_ip() {
+        assert_eq!(pod_mac(Ipv4Addr::new(10, 244, 0, 10)), "0a:58:0a:f4:00:0a");
+        assert_eq!(pod_mac(Ipv4Addr::new(10, 244, 1, 255)), "0a:58:0a:f4:01:ff");
     }
 }
