@@ -391,6 +391,10 @@ impl Host {
             match wanted.get(&key) {
                 Some((ip, _)) if *ip == managed.state.address => {
                     tracing::info!(gateway = %group_of(&key), "replacing Envoy: its successor starts first");
+                    if !kernel_migrates_queued_connections() {
+                        tracing::warn!(gateway = %group_of(&key),
+                            "net.ipv4.tcp_migrate_req is 0: connections queued on the old Envoy's listeners when they close are reset; set it to 1 to replace Envoys without losing any");
+                    }
                     retire(&self.config.state_dir, &key, &managed.state);
                     replaced.push((key, managed));
                 }
@@ -881,6 +885,13 @@ fn retire(state_dir: &Path, key: &ObjectKey, state: &EnvoyState) {
     {
         tracing::warn!(gateway = %group_of(key), "cannot move the Envoy's record aside: {e}");
     }
+}
+
+/// Whether the kernel moves connections queued on a closing SO_REUSEPORT
+/// listener to another of its group (`net.ipv4.tcp_migrate_req`), which a
+/// make-before-break replacement needs to lose none.
+fn kernel_migrates_queued_connections() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Waits until the Envoy of `state` is LIVE and has started its listeners
