@@ -584,15 +584,14 @@ fn check_root(schema: &Schema, value: &Json, errors: &mut Vec<FieldError>) {
         structural::check(schema, value, "", structural::Fields::Strict, errors);
         return;
     };
-    let mut rest = obj.clone();
-    if let Some(metadata) = rest.remove("metadata")
+    if let Some(metadata) = obj.get("metadata")
         && !metadata.is_object()
     {
         errors.push(FieldError {
             path: "metadata".into(),
             kind: FieldErrorKind::Type {
                 expected: "object".into(),
-                value: structural::shown(&metadata),
+                value: structural::shown(metadata),
             },
         });
     }
@@ -604,7 +603,10 @@ fn check_root(schema: &Schema, value: &Json, errors: &mut Vec<FieldError>) {
             });
         }
     }
-    for (name, child) in &rest {
+    for (name, child) in obj {
+        if name == "metadata" {
+            continue;
+        }
         match schema.properties.get(name) {
             Some(sub) => structural::check(sub, child, name, structural::Fields::Strict, errors),
             // TypeMeta is the API server's, whether or not the schema

@@ -334,23 +334,7 @@ pub(crate) fn evaluate(
         Json::String(s) => Cel::String(Arc::new(s.clone())),
         Json::Bool(b) => Cel::Bool(*b),
         Json::Null => Cel::Null,
-        Json::Number(n) => match (schema.ty, n.as_i64()) {
-            (Some(crate::schema::Type::Number), _) | (_, None) => match n.as_f64() {
-                // An integral float in an integer field is the integer
-                // (the API server's JSON decoding does the same).
-                Some(f)
-                    if schema.ty != Some(crate::schema::Type::Number)
-                        && f.fract() == 0.0
-                        && f.abs() < 9.0e15 =>
-                {
-                    #[allow(clippy::cast_possible_truncation)]
-                    Cel::Int(f as i64)
-                }
-                Some(f) => Cel::Float(f),
-                None => n.as_u64().map_or(Cel::Null, Cel::UInt),
-            },
-            (_, Some(i)) => Cel::Int(i),
-        },
+        Json::Number(n) => number(schema, n),
     };
     if schema.rules.is_empty() {
         return cel;
@@ -388,6 +372,27 @@ pub(crate) fn evaluate(
         });
     }
     cel
+}
+
+/// A number as CEL sees it: a double in a `number` field, else an int
+/// (an integral float too: the API server's JSON decoding reads it so).
+fn number(schema: &Schema, n: &serde_json::Number) -> Cel {
+    if schema.ty == Some(crate::schema::Type::Number) {
+        return n.as_f64().map_or(Cel::Null, Cel::Float);
+    }
+    if let Some(i) = n.as_i64() {
+        return Cel::Int(i);
+    }
+    if let Some(u) = n.as_u64() {
+        return Cel::UInt(u);
+    }
+    match n.as_f64() {
+        // Below 2^53 the float is exactly that integer.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Cel::Int(f as i64),
+        Some(f) => Cel::Float(f),
+        None => Cel::Null,
+    }
 }
 
 /// `path.name`, or `name` at the root.

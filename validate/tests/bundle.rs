@@ -407,3 +407,71 @@ spec:
     let e = unknown.expect_err("an unknown function fails the bundle");
     assert!(e.to_string().contains("quantityValue"), "{e}");
 }
+
+/// Timing, for the record (`cargo test --release -p gatewright-validate
+/// --test bundle -- --ignored --nocapture`): reading the bundle, the
+/// largest golden input, and 1,000 HTTPRoutes.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn timing() {
+    use std::time::Instant;
+    let start = Instant::now();
+    installed().expect("bundle");
+    println!("bundle read and compiled: {:?}", start.elapsed());
+
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/translator");
+    let mut largest = (0, std::path::PathBuf::new());
+    for entry in std::fs::read_dir(&cases).expect("testdata") {
+        let path = entry.expect("entry").path();
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if path.extension().is_some_and(|e| e == "yaml") && len > largest.0 {
+            largest = (len, path);
+        }
+    }
+    let text = std::fs::read_to_string(&largest.1).expect("read");
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| {
+            let yaml: serde_yaml::Value = serde::Deserialize::deserialize(d).ok()?;
+            (!yaml.is_null()).then(|| serde_json::to_value(yaml).ok())?
+        })
+        .collect();
+    let start = Instant::now();
+    for object in &objects {
+        let _ = validate(object);
+    }
+    println!(
+        "largest golden input {} ({} objects): {:?}",
+        largest.1.display(),
+        objects.len(),
+        start.elapsed()
+    );
+
+    let routes: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"name": format!("r{i}"), "namespace": "default"},
+                "spec": {
+                    "parentRefs": [{"name": "gw", "sectionName": "http"}],
+                    "hostnames": [format!("r{i}.example.com")],
+                    "rules": [{
+                        "matches": [
+                            {"path": {"type": "PathPrefix", "value": format!("/app/{i}")},
+                             "headers": [{"name": "x-tenant", "value": "a"}]},
+                            {"path": {"type": "Exact", "value": format!("/exact/{i}")}},
+                        ],
+                        "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-r", "value": "1"}]}}],
+                        "backendRefs": [{"name": "svc", "port": 8080, "weight": 1}],
+                        "timeouts": {"request": "10s", "backendRequest": "5s"},
+                    }],
+                },
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for route in &routes {
+        assert_eq!(validate(route), Ok(Checked::Valid));
+    }
+    println!("1,000 HTTPRoutes: {:?}", start.elapsed());
+}
