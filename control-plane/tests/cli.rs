@@ -169,11 +169,11 @@ fn translate_refuses_what_the_crds_refuse() {
     let text = [
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: gatewright}\nspec: {controllerName: gatewright.dev/gateway-controller}\n".to_owned(),
         gateway("good", "{name: http, port: 80, protocol: HTTP}"),
-        // Line 13: a schema rule (port 1-65535).
+        // Line 14: a schema rule (port 1-65535).
         gateway("port-zero", "{name: http, port: 0, protocol: HTTP}"),
-        // Line 21: a CEL rule of the Gateway CRD.
+        // Line 22: a CEL rule of the Gateway CRD.
         gateway("tcp-hostname", "{name: tcp, port: 9000, protocol: TCP, hostname: a.example.com}"),
-        // Line 29: a CEL rule of the HTTPRoute CRD.
+        // Line 30: a CEL rule of the HTTPRoute CRD.
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: redirect, namespace: default}\nspec:\n  parentRefs: [{name: good}]\n  rules:\n  - matches: [{path: {type: Exact, value: /a}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}\n".to_owned(),
     ]
     .join("---\n");
@@ -190,13 +190,13 @@ fn translate_refuses_what_the_crds_refuse() {
     let f = file.display();
     for expected in [
         format!(
-            "{f}:13: Gateway default/port-zero: refused by its CRD: spec.listeners[0].port: Invalid value: 0: should be greater than or equal to 1; skipped"
+            "{f}:14: Gateway default/port-zero: refused by its CRD: spec.listeners[0].port: Invalid value: 0: should be greater than or equal to 1; skipped"
         ),
         format!(
-            "{f}:21: Gateway default/tcp-hostname: refused by its CRD: spec.listeners: hostname must not be specified for protocols ['TCP', 'UDP']; skipped"
+            "{f}:22: Gateway default/tcp-hostname: refused by its CRD: spec.listeners: hostname must not be specified for protocols ['TCP', 'UDP']; skipped"
         ),
         format!(
-            "{f}:29: HTTPRoute default/redirect: refused by its CRD: spec.rules[0]: When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified; skipped"
+            "{f}:30: HTTPRoute default/redirect: refused by its CRD: spec.rules[0]: When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified; skipped"
         ),
     ] {
         assert!(
