@@ -171,6 +171,10 @@ struct TranslateArgs {
     /// controllerName of the GatewayClasses to translate for.
     #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
+    /// Translate objects their CRD's schema or CEL rules refuse, instead of
+    /// skipping them (with a problem each) as a cluster's API server would.
+    #[arg(long)]
+    skip_schema_validation: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -353,7 +357,8 @@ fn find_envoy(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn translate_command(args: TranslateArgs) -> anyhow::Result<std::process::ExitCode> {
-    let mut source = FileSource::new(args.files);
+    let mut source =
+        FileSource::new(args.files).skip_schema_validation(args.skip_schema_validation);
     let mut snapshot = source.load(&args.controller_name);
     let now = match args.now {
         Some(text) => text

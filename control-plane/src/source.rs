@@ -3,8 +3,10 @@
 //!
 //! Bad input never stops a load. A file that does not parse keeps the
 //! documents it had at its last good load; an object that the translator
-//! cannot read keeps its last good version. Every such case is reported as
-//! a [`Problem`] naming the file and line.
+//! cannot read, or that its CRD refuses (schema and CEL rules, checked by
+//! `gatewright_validate` as the API server would on create), keeps its last
+//! good version. Every such case is reported as a [`Problem`] naming the
+//! file and line.
 
 use crate::infra::kubernetes::{ProxyParameters, ProxyParametersSpec};
 use gatewright_translator::{Input, ObjectKey};
@@ -133,6 +135,9 @@ pub struct FileSource {
     paths: Vec<PathBuf>,
     last_good_files: HashMap<PathBuf, Vec<Document>>,
     last_good_objects: HashMap<ObjectId, Value>,
+    /// Objects are not checked against their CRDs (`translate
+    /// --skip-schema-validation`).
+    skip_schema_validation: bool,
 }
 
 impl FileSource {
@@ -143,6 +148,14 @@ impl FileSource {
             paths,
             ..Self::default()
         }
+    }
+
+    /// Whether to skip checking objects against their CRDs' schemas and
+    /// CEL rules (checked by default).
+    #[must_use]
+    pub fn skip_schema_validation(mut self, skip: bool) -> Self {
+        self.skip_schema_validation = skip;
+        self
     }
 
     /// Reads everything now.
@@ -198,11 +211,18 @@ impl FileSource {
                 });
                 continue;
             }
-            match check_parameters(&id, &doc.value).and_then(|()| {
-                input
-                    .add_document(doc.value.clone())
-                    .map_err(|e| e.to_string())
-            }) {
+            let checked = if self.skip_schema_validation {
+                Ok(())
+            } else {
+                check_schema(&doc.value)
+            };
+            match checked
+                .and_then(|()| check_parameters(&id, &doc.value))
+                .and_then(|()| {
+                    input
+                        .add_document(doc.value.clone())
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(()) => {
                     good_objects.insert(id.clone(), doc.value);
                     objects.insert(id, doc.location);
@@ -245,6 +265,15 @@ impl FileSource {
             proxy_parameters,
         }
     }
+}
+
+/// An object whose kind has a CRD in the built-in bundle must pass its
+/// schema and CEL rules, as in a cluster, where the API server would have
+/// refused it; other kinds (Service, Secret, …) are not checked here.
+fn check_schema(value: &Value) -> Result<(), String> {
+    gatewright_validate::validate(value)
+        .map(drop)
+        .map_err(|refusal| format!("refused by its CRD: {refusal}"))
 }
 
 fn is_proxy_parameters(id: &ObjectId) -> bool {
@@ -464,5 +493,64 @@ mod tests {
         let snap = source.load("c");
         assert_eq!(snap.input.services.len(), 1);
         assert!(snap.problems[0].message.contains("invalid YAML"));
+    }
+
+    /// An object its CRD refuses (schema or CEL rule) is reported with the
+    /// rule's message and field path and keeps its last good version, as
+    /// an object the translator cannot read does.
+    #[test]
+    fn objects_the_crds_refuse_keep_their_last_good_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gw.yaml");
+        let gateway = |listener: &str| {
+            format!(
+                "# a comment\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: n}}\nspec:\n  gatewayClassName: c\n  listeners:\n  - {listener}\n"
+            )
+        };
+        std::fs::write(&file, gateway("{name: tcp, port: 9000, protocol: TCP}")).expect("write");
+        let mut source = FileSource::new(vec![dir.path().to_owned()]);
+        let snap = source.load("c");
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        assert_eq!(snap.input.gateways.len(), 1);
+
+        // A CEL rule of the Gateway CRD.
+        std::fs::write(
+            &file,
+            gateway("{name: tcp, port: 9001, protocol: TCP, hostname: a.example.com}"),
+        )
+        .expect("write");
+        let snap = source.load("c");
+        assert_eq!(snap.problems.len(), 1, "{:?}", snap.problems);
+        assert_eq!(
+            snap.problems[0].to_string(),
+            format!(
+                "{}:2: Gateway n/gw: refused by its CRD: spec.listeners: hostname must not be specified for protocols ['TCP', 'UDP']; keeping its last good version",
+                file.display()
+            )
+        );
+        assert_eq!(snap.input.gateways.len(), 1);
+        assert_eq!(snap.input.gateways[0].spec.listeners[0].port, 9000);
+
+        // A schema rule: port out of range; an unknown field.
+        std::fs::write(
+            &file,
+            gateway("{name: tcp, port: 70000, protocol: TCP, colour: red}"),
+        )
+        .expect("write");
+        let snap = source.load("c");
+        assert_eq!(snap.problems.len(), 1, "{:?}", snap.problems);
+        let message = &snap.problems[0].message;
+        assert!(
+            message.contains("spec.listeners[0].port: Invalid value: 70000: should be less than or equal to 65535")
+                && message.contains("spec.listeners[0].colour: unknown field"),
+            "{message}"
+        );
+        assert_eq!(snap.input.gateways[0].spec.listeners[0].port, 9000);
+
+        // Without validation, the file's content is taken as it is.
+        let mut unchecked =
+            FileSource::new(vec![dir.path().to_owned()]).skip_schema_validation(true);
+        let snap = unchecked.load("c");
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
     }
 }

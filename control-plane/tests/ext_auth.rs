@@ -138,8 +138,9 @@ async fn http_auth_service() {
           maxSize: 8
 ",
     );
-    let defaults = ext_auth("HTTP", "http-auth", "");
-    let broken = ext_auth("HTTP", "missing", "");
+    // The CRD requires the http block with protocol HTTP, even empty.
+    let defaults = ext_auth("HTTP", "http-auth", "        http: {}\n");
+    let broken = ext_auth("HTTP", "missing", "        http: {}\n");
     let web = http_route(
         "web",
         &[
