@@ -571,6 +571,21 @@ async fn status_round_trip() {
                 .expect("reading the route"),
         ]
     };
+    // A Gateway waits for its Envoy's acknowledgement before it is
+    // Programmed (one more write); compare from then on.
+    wait_for("the Gateway to be Programmed", WAIT, || async {
+        let gw = gateway_obj(&kube, NS, "gw").await?;
+        let programmed = gw["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Programmed" && c["status"] == "True")
+        });
+        if programmed {
+            Ok(())
+        } else {
+            Err(format!("Gateway status {}", gw["status"]))
+        }
+    })
+    .await;
     let first = read_all().await;
     let rounds_before = translations(&c).await.expect("the translations metric");
     kube.apply(&annotated(2))
