@@ -549,15 +549,7 @@ async fn status_round_trip() {
     kube.apply(&annotated(1))
         .await
         .expect("annotating the echo Service");
-    wait_for("a round over the annotated Service", WAIT, || async {
-        let now = translations(&c).await?;
-        if now > rounds_before {
-            Ok(now)
-        } else {
-            Err(format!("translations still {now}"))
-        }
-    })
-    .await;
+    round_after(&c, rounds_before, "a round over the annotated Service").await;
     let read_all = async || {
         [
             gateway_class_obj(&kube, NS)
@@ -591,14 +583,11 @@ async fn status_round_trip() {
     kube.apply(&annotated(2))
         .await
         .expect("annotating the echo Service again");
-    wait_for("a round over the Service annotated again", WAIT, || async {
-        let now = translations(&c).await?;
-        if now > rounds_before {
-            Ok(now)
-        } else {
-            Err(format!("translations still {now}"))
-        }
-    })
+    round_after(
+        &c,
+        rounds_before,
+        "a round over the Service annotated again",
+    )
     .await;
     let second = read_all().await;
     for (a, b) in first.iter().zip(&second) {
@@ -1441,6 +1430,19 @@ async fn undecodable_event(
         ));
     }
     Ok(event.clone())
+}
+
+/// Waits until the controller has run a round after the `before`th.
+async fn round_after(c: &Controller, before: u64, what: &str) {
+    wait_for(what, WAIT, || async {
+        let now = translations(c).await?;
+        if now > before {
+            Ok(now)
+        } else {
+            Err(format!("translations still {now}"))
+        }
+    })
+    .await;
 }
 
 /// How many rounds (`gatewright_translations_total`) the controller ran.
