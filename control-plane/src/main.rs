@@ -81,8 +81,9 @@ struct ControllerArgs {
     /// controllerName of the GatewayClasses this controller owns.
     #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
-    /// Milliseconds the input must be quiet before a change is applied.
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds the input must be quiet before a change is applied
+    /// (0: at once; changes that come during a round are applied together).
+    #[arg(long, default_value_t = 0)]
     debounce_ms: u64,
     /// The Envoy binary, for host infrastructure [default: as for `run`].
     #[arg(long)]
@@ -142,8 +143,9 @@ struct RunArgs {
     /// controllerName of the GatewayClasses this instance owns.
     #[arg(long, default_value = gatewright_translator::DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
-    /// Milliseconds the files must be quiet before a change is applied.
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds the files must be quiet before a change is applied
+    /// (0: at once; changes that come during a round are applied together).
+    #[arg(long, default_value_t = 0)]
     debounce_ms: u64,
     /// Envoy's log level.
     #[arg(long, default_value = "warning")]

@@ -17,7 +17,7 @@ use crate::source::{ObjectId, Snapshot};
 use crate::status::{ObjectStatus, collect, loose_problems};
 use crate::xds::{Publisher, group_of};
 use anyhow::Context as _;
-use gatewright_translator::{Input, ObjectKey, Output, refresh_endpoints, translate};
+use gatewright_translator::{Input, ObjectKey, Output, Statuses, refresh_endpoints, translate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -28,11 +28,12 @@ use std::time::Instant;
 
 /// Where a round's statuses go.
 pub trait StatusSink {
-    /// Writes the statuses of one round: `output`'s, with infrastructure's
-    /// merged in, and `collected`, the same per object with input problems.
+    /// Writes the statuses of one round: the translator's, with
+    /// infrastructure's merged in, and `collected`, the same per object with
+    /// input problems.
     fn write<'a>(
         &'a mut self,
-        output: &'a Output,
+        statuses: &'a Statuses,
         collected: &'a BTreeMap<ObjectId, ObjectStatus>,
     ) -> impl Future<Output = ()> + 'a;
 }
@@ -50,6 +51,17 @@ pub struct Pipeline {
     /// What Envoys hold: a Gateway is Programmed only once one holds its
     /// current configuration.
     acks: Acks,
+    /// The last translation, for rounds whose input did not change.
+    last: Option<Translated>,
+}
+
+/// A translation and what it was made from.
+struct Translated {
+    /// The provider's [`Snapshot::revision`].
+    revision: u64,
+    bind_addresses: BTreeMap<ObjectKey, String>,
+    edge_settings: BTreeMap<ObjectKey, Result<gatewright_translator::EdgeSettings, String>>,
+    output: Arc<Output>,
 }
 
 impl Pipeline {
@@ -63,6 +75,7 @@ impl Pipeline {
             infra,
             last_problems: Vec::new(),
             system_ca_file: None,
+            last: None,
         }
     }
 
@@ -94,16 +107,15 @@ impl Pipeline {
         leading: bool,
     ) {
         let started = Instant::now();
-        snapshot.input.now = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         snapshot
             .input
             .system_ca_file
             .clone_from(&self.system_ca_file);
         // Translating is CPU work: keep it off the threads serving xDS.
-        let mut output = tokio::task::block_in_place(|| {
+        let (output, fresh) = tokio::task::block_in_place(|| {
             self.infra
                 .prepare(&mut snapshot.input, &snapshot.proxy_parameters);
-            translate(&snapshot.input)
+            self.translation(&mut snapshot)
         });
 
         let problems: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
@@ -114,21 +126,24 @@ impl Pipeline {
             self.last_problems = problems;
         }
 
-        self.publisher.publish(&output);
+        if fresh {
+            self.publisher.publish(&output);
+        }
         let mut learned = self.infra.reconcile(&snapshot, &output, leading).await;
         if leading {
             self.await_acks(&output, &mut learned);
         }
-        merge(&mut output, learned);
+        let mut statuses = output.statuses.clone();
+        merge(&mut statuses, learned);
         *self
             .shared
             .envoys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = self.infra.envoys();
 
-        let collected = collect(&output, &snapshot, &self.shared.view().statuses);
+        let collected = collect(&statuses, &snapshot, &self.shared.view().statuses);
         if leading {
-            sink.write(&output, &collected).await;
+            sink.write(&statuses, &collected).await;
         }
         self.shared
             .metrics
@@ -141,6 +156,7 @@ impl Pipeline {
             gateways = output.gateways.len(),
             problems = snapshot.problems.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
+            translated = fresh,
             leading,
             "configuration applied"
         );
@@ -148,8 +164,32 @@ impl Pipeline {
             applied: true,
             loose_problems: loose_problems(&snapshot.problems),
             statuses: collected,
-            output: Arc::new(output),
+            output,
         });
+    }
+
+    /// The translation of `snapshot`'s input: the last one again when the
+    /// provider says its input did not change since (a round woken by an
+    /// acknowledgement or a resync) and infrastructure prepared it the same
+    /// way, else a new one. True when new.
+    fn translation(&mut self, snapshot: &mut Snapshot) -> (Arc<Output>, bool) {
+        let input = &mut snapshot.input;
+        if let (Some(last), Some(revision)) = (&self.last, snapshot.revision)
+            && last.revision == revision
+            && last.bind_addresses == input.bind_addresses
+            && last.edge_settings == input.edge_settings
+        {
+            return (Arc::clone(&last.output), false);
+        }
+        input.now = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let output = Arc::new(translate(input));
+        self.last = snapshot.revision.map(|revision| Translated {
+            revision,
+            bind_addresses: input.bind_addresses.clone(),
+            edge_settings: input.edge_settings.clone(),
+            output: Arc::clone(&output),
+        });
+        (output, true)
     }
 
     /// Keeps every Gateway that would be Programmed `Pending` until an
@@ -208,6 +248,10 @@ impl Pipeline {
         let mut output = Output::clone(&view.output);
         let changed = refresh_endpoints(input, &mut output, services);
         self.publisher.publish_some(&output, &changed);
+        let output = Arc::new(output);
+        if let Some(last) = &mut self.last {
+            last.output = Arc::clone(&output);
+        }
         tracing::debug!(
             services = services.len(),
             gateways = changed.len(),
@@ -216,7 +260,7 @@ impl Pipeline {
         );
         self.shared.publish(View {
             applied: true,
-            output: Arc::new(output),
+            output,
             statuses: view.statuses.clone(),
             loose_problems: view.loose_problems.clone(),
         });

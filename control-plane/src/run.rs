@@ -11,7 +11,7 @@ use crate::source::{FileSource, ObjectId};
 use crate::status::{ObjectStatus, StatusWriter};
 use crate::xds::serve_plaintext;
 use anyhow::Context as _;
-use gatewright_translator::Output;
+use gatewright_translator::Statuses;
 use gatewright_xds::Cache;
 use notify::Watcher as _;
 use std::collections::BTreeMap;
@@ -37,7 +37,8 @@ pub struct RunOptions {
     pub admin_address: SocketAddr,
     /// The controllerName of our GatewayClasses.
     pub controller_name: String,
-    /// How long the input must be quiet before a change is applied.
+    /// How long the input must be quiet before a change is applied (zero:
+    /// at once; changes that come during a round are applied together).
     pub debounce: Duration,
     /// How Envoys are run; its `xds_address` and `state_dir` are filled in.
     pub envoy: PathBuf,
@@ -89,14 +90,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     write_addresses(&options.state_dir, xds_address, admin_address)?;
     tracing::info!(%xds_address, %admin_address, state_dir = %options.state_dir.display(), "Gatewright running");
 
-    // File changes wake the loop; the watcher runs on its own thread.
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    // File changes wake the loop, saying which paths changed; the watcher
+    // runs on its own thread.
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<Changed>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-        {
-            let _ = changed_tx.send(());
-        }
+        let change = match event {
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
+            Ok(event) if event.need_rescan() || event.paths.is_empty() => Changed::All,
+            Ok(event) => Changed::Paths(event.paths),
+            Err(_) => Changed::All,
+        };
+        let _ = changed_tx.send(change);
     })
     .context("starting the file watcher")?;
     for path in &options.config {
@@ -124,14 +128,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut acked = pipeline.acks().waiter();
     loop {
         // Reading files is blocking IO: keep it off the threads serving xDS.
-        let snapshot = tokio::task::block_in_place(|| source.load(&options.controller_name));
+        let snapshot =
+            tokio::task::block_in_place(|| source.load_changed(&options.controller_name));
         pipeline.apply(snapshot, &mut sink, true).await;
         // Every Gateway is published now: serving xDS can begin.
         open_tx.send_replace(true);
         // Wait for a change, or for an Envoy to acknowledge a configuration
-        // a Gateway waits for, then for the input to be quiet.
+        // a Gateway waits for. Changes that came while the round ran are
+        // waiting already, so a burst costs one round, not one per file.
         let stop = tokio::select! {
-            _ = changed.recv() => false,
+            change = changed.recv() => {
+                if let Some(change) = change {
+                    note(&mut source, change);
+                }
+                false
+            }
             () = acked.wait() => false,
             _ = tokio::signal::ctrl_c() => true,
             _ = terminate.recv() => true,
@@ -139,11 +150,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         if stop {
             break;
         }
-        loop {
-            tokio::select! {
-                _ = changed.recv() => continue,
-                _ = tokio::time::sleep(options.debounce) => break,
+        // Optionally, wait for the input to be quiet.
+        if !options.debounce.is_zero() {
+            loop {
+                tokio::select! {
+                    change = changed.recv() => match change {
+                        Some(change) => note(&mut source, change),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(options.debounce) => break,
+                }
             }
+        }
+        while let Ok(change) = changed.try_recv() {
+            note(&mut source, change);
         }
     }
 
@@ -161,13 +181,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the file watcher saw.
+enum Changed {
+    /// These files or directories changed.
+    Paths(Vec<PathBuf>),
+    /// Anything may have changed (the watcher lost events, or failed).
+    All,
+}
+
+fn note(source: &mut FileSource, change: Changed) {
+    match change {
+        Changed::Paths(paths) => source.mark_changed(paths),
+        Changed::All => source.mark_all_changed(),
+    }
+}
+
 /// Standalone statuses go to status files, if asked for.
 struct FileSink(Option<StatusWriter>);
 
 impl StatusSink for FileSink {
     fn write<'a>(
         &'a mut self,
-        _output: &'a Output,
+        _statuses: &'a Statuses,
         collected: &'a BTreeMap<ObjectId, ObjectStatus>,
     ) -> impl Future<Output = ()> + 'a {
         if let Some(writer) = &mut self.0

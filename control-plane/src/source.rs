@@ -9,11 +9,12 @@
 //! file and line.
 
 use crate::infra::kubernetes::{ProxyParameters, ProxyParametersSpec};
-use gatewright_translator::{Input, ObjectKey};
+use gatewright_translator::{Input, InputObject, ObjectKey};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a document starts: file and 1-based line.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,18 +127,57 @@ pub struct Snapshot {
     /// The content of Gatewright's ProxyParameters objects, which only
     /// infrastructure reads (the translator's input lists their keys).
     pub proxy_parameters: crate::infra::kubernetes::ParametersStore,
+    /// Counts the provider's changes of input: two snapshots of one
+    /// provider with the same revision hold the same objects and
+    /// problems, so the pipeline may reuse the translation. None when the
+    /// provider does not keep count.
+    pub revision: Option<u64>,
+}
+
+/// One document as last read: its identity, and the outcome of checking
+/// and decoding it, worked out once per content of its file.
+#[derive(Debug)]
+struct Checked {
+    location: Location,
+    value: Value,
+    id: Option<ObjectId>,
+    /// The decoded object, or why it is refused (its CRD, its decoding).
+    decoded: Result<InputObject, String>,
+}
+
+/// What the last read of one file left.
+#[derive(Debug, Default)]
+struct FileEntry {
+    /// The text of the last successful read.
+    text: String,
+    /// The documents of the last successful read (none if there was none).
+    docs: Vec<Arc<Checked>>,
+    /// Why the last read failed, if it did: `docs` are then older.
+    error: Option<Problem>,
 }
 
 /// Reads YAML from files and directories, remembering the last good content
 /// of each file and object across loads.
+///
+/// Each file is read, parsed, checked and decoded once per content: a load
+/// re-reads only what [`FileSource::mark_changed`] named (everything on
+/// the first load, and on every [`FileSource::load`]), so one changed file
+/// costs one file's work plus assembling the input.
 #[derive(Debug, Default)]
 pub struct FileSource {
     paths: Vec<PathBuf>,
-    last_good_files: HashMap<PathBuf, Vec<Document>>,
-    last_good_objects: HashMap<ObjectId, Value>,
+    files: HashMap<PathBuf, FileEntry>,
+    last_good_objects: HashMap<ObjectId, Arc<Checked>>,
+    /// Files to read again at the next [`FileSource::load_changed`], as
+    /// absolute paths; None means every file.
+    changed: Option<HashSet<PathBuf>>,
     /// Objects are not checked against their CRDs (`translate
     /// --skip-schema-validation`).
     skip_schema_validation: bool,
+    /// Counts loads whose input differed from the one before.
+    revision: u64,
+    /// What listing the paths reported at the last load.
+    listing_problems: Vec<Problem>,
 }
 
 impl FileSource {
@@ -158,8 +198,28 @@ impl FileSource {
         self
     }
 
+    /// Notes that these paths (files or directories, as a file watcher
+    /// reports them) may have changed since the last load.
+    pub fn mark_changed(&mut self, paths: impl IntoIterator<Item = PathBuf>) {
+        if let Some(changed) = &mut self.changed {
+            changed.extend(paths.into_iter().map(|p| absolute(&p)));
+        }
+    }
+
+    /// Notes that anything may have changed (the watcher lost track).
+    pub fn mark_all_changed(&mut self) {
+        self.changed = None;
+    }
+
     /// Reads everything now.
     pub fn load(&mut self, controller_name: &str) -> Snapshot {
+        self.changed = None;
+        self.load_changed(controller_name)
+    }
+
+    /// Reads again the files marked changed since the last load (all of
+    /// them the first time), and assembles every object.
+    pub fn load_changed(&mut self, controller_name: &str) -> Snapshot {
         let mut problems = Vec::new();
         let mut files = Vec::new();
         for path in &self.paths {
@@ -168,82 +228,161 @@ impl FileSource {
         files.sort();
         files.dedup();
 
-        let mut documents = Vec::new();
-        let mut seen_files = HashMap::new();
+        let changed = self.changed.replace(HashSet::new());
+        let mut previous = std::mem::take(&mut self.files);
+        let mut differs = false;
         for file in files {
-            let docs = match read_file(&file) {
-                Ok(docs) => docs,
-                Err(problem) => {
-                    let kept = self.last_good_files.get(&file).cloned();
-                    let mut problem = problem;
-                    problem.message.push_str(match kept {
-                        Some(_) => "; keeping the file's last good content",
-                        None => "; file skipped",
-                    });
-                    problems.push(*problem);
-                    kept.unwrap_or_default()
+            let mut entry = previous.remove(&file);
+            differs |= entry.is_none();
+            let reread = match (&changed, &entry) {
+                (_, None) | (None, _) => true,
+                (Some(changed), Some(_)) if changed.is_empty() => false,
+                // A directory moved in or out changes every file under it.
+                (Some(changed), Some(_)) => {
+                    absolute(&file).ancestors().any(|p| changed.contains(p))
                 }
             };
-            seen_files.insert(file, docs.clone());
-            documents.extend(docs);
+            if reread {
+                let old = entry.take().unwrap_or_default();
+                let (text, error) = (old.text.clone(), old.error.clone());
+                let new = self.read(&file, old);
+                differs |= new.text != text || new.error != error;
+                entry = Some(new);
+            }
+            if let Some(entry) = entry {
+                self.files.insert(file, entry);
+            }
         }
-        self.last_good_files = seen_files;
+        // Files gone, or listing problems, change the input too.
+        differs |= !previous.is_empty() || problems != self.listing_problems;
+        self.listing_problems.clone_from(&problems);
+        if differs {
+            self.revision += 1;
+        }
+        let mut snapshot = self.assemble(controller_name, problems);
+        snapshot.revision = Some(self.revision);
+        snapshot
+    }
 
+    /// Reads `file` again; `old` is what its last read left.
+    fn read(&self, file: &Path, old: FileEntry) -> FileEntry {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                return self.failed(
+                    old,
+                    Problem {
+                        location: file.display().to_string(),
+                        object: None,
+                        message: format!("cannot read: {e}"),
+                    },
+                );
+            }
+        };
+        if old.error.is_none() && !old.docs.is_empty() && old.text == text {
+            return old;
+        }
+        match parse_documents(file, &text) {
+            Ok(docs) => FileEntry {
+                text,
+                docs: docs.into_iter().map(|d| Arc::new(self.check(d))).collect(),
+                error: None,
+            },
+            Err(problem) => self.failed(old, *problem),
+        }
+    }
+
+    /// A failed read keeps the file's last good documents.
+    fn failed(&self, old: FileEntry, mut problem: Problem) -> FileEntry {
+        problem.message.push_str(if old.docs.is_empty() {
+            "; file skipped"
+        } else {
+            "; keeping the file's last good content"
+        });
+        FileEntry {
+            error: Some(problem),
+            ..old
+        }
+    }
+
+    /// Checks a document against its CRD and decodes it.
+    fn check(&self, doc: Document) -> Checked {
+        let id = ObjectId::of(&doc.value);
+        let decoded = match &id {
+            None => Err(String::new()),
+            Some(id) => if self.skip_schema_validation {
+                Ok(())
+            } else {
+                check_schema(&doc.value)
+            }
+            .and_then(|()| check_parameters(id, &doc.value))
+            .and_then(|()| InputObject::decode(doc.value.clone()).map_err(|e| e.to_string())),
+        };
+        Checked {
+            location: doc.location,
+            value: doc.value,
+            id,
+            decoded,
+        }
+    }
+
+    /// Builds the snapshot from every file's documents, in file order.
+    fn assemble(&mut self, controller_name: &str, mut problems: Vec<Problem>) -> Snapshot {
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        paths.sort();
         let mut input = Input::new();
         input.controller_name = controller_name.to_owned();
         let mut objects: BTreeMap<ObjectId, Location> = BTreeMap::new();
         let mut good_objects = HashMap::new();
-        for doc in documents {
-            let location = doc.location.to_string();
-            let Some(id) = ObjectId::of(&doc.value) else {
-                problems.push(Problem {
-                    location,
-                    object: None,
-                    message: "document has no apiVersion, kind or metadata.name; skipped".into(),
-                });
-                continue;
-            };
-            if let Some(first) = objects.get(&id) {
-                problems.push(Problem {
-                    location,
-                    object: Some(id),
-                    message: format!("duplicate object, already defined at {first}; skipped"),
-                });
-                continue;
+        for path in paths {
+            let entry = &self.files[path];
+            if let Some(problem) = &entry.error {
+                problems.push(problem.clone());
             }
-            let checked = if self.skip_schema_validation {
-                Ok(())
-            } else {
-                check_schema(&doc.value)
-            };
-            match checked
-                .and_then(|()| check_parameters(&id, &doc.value))
-                .and_then(|()| {
-                    input
-                        .add_document(doc.value.clone())
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok(()) => {
-                    good_objects.insert(id.clone(), doc.value);
-                    objects.insert(id, doc.location);
-                }
-                Err(e) => {
-                    let kept = self.last_good_objects.get(&id).cloned();
-                    let suffix = if kept.is_some() {
-                        "; keeping its last good version"
-                    } else {
-                        "; skipped"
-                    };
+            for doc in &entry.docs {
+                let location = doc.location.to_string();
+                let Some(id) = &doc.id else {
+                    problems.push(Problem {
+                        location,
+                        object: None,
+                        message: "document has no apiVersion, kind or metadata.name; skipped"
+                            .into(),
+                    });
+                    continue;
+                };
+                if let Some(first) = objects.get(id) {
                     problems.push(Problem {
                         location,
                         object: Some(id.clone()),
-                        message: format!("{e}{suffix}"),
+                        message: format!("duplicate object, already defined at {first}; skipped"),
                     });
-                    if let Some(value) = kept {
+                    continue;
+                }
+                match &doc.decoded {
+                    Ok(object) => {
+                        input.insert(object.clone());
+                        good_objects.insert(id.clone(), Arc::clone(doc));
+                        objects.insert(id.clone(), doc.location.clone());
+                    }
+                    Err(e) => {
+                        let kept = self.last_good_objects.get(id);
+                        let suffix = if kept.is_some() {
+                            "; keeping its last good version"
+                        } else {
+                            "; skipped"
+                        };
+                        problems.push(Problem {
+                            location,
+                            object: Some(id.clone()),
+                            message: format!("{e}{suffix}"),
+                        });
                         // It was accepted before, so it is accepted again.
-                        if input.add_document(value.clone()).is_ok() {
-                            good_objects.insert(id.clone(), value);
-                            objects.insert(id, doc.location);
+                        if let Some(kept) = kept
+                            && let Ok(object) = &kept.decoded
+                        {
+                            input.insert(object.clone());
+                            good_objects.insert(id.clone(), Arc::clone(kept));
+                            objects.insert(id.clone(), doc.location.clone());
                         }
                     }
                 }
@@ -252,8 +391,8 @@ impl FileSource {
         let proxy_parameters = good_objects
             .iter()
             .filter(|(id, _)| is_proxy_parameters(id))
-            .filter_map(|(id, value)| {
-                let spec = parameters_spec(value).ok()?;
+            .filter_map(|(id, doc)| {
+                let spec = parameters_spec(&doc.value).ok()?;
                 Some((ObjectKey::new(&id.namespace, &id.name), spec))
             })
             .collect();
@@ -263,8 +402,15 @@ impl FileSource {
             problems,
             objects,
             proxy_parameters,
+            revision: None,
         }
     }
+}
+
+/// `path` made absolute against the working directory, without touching
+/// the file system, so watcher paths and listed paths compare equal.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// An object whose kind has a CRD in the built-in bundle must pass its
@@ -334,7 +480,13 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Probl
         if name.starts_with('.') {
             continue;
         }
-        if p.is_dir() {
+        // The entry's own type needs no stat; only symlinks are followed.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => p.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => p.is_dir(),
+        };
+        if is_dir {
             collect_files(&p, files, problems);
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
             files.push(p);
@@ -493,6 +645,60 @@ mod tests {
         let snap = source.load("c");
         assert_eq!(snap.input.services.len(), 1);
         assert!(snap.problems[0].message.contains("invalid YAML"));
+    }
+
+    /// `load_changed` reads again only the files named since the last
+    /// load (or a directory above them), and its revision moves only when
+    /// the input did.
+    #[test]
+    fn only_files_marked_changed_are_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ns =
+            |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n");
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, ns("a1")).expect("write");
+        std::fs::write(&b, ns("b1")).expect("write");
+        let mut source = FileSource::new(vec![dir.path().to_owned()]);
+        let names = |snap: &Snapshot| -> Vec<String> {
+            let mut n: Vec<String> = snap
+                .input
+                .namespaces
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect();
+            n.sort();
+            n
+        };
+        let first = source.load_changed("c");
+        assert_eq!(names(&first), ["a1", "b1"]);
+
+        // Nothing marked: neither file is read, the revision stays.
+        std::fs::write(&a, ns("a2")).expect("write");
+        let same = source.load_changed("c");
+        assert_eq!(names(&same), ["a1", "b1"]);
+        assert_eq!(same.revision, first.revision);
+
+        // Marked: read again, and the revision moves.
+        source.mark_changed([a.clone()]);
+        let next = source.load_changed("c");
+        assert_eq!(names(&next), ["a2", "b1"]);
+        assert_ne!(next.revision, first.revision);
+
+        // Marked but unchanged: the revision stays.
+        source.mark_changed([a.clone()]);
+        assert_eq!(source.load_changed("c").revision, next.revision);
+
+        // A directory marks every file under it; a new file is always read.
+        std::fs::write(&b, ns("b2")).expect("write");
+        std::fs::write(dir.path().join("c.yaml"), ns("c1")).expect("write");
+        source.mark_changed([dir.path().to_owned()]);
+        assert_eq!(names(&source.load_changed("c")), ["a2", "b2", "c1"]);
+
+        // A file gone is gone without being marked.
+        std::fs::remove_file(&a).expect("remove");
+        let gone = source.load_changed("c");
+        assert_eq!(names(&gone), ["b2", "c1"]);
+        assert_ne!(gone.revision, next.revision);
     }
 
     /// An object its CRD refuses (schema or CEL rule) is reported with the

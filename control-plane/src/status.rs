@@ -4,7 +4,7 @@
 
 use crate::source::{ObjectId, Problem, Snapshot};
 use anyhow::Context as _;
-use gatewright_translator::{ObjectKey, Output};
+use gatewright_translator::{ObjectKey, Statuses};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,12 +30,12 @@ pub struct ObjectStatus {
 /// Collects the status of every object the translator has an opinion on,
 /// and of every object with a problem.
 pub fn collect(
-    output: &Output,
+    statuses: &Statuses,
     snapshot: &Snapshot,
     previous: &BTreeMap<ObjectId, ObjectStatus>,
 ) -> BTreeMap<ObjectId, ObjectStatus> {
     let mut out = BTreeMap::new();
-    let s = &output.statuses;
+    let s = statuses;
     let id = |kind: &str, key: &ObjectKey| ObjectId {
         group: GATEWAY_GROUP.to_owned(),
         kind: kind.to_owned(),

@@ -155,6 +155,74 @@ impl Input {
     /// to JSON), dispatching on `apiVersion` and `kind`. Namespaced objects
     /// without a namespace are put in `default`, as kubectl would.
     pub fn add_document(&mut self, doc: serde_json::Value) -> Result<(), InputError> {
+        self.insert(InputObject::decode(doc)?);
+        Ok(())
+    }
+
+    /// Adds one decoded object.
+    pub fn insert(&mut self, object: InputObject) {
+        match object {
+            InputObject::GatewayClass(o) => self.gateway_classes.push(o),
+            InputObject::Gateway(o) => self.gateways.push(o),
+            InputObject::ListenerSet(o) => self.listener_sets.push(o),
+            InputObject::HttpRoute(o) => self.http_routes.push(o),
+            InputObject::GrpcRoute(o) => self.grpc_routes.push(o),
+            InputObject::TlsRoute(o) => self.tls_routes.push(o),
+            InputObject::ReferenceGrant(o) => self.reference_grants.push(o),
+            InputObject::BackendTlsPolicy(o) => self.backend_tls_policies.push(o),
+            InputObject::Service(o) => self.services.push(o),
+            InputObject::EndpointSlice(o) => self.endpoint_slices.push(o),
+            InputObject::Secret(o) => self.secrets.push(o),
+            InputObject::ConfigMap(o) => self.config_maps.push(o),
+            InputObject::Namespace(o) => self.namespaces.push(o),
+            InputObject::ProxyParameters(key) => {
+                self.proxy_parameters.insert(key);
+            }
+        }
+    }
+}
+
+/// One object of a kind the translator reads, decoded: what
+/// [`Input::insert`] takes. Decoding is the costly half of
+/// [`Input::add_document`], so a caller that sees the same document again
+/// (the file provider, for files that did not change) keeps this instead.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // kept one per document, not copied around
+pub enum InputObject {
+    /// A GatewayClass.
+    GatewayClass(GatewayClass),
+    /// A Gateway.
+    Gateway(Gateway),
+    /// A ListenerSet.
+    ListenerSet(ListenerSet),
+    /// An HTTPRoute.
+    HttpRoute(HttpRoute),
+    /// A GRPCRoute.
+    GrpcRoute(GrpcRoute),
+    /// A TLSRoute.
+    TlsRoute(TlsRoute),
+    /// A ReferenceGrant.
+    ReferenceGrant(ReferenceGrant),
+    /// A BackendTLSPolicy.
+    BackendTlsPolicy(BackendTlsPolicy),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// A Secret.
+    Secret(Secret),
+    /// A ConfigMap.
+    ConfigMap(ConfigMap),
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Gatewright ProxyParameters, by key (see [`Input::proxy_parameters`]).
+    ProxyParameters(ObjectKey),
+}
+
+impl InputObject {
+    /// Decodes one object given as JSON; namespaced objects without a
+    /// namespace get `default`, as kubectl would.
+    pub fn decode(doc: serde_json::Value) -> Result<Self, InputError> {
         let api_version = doc
             .get("apiVersion")
             .and_then(|v| v.as_str())
@@ -175,35 +243,35 @@ impl Input {
                 source,
             })
         }
-        macro_rules! push {
-            ($field:ident, namespaced) => {{
-                self.$field.push(decode(&kind, doc)?);
-                if let Some(obj) = self.$field.last_mut() {
-                    if obj.metadata.namespace.as_deref().unwrap_or("").is_empty() {
-                        obj.metadata.namespace = Some("default".to_owned());
-                    }
+        macro_rules! namespaced {
+            ($variant:ident, $ty:ty) => {{
+                let mut o: $ty = decode(&kind, doc)?;
+                if o.metadata.namespace.as_deref().unwrap_or("").is_empty() {
+                    o.metadata.namespace = Some("default".to_owned());
                 }
-            }};
-            ($field:ident) => {{
-                self.$field.push(decode(&kind, doc)?);
+                Self::$variant(o)
             }};
         }
-        match (group, kind.as_str()) {
-            ("gateway.networking.k8s.io", "GatewayClass") => push!(gateway_classes),
-            ("gateway.networking.k8s.io", "Gateway") => push!(gateways, namespaced),
-            ("gateway.networking.k8s.io", "ListenerSet") => push!(listener_sets, namespaced),
-            ("gateway.networking.k8s.io", "HTTPRoute") => push!(http_routes, namespaced),
-            ("gateway.networking.k8s.io", "GRPCRoute") => push!(grpc_routes, namespaced),
-            ("gateway.networking.k8s.io", "TLSRoute") => push!(tls_routes, namespaced),
-            ("gateway.networking.k8s.io", "ReferenceGrant") => push!(reference_grants, namespaced),
-            ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
-                push!(backend_tls_policies, namespaced)
+        Ok(match (group, kind.as_str()) {
+            ("gateway.networking.k8s.io", "GatewayClass") => {
+                Self::GatewayClass(decode(&kind, doc)?)
             }
-            ("", "Service") => push!(services, namespaced),
-            ("discovery.k8s.io", "EndpointSlice") => push!(endpoint_slices, namespaced),
-            ("", "Secret") => push!(secrets, namespaced),
-            ("", "ConfigMap") => push!(config_maps, namespaced),
-            ("", "Namespace") => push!(namespaces),
+            ("gateway.networking.k8s.io", "Gateway") => namespaced!(Gateway, Gateway),
+            ("gateway.networking.k8s.io", "ListenerSet") => namespaced!(ListenerSet, ListenerSet),
+            ("gateway.networking.k8s.io", "HTTPRoute") => namespaced!(HttpRoute, HttpRoute),
+            ("gateway.networking.k8s.io", "GRPCRoute") => namespaced!(GrpcRoute, GrpcRoute),
+            ("gateway.networking.k8s.io", "TLSRoute") => namespaced!(TlsRoute, TlsRoute),
+            ("gateway.networking.k8s.io", "ReferenceGrant") => {
+                namespaced!(ReferenceGrant, ReferenceGrant)
+            }
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => {
+                namespaced!(BackendTlsPolicy, BackendTlsPolicy)
+            }
+            ("", "Service") => namespaced!(Service, Service),
+            ("discovery.k8s.io", "EndpointSlice") => namespaced!(EndpointSlice, EndpointSlice),
+            ("", "Secret") => namespaced!(Secret, Secret),
+            ("", "ConfigMap") => namespaced!(ConfigMap, ConfigMap),
+            ("", "Namespace") => Self::Namespace(decode(&kind, doc)?),
             ("gatewright.dev", "ProxyParameters") => {
                 let meta = doc.get("metadata");
                 let field = |f: &str| {
@@ -218,11 +286,9 @@ impl Input {
                 } else {
                     namespace
                 };
-                self.proxy_parameters
-                    .insert(ObjectKey::new(namespace, name));
+                Self::ProxyParameters(ObjectKey::new(namespace, name))
             }
             _ => return Err(InputError::UnsupportedKind { api_version, kind }),
-        }
-        Ok(())
+        })
     }
 }

@@ -25,7 +25,7 @@ mod validate;
 
 pub use backend_tls::DEFAULT_SYSTEM_CA_FILE;
 pub use emit::INVALID_BACKEND_CLUSTER;
-pub use input::{DEFAULT_CONTROLLER_NAME, EdgeSettings, Input, InputError, ObjectKey};
+pub use input::{DEFAULT_CONTROLLER_NAME, EdgeSettings, Input, InputError, InputObject, ObjectKey};
 pub use output::{GatewayResources, Output, ServicePort, Statuses};
 
 use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};

@@ -18,7 +18,7 @@ pub mod kubernetes;
 use crate::source::Snapshot;
 use gatewright_translator::api::gatewayclasses::GatewayClass;
 use gatewright_translator::api::gateways::{GatewayStatus, GatewayStatusAddresses};
-use gatewright_translator::{EdgeSettings, Input, ObjectKey, Output};
+use gatewright_translator::{EdgeSettings, Input, ObjectKey, Output, Statuses};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -56,9 +56,9 @@ impl std::fmt::Display for NotProgrammed {
 }
 
 /// Writes what infrastructure learned into the Gateways' statuses.
-pub fn merge(output: &mut Output, learned: BTreeMap<ObjectKey, Learned>) {
+pub fn merge(statuses: &mut Statuses, learned: BTreeMap<ObjectKey, Learned>) {
     for (key, learned) in learned {
-        let Some(status) = output.statuses.gateways.get_mut(&key) else {
+        let Some(status) = statuses.gateways.get_mut(&key) else {
             continue;
         };
         if let Some(addresses) = learned.addresses {

@@ -12,7 +12,7 @@ use super::provider::Provider;
 use crate::status::keep_transition_times;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
-use gatewright_translator::{ObjectKey, Output};
+use gatewright_translator::{ObjectKey, Statuses};
 use kube::api::PostParams;
 use kube::core::object::HasStatus;
 use kube::{Api, Client, Resource};
@@ -93,8 +93,8 @@ impl StatusWriter {
     /// Brings every status the translator has an opinion on in line with
     /// `output`, and removes this controller's entries from Routes and
     /// policies it no longer has an opinion on.
-    pub async fn write(&self, provider: &Provider, output: &Output) -> WriteReport {
-        let s = &output.statuses;
+    pub async fn write(&self, provider: &Provider, statuses: &Statuses) -> WriteReport {
+        let s = statuses;
         let mut jobs: Vec<BoxFuture<'static, Outcome>> = Vec::new();
         for (name, status) in &s.gateway_classes {
             if let Some(live) = provider.gateway_class(name) {
