@@ -90,11 +90,15 @@ bench:
 	$(CARGO) bench -p gatewright-xds --bench ads
 
 # Route propagation through a real Envoy (not in CI's budget): routes added,
-# changed and deleted one at a time at 100, 1,000 and 3,000 routes; prints
-# mean, p50, p99 and max per phase, errors, and the control plane's memory
-# and CPU (control-plane/benches/propagation.rs says what it measures).
+# changed and deleted one at a time at 100, 1,000 and 3,000 routes, from
+# files (`gatewright run`) and through a local kube-apiserver (`gatewright
+# controller`); prints mean, p50, p99 and max per phase, errors, and the
+# control plane's memory and CPU (control-plane/benches/propagation.rs says
+# what it measures). Needs root: it runs in a network namespace of its own.
 bench-propagation: envoy
-	ENVOY_BIN=$(abspath $(ENVOY)) $(CARGO) bench -p gatewright --bench propagation
+	bash conformance/cluster.sh build
+	ENVOY_BIN=$(abspath $(ENVOY)) GATEWRIGHT_K8S_BIN=$(abspath .tools/k8s/bin) \
+	  $(CARGO) bench -p gatewright --bench propagation
 
 # The upstream conformance suite against a local cluster (conformance/README.md):
 # Gatewright installed with its Helm chart, Envoys provisioned as Deployments.

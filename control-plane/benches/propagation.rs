@@ -22,12 +22,30 @@
 //! prints mean, p50, p99 and max, the error counts, and Gatewright's
 //! resident memory and CPU time.
 //!
-//! `PROPAGATION_ARGS` adds flags to `gatewright run` (e.g. `--debounce-ms
-//! 100`). Gatewright logs at `warn` (`RUST_LOG` overrides).
+//! **Kubernetes**: the same through a real kube-apiserver (the test
+//! harness's etcd, kube-apiserver and kube-controller-manager) and
+//! `gatewright controller` with host infrastructure: each route's Service
+//! and EndpointSlice are applied first, and the time runs from just before
+//! its HTTPRoute is applied (server-side apply) until the first 200; a
+//! deletion deletes the HTTPRoute. Filling applies 16 objects at a time.
+//!
+//! The API server refuses loopback endpoint addresses, so the benchmark
+//! runs in a network namespace of its own (it calls unshare(2) first, and
+//! needs root): there the backend listens on `10.201.0.1`, an address on
+//! the namespace's loopback interface, and no traffic leaves it.
+//!
+//! `PROPAGATION_MODES` picks the modes (default `standalone,kubernetes`).
+//! `PROPAGATION_ARGS` adds flags to `gatewright run` and `gatewright
+//! controller` (e.g. `--debounce-ms 100`). Both log at `warn` (`RUST_LOG`
+//! overrides).
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[allow(unused_imports)]
+#[path = "../tests/kube_support/mod.rs"]
+mod kube_support;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,6 +57,11 @@ use std::time::{Duration, Instant};
 
 /// Where the Gateway listens (its own loopback address).
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 91, 1);
+/// Where the backend listens, inside the benchmark's network namespace.
+const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+const BACKEND_PORT: u16 = 8080;
+/// How many objects filling applies at a time (Kubernetes mode).
+const FILL_CONCURRENCY: usize = 16;
 const GATEWAY_PORT: u16 = 8080;
 /// The longest one change may take before the benchmark gives up.
 const SAMPLE_DEADLINE: Duration = Duration::from_secs(60);
@@ -55,8 +78,40 @@ fn env_list(name: &str, default: &[usize]) -> Result<Vec<usize>> {
     }
 }
 
+/// Moves this process into a network namespace of its own, with its
+/// loopback interface up and [`BACKEND_IP`] on it. Runs before any thread
+/// is started, so every thread and child is inside.
+fn own_network_namespace() -> Result<()> {
+    // SAFETY: unshare(2) with a flag; no memory is passed.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "unshare(CLONE_NEWNET) failed ({}): the benchmark needs root for a network \
+             namespace of its own",
+            std::io::Error::last_os_error()
+        );
+    }
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", "10.201.0.1/32", "dev", "lo"],
+    ] {
+        let status = Command::new("ip")
+            .args(&args)
+            .status()
+            .context("running ip")?;
+        ensure!(status.success(), "ip {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; nothing else is taken from argv.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    own_network_namespace()?;
+    let modes =
+        std::env::var("PROPAGATION_MODES").unwrap_or_else(|_| "standalone,kubernetes".into());
     let sizes = env_list("PROPAGATION_SIZES", &[100, 1000, 3000])?;
     let samples = env_list("PROPAGATION_SAMPLES", &[50])?[0];
     ensure!(samples > 0, "PROPAGATION_SAMPLES must be positive");
@@ -68,7 +123,14 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!("{}", machine());
-    runtime.block_on(standalone(&sizes, samples, &extra))
+    for mode in modes.split(',').map(str::trim) {
+        match mode {
+            "standalone" => runtime.block_on(standalone(&sizes, samples, &extra))?,
+            "kubernetes" => runtime.block_on(kubernetes(&sizes, samples, &extra))?,
+            other => bail!("unknown mode {other:?} in PROPAGATION_MODES"),
+        }
+    }
+    Ok(())
 }
 
 /// One line naming the machine the figures come from.
@@ -86,15 +148,13 @@ fn machine() -> String {
 // ---------------------------------------------------------------------------
 // Standalone mode.
 
-fn route_file(i: usize, prefix: char, echo: SocketAddr) -> String {
-    let name = format!("r{i}");
+fn http_route(i: usize, prefix: char, ns: &str) -> String {
     format!(
-        "{}---
-apiVersion: gateway.networking.k8s.io/v1
+        "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
-  name: {name}
-  namespace: default
+  name: r{i}
+  namespace: {ns}
 spec:
   parentRefs:
   - name: gw
@@ -104,10 +164,26 @@ spec:
         type: PathPrefix
         value: /{prefix}{i}
     backendRefs:
-    - name: {name}
+    - name: r{i}
       port: 8080
-",
-        support::service_for(&name, "default", echo, None)
+"
+    )
+}
+
+fn backend_service(i: usize, ns: &str) -> String {
+    support::service_for(
+        &format!("r{i}"),
+        ns,
+        SocketAddr::from((BACKEND_IP, BACKEND_PORT)),
+        None,
+    )
+}
+
+fn route_file(i: usize, prefix: char) -> String {
+    format!(
+        "{}---\n{}",
+        backend_service(i, "default"),
+        http_route(i, prefix, "default")
     )
 }
 
@@ -143,7 +219,7 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
     for d in [&config.dir, &config.tmp, &state] {
         std::fs::create_dir_all(d)?;
     }
-    let echo = support::start_echo(root.path(), "echo", None);
+    let backend = start_backend(root.path())?;
     config.write(
         "gateway.yaml",
         &format!(
@@ -163,11 +239,7 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
         .args(["--admin-address", "127.0.0.1:0"])
         .arg("--envoy")
         .arg(&envoy)
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        .args(extra);
     let gatewright = support::spawn_proc(cmd, "gatewright", root.path().join("gatewright.log"));
     let pid = gatewright.pid();
     println!(
@@ -175,6 +247,165 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
         extra.join(" ")
     );
 
+    let writer = Writer::Files { config };
+    let result = measure("standalone", &writer, pid, sizes, samples).await;
+    let envoys = envoys_of(&state);
+    drop(gatewright);
+    kill_leftovers(&envoys);
+    drop(backend);
+    result
+}
+
+/// The Envoys a state dir records.
+fn envoys_of(state_dir: &std::path::Path) -> Vec<u32> {
+    support::envoy_records(state_dir)
+        .into_iter()
+        .filter_map(|(_, r)| u32::try_from(r["pid"].as_u64()?).ok())
+        .collect()
+}
+
+/// Gatewright stops its Envoys on SIGTERM, but one that outlives it (if
+/// it had to be killed) must not outlive the benchmark.
+fn kill_leftovers(envoys: &[u32]) {
+    for &pid in envoys {
+        if support::alive(pid) && support::comm(pid).contains("envoy") {
+            // SAFETY: kill(2) on a pid this benchmark's control plane started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts `gatewright-echo` on [`BACKEND_IP`] and waits until it accepts.
+fn start_backend(dir: &std::path::Path) -> Result<support::Proc> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatewright-echo"));
+    cmd.args([
+        "--listen",
+        &format!("{BACKEND_IP}:{BACKEND_PORT}"),
+        "--name",
+        "echo",
+    ]);
+    let proc = support::spawn_proc(cmd, "gatewright-echo", dir.join("echo.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect((BACKEND_IP, BACKEND_PORT)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "the backend did not listen within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proc)
+}
+
+/// How routes are written: files, or objects through the API server.
+enum Writer {
+    Files {
+        config: ConfigDir,
+    },
+    Kube {
+        kube: kube_support::Kube,
+        ns: String,
+    },
+}
+
+impl Writer {
+    /// Makes routes `range` exist at once (their Services too).
+    async fn fill(&self, range: std::ops::Range<usize>) -> Result<()> {
+        match self {
+            Self::Files { config } => {
+                for i in range {
+                    config.write(&format!("r{i}.yaml"), &route_file(i, 'x'))?;
+                }
+                Ok(())
+            }
+            Self::Kube { kube, ns } => {
+                use futures::StreamExt as _;
+                let docs: Vec<String> = range
+                    .flat_map(|i| [backend_service(i, ns), http_route(i, 'x', ns)])
+                    .collect();
+                let results: Vec<Result<Vec<serde_json::Value>, String>> =
+                    futures::stream::iter(docs.iter().map(|d| kube.apply(d)))
+                        .buffer_unordered(FILL_CONCURRENCY)
+                        .collect()
+                        .await;
+                for r in results {
+                    r.map_err(anyhow::Error::msg)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// What a new route needs before its timed write (its Service).
+    async fn prepare(&self, i: usize) -> Result<()> {
+        match self {
+            Self::Files { .. } => Ok(()),
+            Self::Kube { kube, ns } => kube
+                .apply(&backend_service(i, ns))
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::msg),
+        }
+    }
+
+    /// The timed write: route `i` (new or changed) to `/<prefix><i>`.
+    async fn route(&self, i: usize, prefix: char) -> Result<()> {
+        match self {
+            Self::Files { config } => config.write(&format!("r{i}.yaml"), &route_file(i, prefix)),
+            Self::Kube { kube, ns } => kube
+                .apply(&http_route(i, prefix, ns))
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::msg),
+        }
+    }
+
+    /// The timed deletion of route `i`.
+    async fn remove(&self, i: usize) -> Result<()> {
+        match self {
+            Self::Files { config } => config.remove(&format!("r{i}.yaml")),
+            Self::Kube { kube, ns } => kube
+                .delete(
+                    "gateway.networking.k8s.io/v1",
+                    "HTTPRoute",
+                    Some(ns),
+                    &format!("r{i}"),
+                )
+                .await
+                .map_err(anyhow::Error::msg),
+        }
+    }
+
+    /// Removes what [`Writer::prepare`] made for route `i`, untimed.
+    async fn cleanup(&self, i: usize) -> Result<()> {
+        match self {
+            Self::Files { .. } => Ok(()),
+            Self::Kube { kube, ns } => {
+                let name = format!("r{i}");
+                for (api, kind) in [("v1", "Service"), ("discovery.k8s.io/v1", "EndpointSlice")] {
+                    let object = if kind == "Service" {
+                        name.clone()
+                    } else {
+                        format!("{name}-e2e")
+                    };
+                    kube.delete(api, kind, Some(ns), &object)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Fills up to each size, then adds, changes and deletes `samples` routes
+/// one at a time, printing each phase.
+async fn measure(
+    mode: &str,
+    writer: &Writer,
+    pid: u32,
+    sizes: &[usize],
+    samples: usize,
+) -> Result<()> {
     let client = poll_client()?;
     let base = format!("http://{GATEWAY_IP}:{GATEWAY_PORT}");
     let steady = Steady::new();
@@ -182,25 +413,21 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
     for &size in sizes {
         // Fill up to `size` at once and wait until the last route serves.
         let started = Instant::now();
-        let before = present;
-        for i in present..size {
-            config.write(&format!("r{i}.yaml"), &route_file(i, 'x', echo.addr))?;
-        }
-        present = present.max(size);
-        if present > before {
-            let last = present - 1;
+        if size > present {
+            writer.fill(present..size).await?;
+            present = size;
             wait_status(
                 &client,
                 &base,
-                &format!("/x{last}"),
+                &format!("/x{}", present - 1),
                 200,
-                Duration::from_secs(600),
+                Duration::from_secs(900),
             )
             .await
             .with_context(|| format!("filling up to {size} routes"))?;
         }
         println!(
-            "standalone: {present} routes present (filled in {:.1} s)",
+            "{mode}: {present} routes present (filled in {:.1} s)",
             started.elapsed().as_secs_f64()
         );
         steady.start(client.clone(), base.clone(), present);
@@ -209,19 +436,16 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
         let ids: Vec<usize> = (0..samples).map(|k| 1_000_000 + size * 1000 + k).collect();
         let mut add = Phase::default();
         for &i in &ids {
-            let name = format!("r{i}.yaml");
-            let content = route_file(i, 'x', echo.addr);
+            writer.prepare(i).await?;
             let t = Instant::now();
-            config.write(&name, &content)?;
+            writer.route(i, 'x').await?;
             add.sample(&client, &base, &format!("/x{i}"), 200, t)
                 .await?;
         }
         let mut change = Phase::default();
         for &i in &ids {
-            let name = format!("r{i}.yaml");
-            let content = route_file(i, 'y', echo.addr);
             let t = Instant::now();
-            config.write(&name, &content)?;
+            writer.route(i, 'y').await?;
             change
                 .sample(&client, &base, &format!("/y{i}"), 200, t)
                 .await?;
@@ -229,18 +453,19 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
         let mut delete = Phase::default();
         for &i in &ids {
             let t = Instant::now();
-            config.remove(&format!("r{i}.yaml"))?;
+            writer.remove(i).await?;
             delete
                 .sample(&client, &base, &format!("/y{i}"), 404, t)
                 .await?;
+            writer.cleanup(i).await?;
         }
         let steady_counts = steady.stop().await;
         let usage = usage.since(pid);
         for (op, phase) in [("add", &add), ("change", &change), ("delete", &delete)] {
-            println!("{}", phase.line("standalone", present, op));
+            println!("{}", phase.line(mode, present, op));
         }
         println!(
-            "standalone routes={present} steady: {} requests, {} not 200; gatewright: rss {:.1} MiB \
+            "{mode} routes={present} steady: {} requests, {} not 200; control plane: rss {:.1} MiB \
              (peak {:.1} MiB), cpu {:.2} s over {:.1} s",
             steady_counts.0,
             steady_counts.1,
@@ -250,9 +475,61 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
             usage.wall.as_secs_f64()
         );
     }
-    drop(gatewright);
-    drop(echo);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes mode.
+
+async fn kubernetes(sizes: &[usize], samples: usize, extra: &[String]) -> Result<()> {
+    let cluster = kube_support::Cluster::shared();
+    let kube = cluster.kube().await;
+    kube_support::crds::install(&kube)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let root = tempfile::Builder::new()
+        .prefix("gatewright-propagation-k8s-")
+        .tempdir()?;
+    let backend = start_backend(root.path())?;
+    let ns = "bench".to_owned();
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: bench\n\
+         spec:\n  controllerName: {controller}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  \
+         namespace: {ns}\nspec:\n  gatewayClassName: bench\n  addresses:\n  - type: IPAddress\n    \
+         value: {GATEWAY_IP}\n  listeners:\n  - name: http\n    port: {GATEWAY_PORT}\n    \
+         protocol: HTTP\n",
+        controller = gatewright_translator::DEFAULT_CONTROLLER_NAME
+    ))
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let controller = kube_support::Controller::start(
+        root.path(),
+        kube_support::ControllerSpec {
+            label: "bench".into(),
+            kubeconfig: cluster.kubeconfig.clone(),
+            infrastructure: kube_support::Infra::Host,
+            namespace: ns.clone(),
+            identity: "bench".into(),
+            controller_name: gatewright_translator::DEFAULT_CONTROLLER_NAME.into(),
+            lease_seconds: 15,
+            extra_args: extra.to_vec(),
+        },
+    );
+    let pid = controller.pid();
+    println!(
+        "kubernetes: gatewright controller --infrastructure host {} (pid {pid}), samples {samples} \
+         per phase",
+        extra.join(" ")
+    );
+    let writer = Writer::Kube { kube, ns };
+    let result = measure("kubernetes", &writer, pid, sizes, samples).await;
+    let envoys = envoys_of(&controller.state_dir);
+    drop(controller);
+    kill_leftovers(&envoys);
+    drop(backend);
+    result
 }
 
 // ---------------------------------------------------------------------------
