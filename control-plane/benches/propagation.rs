@@ -406,7 +406,7 @@ async fn measure(
     sizes: &[usize],
     samples: usize,
 ) -> Result<()> {
-    let client = poll_client()?;
+    let client = support::plain_client();
     let base = format!("http://{GATEWAY_IP}:{GATEWAY_PORT}");
     let steady = Steady::new();
     let mut present = 0;
@@ -534,15 +534,6 @@ async fn kubernetes(sizes: &[usize], samples: usize, extra: &[String]) -> Result
 
 // ---------------------------------------------------------------------------
 // Timing.
-
-fn poll_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("building an HTTP client")
-}
 
 /// Polls `path` until it answers `want`; how many other answers came.
 async fn wait_status(
