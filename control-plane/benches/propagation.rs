@@ -34,6 +34,7 @@
 //! needs root): there the backend listens on `10.201.0.1`, an address on
 //! the namespace's loopback interface, and no traffic leaves it.
 //!
+//! `PROPAGATION_KEEP_DIR=1` keeps the benchmark's folders (logs, state).
 //! `PROPAGATION_MODES` picks the modes (default `standalone,kubernetes`).
 //! `PROPAGATION_ARGS` adds flags to `gatewright run` and `gatewright
 //! controller` (e.g. `--debounce-ms 100`). Both log at `warn` (`RUST_LOG`
@@ -133,6 +134,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Whether to keep the benchmark's folder (logs included):
+/// `PROPAGATION_KEEP_DIR=1`.
+fn keep_dir() -> bool {
+    std::env::var_os("PROPAGATION_KEEP_DIR").is_some_and(|v| v == "1")
+}
+
 /// One line naming the machine the figures come from.
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -210,6 +217,7 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
     let envoy = gatewright_testkit::find_envoy().map_err(anyhow::Error::msg)?;
     let root = tempfile::Builder::new()
         .prefix("gatewright-propagation-")
+        .disable_cleanup(keep_dir())
         .tempdir()?;
     let config = ConfigDir {
         dir: root.path().join("config"),
@@ -243,8 +251,9 @@ async fn standalone(sizes: &[usize], samples: usize, extra: &[String]) -> Result
     let gatewright = support::spawn_proc(cmd, "gatewright", root.path().join("gatewright.log"));
     let pid = gatewright.pid();
     println!(
-        "standalone: gatewright run {} (pid {pid}), samples {samples} per phase",
-        extra.join(" ")
+        "standalone: gatewright run {} (pid {pid}, in {}), samples {samples} per phase",
+        extra.join(" "),
+        root.path().display()
     );
 
     let writer = Writer::Files { config };
@@ -489,6 +498,7 @@ async fn kubernetes(sizes: &[usize], samples: usize, extra: &[String]) -> Result
         .map_err(anyhow::Error::msg)?;
     let root = tempfile::Builder::new()
         .prefix("gatewright-propagation-k8s-")
+        .disable_cleanup(keep_dir())
         .tempdir()?;
     let backend = start_backend(root.path())?;
     let ns = "bench".to_owned();

@@ -126,10 +126,13 @@ impl Pipeline {
             self.last_problems = problems;
         }
 
+        let translated = started.elapsed();
         if fresh {
             self.publisher.publish(&output);
         }
+        let published = started.elapsed();
         let mut learned = self.infra.reconcile(&snapshot, &output, leading).await;
+        let reconciled = started.elapsed();
         if leading {
             self.await_acks(&output, &mut learned);
         }
@@ -152,6 +155,7 @@ impl Pipeline {
             .metrics
             .config_problems
             .set(i64::try_from(snapshot.problems.len()).unwrap_or(i64::MAX));
+        let us = |d: std::time::Duration| d.as_micros() as u64;
         tracing::info!(
             gateways = output.gateways.len(),
             problems = snapshot.problems.len(),
@@ -159,6 +163,14 @@ impl Pipeline {
             translated = fresh,
             leading,
             "configuration applied"
+        );
+        // Where a round's time went, cumulatively, for profiling.
+        tracing::debug!(
+            translate_us = us(translated),
+            publish_us = us(published),
+            reconcile_us = us(reconciled),
+            statuses_us = us(started.elapsed()),
+            "round timings"
         );
         self.shared.publish(View {
             applied: true,

@@ -128,8 +128,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut acked = pipeline.acks().waiter();
     loop {
         // Reading files is blocking IO: keep it off the threads serving xDS.
+        let loading = std::time::Instant::now();
         let snapshot =
             tokio::task::block_in_place(|| source.load_changed(&options.controller_name));
+        tracing::debug!(load_us = loading.elapsed().as_micros() as u64, "files read");
         pipeline.apply(snapshot, &mut sink, true).await;
         // Every Gateway is published now: serving xDS can begin.
         open_tx.send_replace(true);
