@@ -51,27 +51,52 @@ pub struct Check {
     pub body: Vec<u8>,
 }
 
+/// The checks a service received. Once stopped it records nothing more:
+/// aborting the server's tasks takes effect only when the runtime gets to
+/// them, and a check a connection task handles in between must not count.
+#[derive(Debug, Default)]
+struct Log {
+    checks: Vec<Check>,
+    stopped: bool,
+}
+
+impl Log {
+    fn record(log: &Mutex<Log>, check: Check) {
+        if let Ok(mut log) = log.lock()
+            && !log.stopped
+        {
+            log.checks.push(check);
+        }
+    }
+}
+
 /// A running authorization service; stopped when dropped.
 pub struct AuthServer {
     pub addr: SocketAddr,
-    checks: Arc<Mutex<Vec<Check>>>,
+    checks: Arc<Mutex<Log>>,
     task: JoinHandle<()>,
 }
 
 impl AuthServer {
     /// Every check received so far, oldest first.
     pub fn checks(&self) -> Vec<Check> {
-        self.checks.lock().map(|c| c.clone()).unwrap_or_default()
+        self.checks
+            .lock()
+            .map(|c| c.checks.clone())
+            .unwrap_or_default()
     }
 
     /// How many checks were received so far.
     pub fn calls(&self) -> usize {
-        self.checks.lock().map(|c| c.len()).unwrap_or(0)
+        self.checks.lock().map(|c| c.checks.len()).unwrap_or(0)
     }
 
     /// Stops the service: its port stops accepting and the connections
     /// Envoy holds to it are closed (the accept loop owns them).
     pub fn stop(&self) {
+        if let Ok(mut log) = self.checks.lock() {
+            log.stopped = true;
+        }
         self.task.abort();
     }
 }
@@ -89,7 +114,7 @@ fn allowed(headers: &BTreeMap<String, String>) -> bool {
 
 /// Serves `handle` on a new loopback port, HTTP/1 and HTTP/2 (prior
 /// knowledge, as Envoy's gRPC client speaks it).
-async fn serve<F, Fut, B>(checks: Arc<Mutex<Vec<Check>>>, handle: F) -> AuthServer
+async fn serve<F, Fut, B>(checks: Arc<Mutex<Log>>, handle: F) -> AuthServer
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
@@ -123,7 +148,7 @@ where
 /// `x-extra: not-forwarded`, which only an empty `allowedResponseHeaders`
 /// lets through) to [`GOOD_TOKEN`], else 403 `denied by http-auth`.
 pub async fn start_http_auth() -> AuthServer {
-    let checks = Arc::new(Mutex::new(Vec::new()));
+    let checks = Arc::new(Mutex::new(Log::default()));
     let seen = Arc::clone(&checks);
     serve(checks, move |req: Request<Incoming>| {
         let seen = Arc::clone(&seen);
@@ -146,14 +171,15 @@ pub async fn start_http_auth() -> AuthServer {
                     .or_insert(value);
             }
             let ok = allowed(&headers);
-            if let Ok(mut s) = seen.lock() {
-                s.push(Check {
+            Log::record(
+                &seen,
+                Check {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_owned(),
                     headers,
                     body,
-                });
-            }
+                },
+            );
             let mut resp = if ok {
                 let mut r = Response::new(Full::new(Bytes::new()));
                 for (k, v) in GRANTED {
@@ -182,7 +208,7 @@ pub async fn start_http_auth() -> AuthServer {
 
 /// The gRPC service's implementation of Envoy's Authorization API.
 struct GrpcAuth {
-    checks: Arc<Mutex<Vec<Check>>>,
+    checks: Arc<Mutex<Log>>,
 }
 
 #[tonic::async_trait]
@@ -209,14 +235,15 @@ impl Authorization for GrpcAuth {
         } else {
             http.raw_body
         };
-        if let Ok(mut s) = self.checks.lock() {
-            s.push(Check {
+        Log::record(
+            &self.checks,
+            Check {
                 method: http.method,
                 path: http.path,
                 headers,
                 body,
-            });
-        }
+            },
+        );
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.to_owned(),
@@ -259,7 +286,7 @@ impl Authorization for GrpcAuth {
 /// Starts the gRPC service (the same policy as the HTTP one; allowed
 /// requests get [`GRANTED`]).
 pub async fn start_grpc_auth() -> AuthServer {
-    let checks = Arc::new(Mutex::new(Vec::new()));
+    let checks = Arc::new(Mutex::new(Log::default()));
     let service = AuthorizationServer::new(GrpcAuth {
         checks: Arc::clone(&checks),
     });
