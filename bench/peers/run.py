@@ -3,20 +3,23 @@
 --to xds` and `gatewright translate` on the same generated YAML, as whole
 processes, alternating runs.
 
-For each size (HTTPRoutes), this writes the input once (generate.py), runs
-each tool once untimed and checks what both produced (Envoy listeners,
-route configurations, virtual hosts, routes, clusters and endpoints; any
-difference fails the run), then runs them alternately RUNS times each and
-prints, per size, the median and min/max wall time, median CPU time, median
-peak RSS (getrusage of the child) and the ratios.
+For each size (HTTPRoutes), this writes the input once (generate.py), then
+runs the two tools alternately, up to --runs times each (at least
+--min-runs; no new run starts once --size-budget seconds went on that size),
+every run timed. After the first run it checks what both produced (Envoy
+listeners, route configurations, virtual hosts, routes, clusters and
+endpoints, virtual host domains, endpoint addresses); any difference fails
+the whole run. It prints, per size, the median and min/max wall time, the
+median CPU time, the median peak RSS (getrusage of the child) and the
+ratios.
 
 Both tools validate every input document against the Gateway API CRD
 schemas and CEL rules before translating: egctl always does; Gatewright
 does by default, and this never passes --skip-schema-validation.
 
 Usage: run.py --egctl PATH --gatewright PATH [--sizes 100,750,5000]
-              [--runs 7] [--workdir DIR] [--timeout SECONDS]
-              [--markdown FILE]
+              [--runs 7] [--min-runs 3] [--size-budget SECONDS]
+              [--workdir DIR] [--timeout SECONDS] [--markdown FILE]
 """
 
 import argparse
@@ -163,7 +166,11 @@ def gatewright_counts(text: str) -> Counts:
     counts.clusters = len(resources.get("clusters") or [])
     for cla in resources.get("endpoints") or []:
         counts.add_load_assignment(cla)
-    unknown = sorted(set(resources) - {"listeners", "routes", "clusters", "endpoints"})
+    unknown = sorted(
+        key
+        for key, value in resources.items()
+        if value and key not in {"listeners", "routes", "clusters", "endpoints"}
+    )
     if unknown:
         counts.extra.append(f"other resources: {', '.join(unknown)}")
     return counts
@@ -228,43 +235,48 @@ def fmt_mib(kib: float) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def table(rows: list[tuple[int, list[Sample], list[Sample]]], runs: int) -> list[str]:
+def table(rows: list[tuple[int, list[Sample], list[Sample]]]) -> list[str]:
     out = [
-        "| HTTPRoutes | tool | wall median (s) | wall min–max (s) | CPU median (s) "
-        "| peak RSS median | wall ratio | RSS ratio |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| HTTPRoutes | tool | runs | wall median (s) | wall min–max (s) | CPU median (s) "
+        "| peak RSS median | wall ratio | CPU ratio | RSS ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size, eg, gw in rows:
         eg_wall = statistics.median(s.wall for s in eg)
         gw_wall = statistics.median(s.wall for s in gw)
+        eg_cpu = statistics.median(s.cpu for s in eg)
+        gw_cpu = statistics.median(s.cpu for s in gw)
         eg_rss = statistics.median(s.max_rss_kib for s in eg)
         gw_rss = statistics.median(s.max_rss_kib for s in gw)
-        for name, samples, ratio, rss_ratio in (
-            ("egctl", eg, "", ""),
+        for name, samples, ratios in (
+            ("egctl", eg, ("", "", "")),
             (
                 "gatewright",
                 gw,
-                f"{eg_wall / gw_wall:.1f}× faster",
-                f"{eg_rss / gw_rss:.1f}× less",
+                (
+                    f"{eg_wall / gw_wall:.1f}× faster",
+                    f"{eg_cpu / gw_cpu:.1f}× less",
+                    f"{eg_rss / gw_rss:.1f}× less",
+                ),
             ),
         ):
             walls = [s.wall for s in samples]
             out.append(
-                f"| {size:,} | {name} | {fmt_s(statistics.median(walls))} "
+                f"| {size:,} | {name} | {len(samples)} | {fmt_s(statistics.median(walls))} "
                 f"| {fmt_s(min(walls))}–{fmt_s(max(walls))} "
                 f"| {fmt_s(statistics.median(s.cpu for s in samples))} "
                 f"| {fmt_mib(statistics.median(s.max_rss_kib for s in samples))} "
-                f"| {ratio} | {rss_ratio} |"
+                f"| {ratios[0]} | {ratios[1]} | {ratios[2]} |"
             )
     out.append("")
     out.append(
-        f"{runs} runs of each tool per size, alternating (egctl first on even runs, "
-        "gatewright first on odd), after one untimed run of each. Wall time: spawn to "
-        "exit, output written to a file. CPU: user + system of the child. Peak RSS: "
-        "the child's ru_maxrss. Ratios: egctl median / gatewright median. Both validate "
-        "every document against the Gateway API CRD schemas and CEL rules (egctl "
-        "always; gatewright by default, run without --skip-schema-validation); "
-        "gatewright also prints the objects' statuses, egctl (--to xds) does not."
+        "Runs alternate (egctl first on odd-numbered runs, gatewright first on even), "
+        "every run timed. Wall: spawn to exit, stdout to a file. CPU: the child's user + "
+        "system time. Peak RSS: the child's ru_maxrss. Ratios: egctl's median / "
+        "gatewright's. Both validate every document against the Gateway API CRD schemas "
+        "and CEL rules (egctl always; gatewright by default, run without "
+        "--skip-schema-validation); gatewright also prints the objects' statuses, egctl "
+        "(--to xds) does not."
     )
     return out
 
@@ -277,13 +289,19 @@ def main() -> int:
     parser.add_argument("--egctl", required=True)
     parser.add_argument("--gatewright", required=True)
     parser.add_argument("--sizes", default="100,750,5000")
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=7, help="runs of each tool per size, at most")
+    parser.add_argument("--min-runs", type=int, default=3,
+                        help="runs of each tool per size, at least, whatever the budget")
+    parser.add_argument("--size-budget", type=float, default=1800.0,
+                        help="seconds per size after which no further run starts (once --min-runs ran)")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
     parser.add_argument("--markdown", default=None, help="also write the report here")
     args = parser.parse_args()
     if not 1 <= args.runs <= MAX_RUNS:
         parser.error(f"--runs must be between 1 and {MAX_RUNS}")
+    if not 1 <= args.min_runs <= args.runs:
+        parser.error("--min-runs must be between 1 and --runs")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s < 1 for s in sizes):
         parser.error("--sizes: positive numbers of HTTPRoutes, comma-separated")
@@ -324,39 +342,62 @@ def main() -> int:
                            "--controller-name", generate.CONTROLLER_NAME],
         }
 
-        # One untimed run each: warms the page cache and gives the output
-        # whose counts are compared.
-        outputs = {}
-        for name, argv in commands.items():
-            out, err = workdir / f"{name}-{size}.out", workdir / f"{name}-{size}.err"
-            code, _ = run_once(argv, out, err, args.timeout)
-            if code != 0:
-                sys.stderr.write(err.read_text(errors="replace")[-4000:])
-                raise SystemExit(f"error: {name} exited {code} at {size} HTTPRoutes: {' '.join(argv)}")
-            outputs[name] = out.read_text(encoding="utf-8")
-        lines = compare(size, egctl_counts(outputs["egctl"]), gatewright_counts(outputs["gatewright"]))
-        print("\n".join(lines), flush=True)
-        report.extend(lines)
-
         samples: dict[str, list[Sample]] = {"egctl": [], "gatewright": []}
+        size_start = time.monotonic()
         for run in range(args.runs):
             order = ["egctl", "gatewright"] if run % 2 == 0 else ["gatewright", "egctl"]
             for name in order:
                 out, err = workdir / f"{name}-{size}.out", workdir / f"{name}-{size}.err"
                 code, sample = run_once(commands[name], out, err, args.timeout)
                 if code != 0:
-                    raise SystemExit(f"error: {name} exited {code} on run {run} at {size} HTTPRoutes")
+                    sys.stderr.write(err.read_text(errors="replace")[-4000:])
+                    raise SystemExit(
+                        f"error: {name} exited {code} on run {run + 1} at {size} HTTPRoutes: "
+                        + " ".join(commands[name])
+                    )
                 samples[name].append(sample)
+            eg, gw = samples["egctl"][-1], samples["gatewright"][-1]
             print(
-                f"  run {run + 1}/{args.runs}: egctl {samples['egctl'][-1].wall:.3f} s, "
-                f"gatewright {samples['gatewright'][-1].wall:.3f} s",
+                f"  run {run + 1}/{args.runs}: egctl {eg.wall:.3f} s wall, {eg.cpu:.2f} s CPU, "
+                f"{fmt_mib(eg.max_rss_kib)}; gatewright {gw.wall:.3f} s wall, {gw.cpu:.2f} s CPU, "
+                f"{fmt_mib(gw.max_rss_kib)} (load {os.getloadavg()[0]:.2f})",
                 flush=True,
             )
+            if run == 0:
+                # The first run's outputs are the ones compared (every run
+                # is timed; the tools are deterministic).
+                lines = compare(
+                    size,
+                    egctl_counts((workdir / f"egctl-{size}.out").read_text(encoding="utf-8")),
+                    gatewright_counts(
+                        (workdir / f"gatewright-{size}.out").read_text(encoding="utf-8")
+                    ),
+                )
+                print("\n".join(lines), flush=True)
+                report.extend(lines)
+            spent = time.monotonic() - size_start
+            if run + 1 >= args.min_runs and run + 1 < args.runs and spent > args.size_budget:
+                print(
+                    f"  stopping after {run + 1} runs: {spent:.0f} s spent at this size "
+                    f"(--size-budget {args.size_budget:.0f} s)",
+                    flush=True,
+                )
+                break
         rows.append((size, samples["egctl"], samples["gatewright"]))
-        print("", flush=True)
         report.append("")
+        # The table so far, after every size: a long run stopped part way
+        # still leaves the sizes it finished.
+        print("\n" + "\n".join(table(rows)[:-2]) + "\n", flush=True)
+        if args.markdown:
+            Path(args.markdown).write_text(
+                "\n".join(report + table(rows)) + "\n", encoding="utf-8"
+            )
 
-    result = table(rows, args.runs)
+    load = os.getloadavg()
+    result = table(rows) + [
+        "",
+        f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+    ]
     print("\n".join(result), flush=True)
     report.extend(result)
     if args.markdown:
