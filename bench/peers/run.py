@@ -305,8 +305,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or any(s < 1 for s in sizes):
         parser.error("--sizes: positive numbers of HTTPRoutes, comma-separated")
-    egctl = str(Path(args.egctl).resolve())
-    gatewright = str(Path(args.gatewright).resolve())
+    egctl = os.path.abspath(args.egctl)
+    gatewright = os.path.abspath(args.gatewright)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-peers-"))
     workdir.mkdir(parents=True, exist_ok=True)
