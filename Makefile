@@ -96,7 +96,7 @@ bench:
 # routes, virtual hosts and clusters, then prints wall time, CPU and peak
 # RSS per size. egctl is built from its Go module into .tools/ unless that
 # version is already there (14 minutes on 2 shared cores). egctl needs
-# about 0.16 CPU-seconds per HTTPRoute here, so the 5,000 size dominates:
+# about 0.17 CPU-seconds per HTTPRoute here, so the 5,000 size dominates:
 # expect an hour; BENCH_PEERS_* below trade runs for time.
 EG_VERSION := v1.9.1
 EGCTL_DIR := .tools/egctl-$(EG_VERSION)
