@@ -126,10 +126,12 @@ bench-peers:
 	  rm -rf "$(EGCTL_DIR)"; mkdir -p "$(EGCTL_DIR)"; \
 	  GOBIN="$(abspath $(EGCTL_DIR))" $(GO) install github.com/envoyproxy/gateway/cmd/egctl@$(EG_VERSION); \
 	fi
+	@$(PYTHON) -c 'import yaml' 2>/dev/null || $(PYTHON) -m pip install --disable-pip-version-check \
+	  --quiet --root-user-action=ignore --target .tools/pylib pyyaml==6.0.3
 	$(CARGO) build --release -p gatewright
 	mkdir -p $(BENCH_PEERS_DIR)
 	cp "$${CARGO_TARGET_DIR:-target}/release/gatewright" $(BENCH_PEERS_DIR)/gatewright
-	$(PYTHON) bench/peers/run.py --egctl "$(EGCTL)" --gatewright $(BENCH_PEERS_DIR)/gatewright \
+	PYTHONPATH=$(abspath .tools/pylib) $(PYTHON) bench/peers/run.py --egctl "$(EGCTL)" --gatewright $(BENCH_PEERS_DIR)/gatewright \
 	  --sizes "$(BENCH_PEERS_SIZES)" --runs "$(BENCH_PEERS_RUNS)" \
 	  --min-runs "$(BENCH_PEERS_MIN_RUNS)" --size-budget "$(BENCH_PEERS_SIZE_BUDGET)" \
 	  --workdir $(BENCH_PEERS_DIR) --markdown $(BENCH_PEERS_DIR)/report.md

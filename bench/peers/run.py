@@ -34,8 +34,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import blockyaml  # noqa: E402
 import generate  # noqa: E402
+import yaml  # noqa: E402  (PyYAML; `make bench-peers` installs it if missing)
+
+
+def load_yaml(text: str):
+    """Parses one YAML document, with libyaml when PyYAML has it (5,000
+    routes print tens of megabytes)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)
 
 MAX_RUNS = 21
 # Envoy Gateway adds one listener of its own to every proxy: the readiness
@@ -115,7 +122,7 @@ class Counts:
 
 
 def egctl_counts(text: str) -> Counts:
-    doc = blockyaml.loads(text)
+    doc = load_yaml(text)
     gateways = (doc or {}).get("xds") or {}
     if len(gateways) != 1:
         raise SystemExit(f"error: egctl printed xDS for {len(gateways)} gateways, expected 1")
@@ -152,7 +159,7 @@ def egctl_counts(text: str) -> Counts:
 
 
 def gatewright_counts(text: str) -> Counts:
-    doc = blockyaml.loads(text)
+    doc = load_yaml(text)
     gateways = (doc or {}).get("gateways") or {}
     if len(gateways) != 1:
         raise SystemExit(
