@@ -386,12 +386,12 @@ pub async fn run(options: ControllerOptions) -> anyhow::Result<()> {
         if !options.debounce.is_zero() {
             loop {
                 tokio::select! {
-                        Some(c) = changed.recv() => {
-                    revision += 1;
-                    pending.add(c);
-                }
-                        _ = tokio::time::sleep(options.debounce) => break,
+                    Some(c) = changed.recv() => {
+                        revision += 1;
+                        pending.add(c);
                     }
+                    _ = tokio::time::sleep(options.debounce) => break,
+                }
             }
         }
         while let Ok(c) = changed.try_recv() {

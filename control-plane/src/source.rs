@@ -494,18 +494,9 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Probl
     }
 }
 
-/// Reads one file into its documents. Any YAML error fails the whole file,
-/// so a half-edited file never replaces its last good content.
-pub fn read_file(file: &Path) -> Result<Vec<Document>, Box<Problem>> {
-    let text = std::fs::read_to_string(file).map_err(|e| Problem {
-        location: file.display().to_string(),
-        object: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    parse_documents(file, &text)
-}
-
-/// Splits `text` at `---` lines and parses each document.
+/// Splits `text` at `---` lines and parses each document. Any YAML error
+/// fails the whole file, so a half-edited file never replaces its last good
+/// content.
 pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Document>, Box<Problem>> {
     let mut docs = Vec::new();
     for (start_line, chunk) in split_documents(text) {
