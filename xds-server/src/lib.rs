@@ -33,6 +33,7 @@ mod auth;
 mod cache;
 mod server;
 mod session;
+mod share;
 mod tls;
 
 pub use auth::{Authorizer, IdentityError, PeerIdentity};

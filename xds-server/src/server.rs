@@ -2,7 +2,7 @@
 //! and cache changes and writing responses.
 
 use crate::auth::{Authorizer, PeerIdentity};
-use crate::cache::Cache;
+use crate::cache::{Cache, Resources};
 use crate::session::{Limits, Mode, Outgoing, Session};
 use crate::tls::ConnectionInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -195,15 +195,15 @@ impl Drop for StreamGuard {
 /// A request of either protocol.
 trait AdsRequest: Send + 'static {
     fn node(&self) -> Option<&Node>;
-    fn apply(&self, session: &mut Session) -> Result<(), Status>;
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status>;
 }
 
 impl AdsRequest for DiscoveryRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
-    fn apply(&self, session: &mut Session) -> Result<(), Status> {
-        session.on_sotw_request(self)
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status> {
+        session.on_sotw_request(self, resources)
     }
 }
 
@@ -211,8 +211,8 @@ impl AdsRequest for DeltaDiscoveryRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
-    fn apply(&self, session: &mut Session) -> Result<(), Status> {
-        session.on_delta_request(self)
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status> {
+        session.on_delta_request(self, resources)
     }
 }
 
@@ -322,7 +322,7 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take()
-            && let Err(status) = req.apply(&mut session)
+            && let Err(status) = req.apply(&mut session, &resources)
         {
             tracing::warn!(group = %session.group(), %status, "closing stream on a bad request");
             let _ = tx.send(Err(status)).await;
