@@ -31,6 +31,7 @@
 
 mod auth;
 mod cache;
+mod grpc;
 mod server;
 mod session;
 mod share;
@@ -38,7 +39,7 @@ mod tls;
 
 pub use auth::{Authorizer, IdentityError, PeerIdentity};
 pub use cache::{Cache, GroupSync, Nack, Resource, Resources, Stats, TypeResources};
-pub use server::{AdsServer, GROUP_METADATA_KEY};
+pub use server::{AdsServer, AdsService, GROUP_METADATA_KEY};
 pub use session::{Limits, type_url};
 pub use tls::{
     ConnectionInfo, ReloadableServerConfig, TlsConnection, TlsIncoming, TlsSetupError,

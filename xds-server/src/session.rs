@@ -2,11 +2,9 @@
 //! nonces, ACKs and NACKs; and the decision of what to send next.
 
 use crate::cache::{Cache, Nack, Resource, Resources, StreamState};
+use crate::grpc::{self, Encoded};
 use crate::share::{Name, NameSet, ResourceSet, Share, View};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -169,12 +167,6 @@ impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
-}
-
-/// Every response the session wants to send after an event.
-pub(crate) enum Outgoing {
-    Sotw(DiscoveryResponse),
-    Delta(DeltaDiscoveryResponse),
 }
 
 /// One ADS stream.
@@ -705,13 +697,13 @@ impl Session {
 
     /// Everything to send now, in push order; afterwards records whether
     /// the Envoy holds the current configuration.
-    pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
+    pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Encoded> {
         let out = self.push_all(resources);
         self.record_holding(resources);
         out
     }
 
-    fn push_all(&mut self, resources: &Resources) -> Vec<Outgoing> {
+    fn push_all(&mut self, resources: &Resources) -> Vec<Encoded> {
         // A type whose content changed (a new shared view) is looked at
         // again, with the types that depend on it.
         for (i, type_url) in ORDER.iter().enumerate() {
@@ -805,7 +797,7 @@ impl Session {
 
     /// A state-of-the-world response for type `i`, and (for clusters) the
     /// names whose version changed in it.
-    fn push_sotw(&mut self, i: usize, desired: ResourceSet) -> Option<(Outgoing, Vec<Name>)> {
+    fn push_sotw(&mut self, i: usize, desired: ResourceSet) -> Option<(Encoded, Vec<Name>)> {
         let version = desired.version();
         let st = &self.types[i];
         let unchanged = st.sent_version.as_deref() == Some(version.as_str());
@@ -824,13 +816,8 @@ impl Session {
         } else {
             Vec::new()
         };
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: desired.iter().map(|(_, r)| r.body.clone()).collect(),
-            type_url: ORDER[i].to_owned(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        // The resource list is the view's, encoded once for the group.
+        let response = grpc::sotw(&version, desired.encoded(), ORDER[i], &nonce);
         // Only the latest response of a type can be acknowledged.
         st.in_flight.clear();
         st.in_flight.push(InFlight {
@@ -846,12 +833,12 @@ impl Session {
             .stats()
             .responses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some((Outgoing::Sotw(response), changed))
+        Some((response, changed))
     }
 
     /// A delta response for type `i` (changed and removed resources only),
     /// and the names whose version changed in it.
-    fn push_delta(&mut self, i: usize, desired: ResourceSet) -> Option<(Outgoing, Vec<Name>)> {
+    fn push_delta(&mut self, i: usize, desired: ResourceSet) -> Option<(Encoded, Vec<Name>)> {
         // A rejected resource that is gone is no longer a concern.
         self.types[i].rejected.retain(|n, _| desired.contains(n));
         let st = &self.types[i];
@@ -891,22 +878,7 @@ impl Session {
             }
         }
         st.held = held;
-        let response = DeltaDiscoveryResponse {
-            system_version_info: desired.version(),
-            resources: updated
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.to_string(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: ORDER[i].to_owned(),
-            removed_resources: removed.iter().map(|n| n.to_string()).collect(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        let response = grpc::delta(&desired.version(), &updated, ORDER[i], &removed, &nonce);
         let changed = updated.iter().map(|r| Arc::clone(&r.name)).collect();
         st.in_flight.push(InFlight {
             nonce: nonce.clone(),
@@ -918,7 +890,7 @@ impl Session {
             .stats()
             .responses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some((Outgoing::Delta(response), changed))
+        Some((response, changed))
     }
 }
 

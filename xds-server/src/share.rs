@@ -16,6 +16,7 @@
 //!   cluster whose endpoints must be sent again).
 
 use crate::cache::{Resource, TypeResources};
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -23,11 +24,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 /// A resource name, shared between the cache, views and streams.
 pub(crate) type Name = Arc<str>;
 
-/// Resources of one type, with their type version worked out on first use.
+/// Resources of one type, with their type version and their encoding as a
+/// state-of-the-world resource list worked out on first use.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct View {
     map: TypeResources,
     version: OnceLock<String>,
+    encoded: OnceLock<Bytes>,
 }
 
 impl PartialEq for View {
@@ -41,6 +44,7 @@ impl View {
         Self {
             map,
             version: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
     }
 
@@ -52,11 +56,20 @@ impl View {
     pub(crate) fn insert(&mut self, name: Name, resource: Arc<Resource>) {
         self.map.insert(name, resource);
         self.version = OnceLock::new();
+        self.encoded = OnceLock::new();
     }
 
     /// The type version of exactly these resources.
     pub(crate) fn version(&self) -> &str {
         self.version.get_or_init(|| type_version(self.map.iter()))
+    }
+
+    /// These resources as a state-of-the-world response's resource list,
+    /// encoded once for every stream that sends them.
+    pub(crate) fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| crate::grpc::any_list(self.map.values().map(|r| &r.body)))
+            .clone()
     }
 }
 
@@ -460,6 +473,16 @@ impl ResourceSet {
                 }
             }
         })
+    }
+
+    /// These resources as a state-of-the-world resource list: the view's
+    /// shared encoding when there is no overlay.
+    pub(crate) fn encoded(&self) -> Bytes {
+        if self.overlay.is_empty() {
+            self.base.encoded()
+        } else {
+            crate::grpc::any_list(self.iter().map(|(_, r)| &r.body))
+        }
     }
 
     /// The type version of these resources.
