@@ -19,6 +19,9 @@
 //!    configuration to the moment all 100 clients hold all four types
 //!    (fresh clients and a fresh group each repeat). An in-process RSS
 //!    figure (server and clients together) is printed as a cross-check.
+//!    Then the same with the clients in a child process, which also gives
+//!    the server's own CPU time for the push (its ACKs included): on two
+//!    cores the clients' decoding is most of the wall time.
 //! 3. **One-endpoint change**: with 100 synced streams, one
 //!    ClusterLoadAssignment's endpoint changes; the time until all 100
 //!    clients have the EDS update, the bytes each client received for it,
@@ -719,16 +722,20 @@ impl Clients {
 // ---------------------------------------------------------------------------
 // The child process holding the clients of the memory measurement.
 
-/// `--clients ADDR GROUP N EXPECTED sotw|delta`: connects N clients,
+/// `--clients ADDR GROUP N EXPECTED sotw|delta|push`: connects N clients,
 /// prints `synced <ms> <rss_before_kib> <rss_after_kib>` once all are
-/// synced, and exits when stdin closes (or after a deadline).
+/// synced, and exits when stdin closes (or after a deadline). With `push`
+/// (state-of-the-world) it first prints `ready` once every client holds the
+/// group's (empty) clusters and listeners, for the parent to set the
+/// configuration.
 fn child_main(args: &[String]) -> Result<()> {
     let [addr, group, n, expected, mode] = args else {
-        bail!("usage: ads --clients ADDR GROUP N EXPECTED sotw|delta");
+        bail!("usage: ads --clients ADDR GROUP N EXPECTED sotw|delta|push");
     };
-    let delta = match mode.as_str() {
-        "sotw" => false,
-        "delta" => true,
+    let (delta, push) = match mode.as_str() {
+        "sotw" => (false, false),
+        "delta" => (true, false),
+        "push" => (false, true),
         other => bail!("unknown protocol {other:?}"),
     };
     let addr: SocketAddr = addr.parse()?;
@@ -742,6 +749,13 @@ fn child_main(args: &[String]) -> Result<()> {
         let before = rss_kib();
         let start = Instant::now();
         let mut clients = Clients::spawn(addr, group, n, expected, delta);
+        if push {
+            clients.until_each_has(&[CDS, LDS]).await?;
+            quiesce().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ready")?;
+            out.flush()?;
+        }
         let (last, _) = clients.until_synced().await?;
         quiesce().await;
         clients.drain(SETTLE).await;
@@ -776,14 +790,14 @@ struct ChildReport {
     rss_after: u64,
 }
 
-/// Runs `n` clients in a child process until they are all synced; returns
-/// the child (still connected) and what it reported.
-async fn spawn_child(
+/// Starts the client process in `mode` (see [`child_main`]); returns it and
+/// its lines as they come.
+fn start_child(
     addr: SocketAddr,
     group: &str,
     n: usize,
-    delta: bool,
-) -> Result<(std::process::Child, ChildReport)> {
+    mode: &str,
+) -> Result<(std::process::Child, mpsc::UnboundedReceiver<String>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "--clients",
@@ -791,14 +805,14 @@ async fn spawn_child(
             group,
             &n.to_string(),
             &SIZE.to_string(),
-            if delta { "delta" } else { "sotw" },
+            mode,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -807,14 +821,36 @@ async fn spawn_child(
             }
         }
     });
-    let line = match tokio::time::timeout(WAIT, rx.recv()).await {
-        Ok(Some(line)) => line,
+    Ok((child, rx))
+}
+
+/// The child's next line, starting with `word`; kills the child if none
+/// comes within [`WAIT`].
+async fn child_line(
+    child: &mut std::process::Child,
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    word: &str,
+) -> Result<String> {
+    match tokio::time::timeout(WAIT, lines.recv()).await {
+        Ok(Some(line)) if line.split_whitespace().next() == Some(word) => Ok(line),
         other => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the client process did not report ({other:?})");
+            bail!("the client process did not report {word:?} ({other:?})");
         }
-    };
+    }
+}
+
+/// Runs `n` clients in a child process until they are all synced; returns
+/// the child (still connected) and what it reported.
+async fn spawn_child(
+    addr: SocketAddr,
+    group: &str,
+    n: usize,
+    delta: bool,
+) -> Result<(std::process::Child, ChildReport)> {
+    let (mut child, mut lines) = start_child(addr, group, n, if delta { "delta" } else { "sotw" })?;
+    let line = child_line(&mut child, &mut lines, "synced").await?;
     let f: Vec<&str> = line.split_whitespace().collect();
     let report = match f.as_slice() {
         ["synced", ms, before, after] => ChildReport {
@@ -997,6 +1033,51 @@ async fn push(
     Ok(())
 }
 
+/// The push again with the clients in a child process, so this process is
+/// the server alone: its CPU time for the push, beside the wall time.
+async fn push_from_child(cache: &Cache, addr: SocketAddr, config: &Resources) -> Result<()> {
+    let mut times = Vec::new();
+    let mut cpu = Vec::new();
+    for rep in 0..PUSH_REPEATS {
+        let group = format!("push-child-{rep}");
+        let (mut child, mut lines) = start_child(addr, &group, STREAMS, "push")?;
+        child_line(&mut child, &mut lines, "ready").await?;
+        let resources = config.clone();
+        quiesce().await;
+        let ticks = cpu_ticks();
+        let t0 = Instant::now();
+        ensure!(cache.set(&group, resources), "set changed nothing");
+        child_line(&mut child, &mut lines, "synced").await?;
+        times.push(ms(t0.elapsed()));
+        // The last ACKs are the server's work too.
+        quiesce().await;
+        // /proc reports CPU time in USER_HZ ticks, 100 per second on Linux.
+        cpu.push((cpu_ticks() - ticks) as f64 * 10.0);
+        stop_child(child);
+        wait_streams(cache, 0).await?;
+        cache.clear(&group);
+    }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "push {SIZE} routes+clusters to {STREAMS} streams, clients in a child process: median {:.0} ms, max {:.0} ms  ({})",
+        median(&times),
+        max(&times),
+        list(&times)
+    );
+    println!(
+        "  server CPU time for the push (its ACKs included): median {:.0} ms, max {:.0} ms  ({})",
+        median(&cpu),
+        max(&cpu),
+        list(&cpu)
+    );
+    Ok(())
+}
+
 /// What one change under 100 synced streams alters.
 #[derive(Clone, Copy, PartialEq)]
 enum Change {
@@ -1152,6 +1233,7 @@ fn main() -> Result<()> {
         memory(&cache, addr, &config, false).await?;
         memory(&cache, addr, &config, true).await?;
         push(&cache, addr, &config, sizes).await?;
+        push_from_child(&cache, addr, &config).await?;
         for what in [Change::Endpoint, Change::Cluster] {
             change(&cache, addr, &config, false, what).await?;
             change(&cache, addr, &config, true, what).await?;

@@ -214,6 +214,9 @@ fn unknown_type(type_url: &str) -> Status {
 /// without building a set: a state-of-the-world Envoy repeats its whole
 /// subscription in every ACK.
 fn same_names(requested: &[String], held: &NameSet) -> bool {
+    if held.is_request(requested) {
+        return true;
+    }
     let mut count = 0;
     for n in requested.iter().filter(|n| *n != "*") {
         if !held.contains(n) {
@@ -390,14 +393,21 @@ impl Session {
                 && wildcard_by_default(type_url)
                 && (!st.requested || st.wildcard));
         if names_changed {
-            let all = resources.shared_type(type_url);
-            let names = req
-                .resource_names
-                .iter()
-                .filter(|n| *n != "*")
-                .map(|n| shared_name(all, n))
-                .collect();
-            self.types[i].names = self.share.intern(NameSet::new(names));
+            // Another stream of the group has usually asked for the same.
+            let names = self
+                .share
+                .find_requested(&req.resource_names)
+                .unwrap_or_else(|| {
+                    let all = resources.shared_type(type_url);
+                    let order = req
+                        .resource_names
+                        .iter()
+                        .filter(|n| *n != "*")
+                        .map(|n| shared_name(all, n))
+                        .collect();
+                    self.share.intern(NameSet::requested(order))
+                });
+            self.types[i].names = names;
         }
         let st = &mut self.types[i];
         if !st.requested || wildcard != st.wildcard || names_changed {

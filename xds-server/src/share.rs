@@ -89,29 +89,89 @@ pub(crate) fn type_version<'a>(
 }
 
 /// Resource names a stream subscribes to, for one type.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct NameSet(BTreeSet<Name>);
+#[derive(Debug, Default)]
+pub(crate) struct NameSet {
+    names: BTreeSet<Name>,
+    /// The names in the order of the state-of-the-world request that
+    /// asked for them first, if one did. Such a client repeats its whole
+    /// subscription in every ACK, usually in the same order: comparing in
+    /// order is a pass over the bytes rather than a tree lookup per name.
+    order: Vec<Name>,
+}
+
+impl PartialEq for NameSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+/// A hash of requested names in their order (`*` aside), to find the name
+/// set that a state-of-the-world request repeats without building it.
+fn order_hash(requested: &[String]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for n in requested.iter().filter(|n| *n != "*") {
+        n.as_str().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// [`order_hash`] of names already shared.
+fn order_hash_of(order: &[Name]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for n in order {
+        (**n).hash(&mut h);
+    }
+    h.finish()
+}
 
 impl NameSet {
     pub(crate) fn new(names: BTreeSet<Name>) -> Self {
-        Self(names)
+        Self {
+            names,
+            order: Vec::new(),
+        }
+    }
+
+    /// The names of a state-of-the-world request, in its order.
+    pub(crate) fn requested(order: Vec<Name>) -> Self {
+        Self {
+            names: order.iter().cloned().collect(),
+            order,
+        }
     }
 
     pub(crate) fn names(&self) -> &BTreeSet<Name> {
-        &self.0
+        &self.names
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
+        self.names.contains(name)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.names.len()
+    }
+
+    /// Whether `requested` (`*` aside) lists exactly [`NameSet::requested`]'s
+    /// order; `false` says nothing.
+    pub(crate) fn is_request(&self, requested: &[String]) -> bool {
+        !self.order.is_empty()
+            && requested
+                .iter()
+                .filter(|n| *n != "*")
+                .map(Some)
+                .chain(std::iter::once(None))
+                .zip(self.order.iter().map(Some).chain(std::iter::once(None)))
+                .all(|(r, o)| match (r, o) {
+                    (Some(r), Some(o)) => r.as_str() == &**o,
+                    (None, None) => true,
+                    _ => false,
+                })
     }
 
     fn hash_value(&self) -> u64 {
         let mut h = std::hash::DefaultHasher::new();
-        self.0.hash(&mut h);
+        self.names.hash(&mut h);
         h.finish()
     }
 }
@@ -202,6 +262,8 @@ impl WarmKey {
 struct Memo {
     /// Interned name sets by the hash of their names.
     names: HashMap<u64, Vec<Weak<NameSet>>>,
+    /// The same sets by [`order_hash`] of the request that asked first.
+    orders: HashMap<u64, Vec<Weak<NameSet>>>,
     interned_since_sweep: usize,
     /// (all of a type, names) → the view those names select.
     selected: Vec<(Arc<View>, Arc<NameSet>, Arc<View>)>,
@@ -272,10 +334,13 @@ impl Share {
         memo.interned_since_sweep += 1;
         if memo.interned_since_sweep > MEMO + memo.names.len() {
             memo.interned_since_sweep = 0;
-            memo.names.retain(|_, sets| {
-                sets.retain(|s| s.strong_count() > 0);
-                !sets.is_empty()
-            });
+            let memo = &mut *memo;
+            for index in [&mut memo.names, &mut memo.orders] {
+                index.retain(|_, sets| {
+                    sets.retain(|s| s.strong_count() > 0);
+                    !sets.is_empty()
+                });
+            }
         }
         let bucket = memo.names.entry(hash).or_default();
         bucket.retain(|s| s.strong_count() > 0);
@@ -288,7 +353,24 @@ impl Share {
         }
         let names = Arc::new(names);
         bucket.push(Arc::downgrade(&names));
+        if !names.order.is_empty() {
+            let order = memo.orders.entry(order_hash_of(&names.order)).or_default();
+            order.retain(|s| s.strong_count() > 0);
+            order.push(Arc::downgrade(&names));
+        }
         names
+    }
+
+    /// The interned set a state-of-the-world request lists in the order of
+    /// the request that asked for it first, if there is one.
+    pub(crate) fn find_requested(&self, requested: &[String]) -> Option<Arc<NameSet>> {
+        let hash = order_hash(requested);
+        let memo = self.memo();
+        memo.orders
+            .get(&hash)?
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.is_request(requested))
     }
 
     /// The resources of `all` that `names` selects.
@@ -306,7 +388,7 @@ impl Share {
         }
         let map: TypeResources = if names.len() < all.map.len() {
             names
-                .0
+                .names
                 .iter()
                 .filter_map(|n| all.map.get_key_value(n))
                 .map(|(n, r)| (Arc::clone(n), Arc::clone(r)))
@@ -384,6 +466,29 @@ impl Share {
         prune(&mut memo.warm, |(k, _)| k.orphaned());
         memo.warm.push((key, warm));
         warm
+    }
+}
+
+/// Two sorted lists of distinct names as one sorted list.
+fn merge_sorted(a: Vec<Name>, b: Vec<Name>) -> Vec<Name> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut a = a.into_iter().peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => return out,
+        };
+        out.extend(next);
     }
 }
 
@@ -498,16 +603,14 @@ impl ResourceSet {
     /// at another version; in name order. Costs what differs, plus a
     /// once-per-group comparison of the two views.
     pub(crate) fn differing(&self, other: &ResourceSet, share: &Share) -> Vec<Name> {
-        let mut names: Vec<Name> = Vec::new();
-        if !Arc::ptr_eq(&self.base, &other.base) {
-            let d = share.diff(&self.base, &other.base);
-            names.reserve(d.changed.len() + d.removed.len());
-            names.extend(d.changed.iter().cloned());
-            names.extend(d.removed.iter().cloned());
+        let d = share.diff(&self.base, &other.base);
+        if self.overlay.is_empty() && other.overlay.is_empty() {
+            // The views' difference is exact: only put it in name order.
+            return merge_sorted(d.changed.clone(), d.removed.clone());
         }
-        if names.is_empty() && self.overlay.is_empty() && other.overlay.is_empty() {
-            return names;
-        }
+        let mut names: Vec<Name> = Vec::with_capacity(d.changed.len() + d.removed.len());
+        names.extend(d.changed.iter().cloned());
+        names.extend(d.removed.iter().cloned());
         names.extend(self.overlay.keys().cloned());
         names.extend(other.overlay.keys().cloned());
         names.sort_unstable();
@@ -630,5 +733,30 @@ mod tests {
         ));
         assert!(Arc::ptr_eq(&share.select(&all, &both), &all));
         assert!(share.select(&all, &one("z")).map().is_empty());
+    }
+
+    #[test]
+    fn a_repeated_request_finds_its_set() {
+        let share = Share::default();
+        let request = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let first = request(&["b", "a"]);
+        assert!(share.find_requested(&first).is_none());
+        let set = share.intern(NameSet::requested(
+            first.iter().map(|n| Arc::from(n.as_str())).collect(),
+        ));
+        assert!(set.is_request(&first));
+        assert!(Arc::ptr_eq(&share.find_requested(&first).unwrap(), &set));
+        // Same names in another order, or fewer, or more: not this request.
+        for other in [
+            request(&["a", "b"]),
+            request(&["b"]),
+            request(&["b", "a", "c"]),
+        ] {
+            assert!(!set.is_request(&other));
+            assert!(share.find_requested(&other).is_none());
+        }
+        // The same set asked for in another order is still the same set.
+        let again = share.intern(NameSet::requested(vec![Arc::from("a"), Arc::from("b")]));
+        assert!(Arc::ptr_eq(&again, &set));
     }
 }
