@@ -1143,7 +1143,7 @@ async fn change(
         ensure!(cache.set(&group, resources), "set changed nothing");
         let deadline = Instant::now() + WAIT;
         let mut bytes = vec![0usize; STREAMS];
-        let mut got = vec![0u8; STREAMS];
+        let mut got = [0u8; STREAMS];
         let mut left = STREAMS;
         let mut last = t0;
         while left > 0 {

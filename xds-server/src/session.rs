@@ -818,11 +818,7 @@ impl Session {
         let nonce = self.next_nonce();
         let st = &mut self.types[i];
         let changed: Vec<Name> = if ORDER[i] == CLUSTER {
-            st.held
-                .differing(&desired, &self.share)
-                .into_iter()
-                .filter(|n| desired.contains(n))
-                .collect()
+            st.held.changed_in(&desired, &self.share)
         } else {
             Vec::new()
         };

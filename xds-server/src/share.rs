@@ -623,6 +623,18 @@ impl ResourceSet {
         names
     }
 
+    /// The names `other` has and this set lacks or has at another version,
+    /// in name order.
+    pub(crate) fn changed_in(&self, other: &ResourceSet, share: &Share) -> Vec<Name> {
+        if self.overlay.is_empty() && other.overlay.is_empty() {
+            // Exact already: no lookup per name.
+            return share.diff(&self.base, &other.base).changed.clone();
+        }
+        let mut names = self.differing(other, share);
+        names.retain(|n| other.contains(n));
+        names
+    }
+
     /// Whether `other` holds the same names at the same versions.
     pub(crate) fn same(&self, other: &ResourceSet, share: &Share) -> bool {
         (self.overlay.is_empty()
@@ -687,6 +699,14 @@ mod tests {
         assert_eq!(set.version(), type_version(set.iter()));
         let other = ResourceSet::of(view(&[("a", "1"), ("b", "2"), ("d", "1")]));
         assert!(set.same(&other, &share));
+        let plain = ResourceSet::of(Arc::clone(&v));
+        let changed: Vec<String> = plain
+            .changed_in(&other, &share)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(changed, ["b", "d"]);
+        assert!(set.changed_in(&other, &share).is_empty());
         assert_eq!(set.version(), other.version());
         let rebased = set.rebased(other.base(), &share);
         assert!(rebased.is_plain());
