@@ -4,23 +4,32 @@
 //! Clusters, 5,000 ClusterLoadAssignments (two endpoints each), one Listener
 //! whose HttpConnectionManager takes its routes from RDS over ADS, and one
 //! RouteConfiguration with 5,000 routes in one virtual host. Clients speak
-//! state-of-the-world ADS the way Envoy does: CDS and LDS wildcard first,
-//! then EDS for the cluster names CDS returned and RDS for the route
-//! configuration the listener names; every response is ACKed.
+//! ADS the way Envoy does: CDS and LDS wildcard first, then EDS for the
+//! cluster names CDS returned and RDS for the route configuration the
+//! listener names; every response is ACKed. State-of-the-world clients
+//! repeat their subscription in every request; delta clients subscribe and
+//! unsubscribe by difference.
 //!
-//! 1. **Push**: 100 connected streams of one group hold an empty
-//!    configuration; the time from `Cache::set` of the full configuration to
-//!    the moment all 100 clients hold all four types (fresh clients and a
-//!    fresh group each repeat).
-//! 2. **Memory per stream**: the server's RSS before and after 100 synced
-//!    streams, with the clients in a child process (this binary re-executed
-//!    with `--clients`), so the figure is the server's alone. An in-process
+//! 1. **Memory per stream**, state-of-the-world and delta: the server's RSS
+//!    before and after 100 synced streams of one group, with the clients in
+//!    a child process (this binary re-executed with `--clients`), so the
+//!    figure is the server's alone.
+//! 2. **Push**: 100 connected state-of-the-world streams of one group hold
+//!    an empty configuration; the time from `Cache::set` of the full
+//!    configuration to the moment all 100 clients hold all four types
+//!    (fresh clients and a fresh group each repeat). An in-process RSS
 //!    figure (server and clients together) is printed as a cross-check.
+//!    Then the same with the clients in a child process, which also gives
+//!    the server's own CPU time for the push (its ACKs included): on two
+//!    cores the clients' decoding is most of the wall time.
 //! 3. **One-endpoint change**: with 100 synced streams, one
 //!    ClusterLoadAssignment's endpoint changes; the time until all 100
 //!    clients have the EDS update, the bytes each client received for it,
-//!    and a check that nothing but EDS was sent. For comparison the same
-//!    change is also measured over 100 delta (incremental) streams.
+//!    and a check that nothing but EDS was sent; over state-of-the-world
+//!    and over delta streams.
+//! 4. **One-cluster change**: the same for one Cluster's connect timeout,
+//!    which sends that cluster and (as a changed cluster warms anew) its
+//!    endpoints again: a CDS and an EDS response per client, nothing else.
 //!
 //! Before each timed step the bench waits until the process is idle, so a
 //! measurement does not include the server still handling the ACKs of the
@@ -115,7 +124,8 @@ fn cluster_name(i: usize) -> String {
     format!("httproute-default-app-{i:04}-rule-0-backend-8080")
 }
 
-fn cluster(i: usize) -> Cluster {
+/// `generation` moves the connect timeout.
+fn cluster(i: usize, generation: u32) -> Cluster {
     Cluster {
         name: cluster_name(i),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -126,7 +136,7 @@ fn cluster(i: usize) -> Cluster {
             service_name: String::new(),
         }),
         connect_timeout: Some(PbDuration {
-            seconds: 10,
+            seconds: 10 + i64::from(generation),
             nanos: 0,
         }),
         ..Default::default()
@@ -216,7 +226,7 @@ fn configuration(n: usize) -> (Resources, [usize; 4]) {
     let mut r = Resources::new();
     let mut sizes = [0; 4];
     for i in 0..n {
-        let c = cluster(i);
+        let c = cluster(i, 0);
         sizes[0] += c.encoded_len();
         r.add(cluster_name(i), &c);
         let e = load_assignment(i, 0);
@@ -712,12 +722,21 @@ impl Clients {
 // ---------------------------------------------------------------------------
 // The child process holding the clients of the memory measurement.
 
-/// `--clients ADDR GROUP N EXPECTED`: connects N clients, prints
-/// `synced <ms> <rss_before_kib> <rss_after_kib>` once all are synced, and
-/// exits when stdin closes (or after a deadline).
+/// `--clients ADDR GROUP N EXPECTED sotw|delta|push`: connects N clients,
+/// prints `synced <ms> <rss_before_kib> <rss_after_kib>` once all are
+/// synced, and exits when stdin closes (or after a deadline). With `push`
+/// (state-of-the-world) it first prints `ready` once every client holds the
+/// group's (empty) clusters and listeners, for the parent to set the
+/// configuration.
 fn child_main(args: &[String]) -> Result<()> {
-    let [addr, group, n, expected] = args else {
-        bail!("usage: ads --clients ADDR GROUP N EXPECTED");
+    let [addr, group, n, expected, mode] = args else {
+        bail!("usage: ads --clients ADDR GROUP N EXPECTED sotw|delta|push");
+    };
+    let (delta, push) = match mode.as_str() {
+        "sotw" => (false, false),
+        "delta" => (true, false),
+        "push" => (false, true),
+        other => bail!("unknown protocol {other:?}"),
     };
     let addr: SocketAddr = addr.parse()?;
     let n: usize = n.parse()?;
@@ -729,7 +748,14 @@ fn child_main(args: &[String]) -> Result<()> {
         trim_heap();
         let before = rss_kib();
         let start = Instant::now();
-        let mut clients = Clients::spawn(addr, group, n, expected, false);
+        let mut clients = Clients::spawn(addr, group, n, expected, delta);
+        if push {
+            clients.until_each_has(&[CDS, LDS]).await?;
+            quiesce().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ready")?;
+            out.flush()?;
+        }
         let (last, _) = clients.until_synced().await?;
         quiesce().await;
         clients.drain(SETTLE).await;
@@ -764,13 +790,14 @@ struct ChildReport {
     rss_after: u64,
 }
 
-/// Runs `n` clients in a child process until they are all synced; returns
-/// the child (still connected) and what it reported.
-async fn spawn_child(
+/// Starts the client process in `mode` (see [`child_main`]); returns it and
+/// its lines as they come.
+fn start_child(
     addr: SocketAddr,
     group: &str,
     n: usize,
-) -> Result<(std::process::Child, ChildReport)> {
+    mode: &str,
+) -> Result<(std::process::Child, mpsc::UnboundedReceiver<String>)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "--clients",
@@ -778,13 +805,14 @@ async fn spawn_child(
             group,
             &n.to_string(),
             &SIZE.to_string(),
+            mode,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -793,14 +821,36 @@ async fn spawn_child(
             }
         }
     });
-    let line = match tokio::time::timeout(WAIT, rx.recv()).await {
-        Ok(Some(line)) => line,
+    Ok((child, rx))
+}
+
+/// The child's next line, starting with `word`; kills the child if none
+/// comes within [`WAIT`].
+async fn child_line(
+    child: &mut std::process::Child,
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    word: &str,
+) -> Result<String> {
+    match tokio::time::timeout(WAIT, lines.recv()).await {
+        Ok(Some(line)) if line.split_whitespace().next() == Some(word) => Ok(line),
         other => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("the client process did not report ({other:?})");
+            bail!("the client process did not report {word:?} ({other:?})");
         }
-    };
+    }
+}
+
+/// Runs `n` clients in a child process until they are all synced; returns
+/// the child (still connected) and what it reported.
+async fn spawn_child(
+    addr: SocketAddr,
+    group: &str,
+    n: usize,
+    delta: bool,
+) -> Result<(std::process::Child, ChildReport)> {
+    let (mut child, mut lines) = start_child(addr, group, n, if delta { "delta" } else { "sotw" })?;
+    let line = child_line(&mut child, &mut lines, "synced").await?;
     let f: Vec<&str> = line.split_whitespace().collect();
     let report = match f.as_slice() {
         ["synced", ms, before, after] => ChildReport {
@@ -862,12 +912,16 @@ fn machine() -> String {
 }
 
 /// Memory: the clients in a child process, so the server's RSS is its own.
-async fn memory(cache: &Cache, addr: SocketAddr, config: &Resources) -> Result<()> {
-    let group = "memory";
+async fn memory(cache: &Cache, addr: SocketAddr, config: &Resources, delta: bool) -> Result<()> {
+    let (group, protocol) = if delta {
+        ("memory-delta", "delta")
+    } else {
+        ("memory-sotw", "state-of-the-world")
+    };
     cache.set(group, config.clone());
     // Warm up: one stream, so one-time costs (lazily built server state,
     // first allocations of the runtime's threads) are not counted per stream.
-    let (child, _) = spawn_child(addr, group, 1).await?;
+    let (child, _) = spawn_child(addr, group, 1, delta).await?;
     stop_child(child);
     wait_streams(cache, 0).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -875,7 +929,7 @@ async fn memory(cache: &Cache, addr: SocketAddr, config: &Resources) -> Result<(
     trim_heap();
     let before = rss_kib();
 
-    let (child, report) = spawn_child(addr, group, STREAMS).await?;
+    let (child, report) = spawn_child(addr, group, STREAMS, delta).await?;
     let streams = cache.stats().streams.load(Ordering::Relaxed);
     // Let the last ACKs be handled and the send buffers drain.
     quiesce().await;
@@ -893,11 +947,11 @@ async fn memory(cache: &Cache, addr: SocketAddr, config: &Resources) -> Result<(
 
     let per = |b: u64, a: u64| (a as f64 - b as f64) / STREAMS as f64;
     println!(
-        "initial sync of {STREAMS} new streams (config already set, clients in a child process): {:.0} ms",
+        "initial sync of {STREAMS} new {protocol} streams (config already set, clients in a child process): {:.0} ms",
         report.sync_ms
     );
     println!(
-        "server memory per synced stream: {:.0} KiB  (server RSS {before} -> {after} KiB with {STREAMS} streams, \
+        "server memory per synced {protocol} stream: {:.0} KiB  (server RSS {before} -> {after} KiB with {STREAMS} streams, \
          clients in a child process, RSS after malloc_trim(0); without trimming {raw_before} -> {raw_after} KiB = {:.0} KiB/stream; \
          server peak RSS so far {peak} KiB)",
         per(before, after),
@@ -979,70 +1033,141 @@ async fn push(
     Ok(())
 }
 
-/// One ClusterLoadAssignment changes under 100 synced streams.
-async fn endpoint_change(
+/// The push again with the clients in a child process, so this process is
+/// the server alone: its CPU time for the push, beside the wall time.
+async fn push_from_child(cache: &Cache, addr: SocketAddr, config: &Resources) -> Result<()> {
+    let mut times = Vec::new();
+    let mut cpu = Vec::new();
+    for rep in 0..PUSH_REPEATS {
+        let group = format!("push-child-{rep}");
+        let (mut child, mut lines) = start_child(addr, &group, STREAMS, "push")?;
+        child_line(&mut child, &mut lines, "ready").await?;
+        let resources = config.clone();
+        quiesce().await;
+        let ticks = cpu_ticks();
+        let t0 = Instant::now();
+        ensure!(cache.set(&group, resources), "set changed nothing");
+        child_line(&mut child, &mut lines, "synced").await?;
+        times.push(ms(t0.elapsed()));
+        // The last ACKs are the server's work too.
+        quiesce().await;
+        // /proc reports CPU time in USER_HZ ticks, 100 per second on Linux.
+        cpu.push((cpu_ticks() - ticks) as f64 * 10.0);
+        stop_child(child);
+        wait_streams(cache, 0).await?;
+        cache.clear(&group);
+    }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "push {SIZE} routes+clusters to {STREAMS} streams, clients in a child process: median {:.0} ms, max {:.0} ms  ({})",
+        median(&times),
+        max(&times),
+        list(&times)
+    );
+    println!(
+        "  server CPU time for the push (its ACKs included): median {:.0} ms, max {:.0} ms  ({})",
+        median(&cpu),
+        max(&cpu),
+        list(&cpu)
+    );
+    Ok(())
+}
+
+/// What one change under 100 synced streams alters.
+#[derive(Clone, Copy, PartialEq)]
+enum Change {
+    /// One ClusterLoadAssignment's second endpoint.
+    Endpoint,
+    /// One Cluster's connect timeout: its endpoints must be sent again too,
+    /// as a changed cluster warms anew.
+    Cluster,
+}
+
+/// One resource changes under 100 synced streams: the time until every
+/// client has the update (an EDS response; for a cluster, a CDS and an EDS
+/// response), the bytes each received, and whether anything else was sent.
+async fn change(
     cache: &Cache,
     addr: SocketAddr,
     config: &Resources,
     delta: bool,
+    what: Change,
 ) -> Result<()> {
-    let (group, protocol) = if delta {
-        ("eds-delta", "delta")
-    } else {
-        ("eds-sotw", "state-of-the-world")
+    let protocol = if delta { "delta" } else { "state-of-the-world" };
+    let (noun, kinds): (&str, &[usize]) = match what {
+        Change::Endpoint => ("one-endpoint", &[EDS]),
+        Change::Cluster => ("one-cluster", &[CDS, EDS]),
     };
-    // Each changed EDS response carries every ClusterLoadAssignment
+    let group = format!("{noun}-{protocol}");
+    // Each changed response carries every resource of its type
     // (state-of-the-world) or the changed one alone (delta).
     let per_response = if delta { 1 } else { SIZE };
-    cache.set(group, config.clone());
-    let mut clients = Clients::spawn(addr, group, STREAMS, SIZE, delta);
+    cache.set(&group, config.clone());
+    let mut clients = Clients::spawn(addr, &group, STREAMS, SIZE, delta);
     clients.until_synced().await?;
     clients.drain(SETTLE).await;
     let repeats = if delta { DELTA_REPEATS } else { EDS_REPEATS };
 
+    let want: u8 = kinds.iter().map(|k| 1 << k).sum();
     let mut times = Vec::new();
     let mut bytes_per_client = BTreeSet::new();
     let mut server_responses = BTreeSet::new();
     let mut stray = 0;
-    let mut changed_cla = 0;
+    let mut changed_bytes = 0;
     let mut current = config.clone();
     for rep in 0..repeats {
         let i = (rep * 241) % SIZE;
-        let cla = load_assignment(i, rep as u32 + 1);
-        changed_cla = cla.encoded_len();
-        // Exactly one ClusterLoadAssignment differs from what is set.
-        current.add(cluster_name(i), &cla);
+        let generation = rep as u32 + 1;
+        // Exactly one resource differs from what is set.
+        match what {
+            Change::Endpoint => {
+                let cla = load_assignment(i, generation);
+                changed_bytes = cla.encoded_len();
+                current.add(cluster_name(i), &cla);
+            }
+            Change::Cluster => {
+                let c = cluster(i, generation);
+                changed_bytes = c.encoded_len();
+                current.add(cluster_name(i), &c);
+            }
+        }
         let resources = current.clone();
         quiesce().await;
         let sent_before = cache.stats().responses.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        ensure!(cache.set(group, resources), "set changed nothing");
+        ensure!(cache.set(&group, resources), "set changed nothing");
         let deadline = Instant::now() + WAIT;
         let mut bytes = vec![0usize; STREAMS];
-        let mut got = [false; STREAMS];
+        let mut got = [0u8; STREAMS];
         let mut left = STREAMS;
         let mut last = t0;
         while left > 0 {
             let e = clients.next(deadline).await?;
-            if e.kind != EDS {
+            if want & (1 << e.kind) == 0 {
                 stray += 1;
                 continue;
             }
             ensure!(
                 e.resources == per_response,
-                "EDS update with {} resources",
+                "update with {} resources",
                 e.resources
             );
             bytes[e.client] += e.bytes;
-            if !got[e.client] {
-                got[e.client] = true;
+            let before = got[e.client];
+            got[e.client] |= 1 << e.kind;
+            if before != want && got[e.client] == want {
                 left -= 1;
                 last = e.at;
             }
         }
         times.push(ms(last - t0));
         for e in clients.drain(SETTLE).await {
-            if e.kind == EDS {
+            if want & (1 << e.kind) != 0 {
                 bytes[e.client] += e.bytes;
             } else {
                 stray += 1;
@@ -1052,10 +1177,15 @@ async fn endpoint_change(
         server_responses.insert(cache.stats().responses.load(Ordering::Relaxed) - sent_before);
     }
     clients.close(cache).await?;
-    cache.clear(group);
+    cache.clear(&group);
 
+    let types = if what == Change::Endpoint {
+        "EDS"
+    } else {
+        "CDS and EDS"
+    };
     println!(
-        "one-endpoint change under {STREAMS} {protocol} streams: median {:.1} ms, max {:.1} ms until all {STREAMS} clients have it ({} repeats)",
+        "{noun} change under {STREAMS} {protocol} streams: median {:.1} ms, max {:.1} ms until all {STREAMS} clients have it ({} repeats)",
         median(&times),
         max(&times),
         times.len()
@@ -1063,13 +1193,13 @@ async fn endpoint_change(
     let bytes: Vec<String> = bytes_per_client.iter().map(|b| b.to_string()).collect();
     let responses: Vec<String> = server_responses.iter().map(|r| r.to_string()).collect();
     println!(
-        "  bytes per client per change: {} B  (one EDS response carrying {per_response} \
-         ClusterLoadAssignment(s); the changed one alone encodes to {changed_cla} B)",
+        "  bytes per client per change: {} B  ({types}, each response carrying {per_response} \
+         resource(s); the changed one alone encodes to {changed_bytes} B)",
         bytes.join(" / ")
     );
     println!(
-        "  only EDS sent: {}  (responses of other types seen by clients: {stray}; server responses per change: {})",
-        if stray == 0 && responses == [STREAMS.to_string()] {
+        "  only {types} sent: {}  (responses of other types seen by clients: {stray}; server responses per change: {})",
+        if stray == 0 && responses == [(STREAMS * kinds.len()).to_string()] {
             "yes"
         } else {
             "NO"
@@ -1100,10 +1230,14 @@ fn main() -> Result<()> {
             ms(built.elapsed())
         );
         // Memory first, while the heap has not yet held the other phases.
-        memory(&cache, addr, &config).await?;
+        memory(&cache, addr, &config, false).await?;
+        memory(&cache, addr, &config, true).await?;
         push(&cache, addr, &config, sizes).await?;
-        endpoint_change(&cache, addr, &config, false).await?;
-        endpoint_change(&cache, addr, &config, true).await?;
+        push_from_child(&cache, addr, &config).await?;
+        for what in [Change::Endpoint, Change::Cluster] {
+            change(&cache, addr, &config, false, what).await?;
+            change(&cache, addr, &config, true, what).await?;
+        }
         anyhow::Ok(())
     })?;
     println!("total bench time: {:.1} s", start.elapsed().as_secs_f64());

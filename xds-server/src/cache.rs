@@ -1,5 +1,6 @@
 //! The versioned resource cache, keyed by node group.
 
+use crate::share::{Name, Share, View};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -10,8 +11,8 @@ use tokio::sync::{broadcast, watch};
 /// One named resource with a version derived from its content.
 #[derive(Debug, PartialEq)]
 pub struct Resource {
-    /// The resource name.
-    pub name: String,
+    /// The resource name, shared with the maps and streams that refer to it.
+    pub name: Arc<str>,
     /// Version of this resource: a hash of its encoded bytes.
     pub version: String,
     /// The resource, ready to send.
@@ -19,14 +20,15 @@ pub struct Resource {
 }
 
 /// Resources of one type, by name.
-pub type TypeResources = BTreeMap<String, Arc<Resource>>;
+pub type TypeResources = BTreeMap<Arc<str>, Arc<Resource>>;
 
 /// All resources of one node group, by type URL then name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
     /// Shared, so a type whose content did not change keeps its identity
-    /// across [`Cache::set`] calls and streams can skip it cheaply.
-    by_type: BTreeMap<String, Arc<TypeResources>>,
+    /// across [`Cache::set`] calls and streams can skip it cheaply; streams
+    /// hold these views rather than copies.
+    by_type: BTreeMap<String, Arc<View>>,
     /// [`Resources::config_version`], set when the cache takes the set.
     config_version: String,
 }
@@ -60,10 +62,10 @@ impl Resources {
         value: Vec<u8>,
     ) {
         let type_url = type_url.into();
-        let name = name.into();
+        let name: Name = Arc::from(name.into());
         let version = content_version(&value);
         let resource = Resource {
-            name: name.clone(),
+            name: Arc::clone(&name),
             version,
             body: Any {
                 type_url: type_url.clone(),
@@ -75,29 +77,44 @@ impl Resources {
 
     /// The resources of one type (empty if there are none).
     pub fn of_type(&self, type_url: &str) -> Option<&TypeResources> {
-        self.by_type.get(type_url).map(|t| &**t)
+        self.by_type.get(type_url).map(|t| t.map())
     }
 
-    /// The shared map of one type, whose identity changes only with its
+    /// The shared view of one type, whose identity changes only with its
     /// content.
-    pub(crate) fn shared_type(&self, type_url: &str) -> Option<&Arc<TypeResources>> {
+    pub(crate) fn shared_type(&self, type_url: &str) -> Option<&Arc<View>> {
         self.by_type.get(type_url)
     }
 
-    /// Takes over `old`'s map for every type whose content is the same.
+    /// Takes over `old`'s view for every type whose content is the same,
+    /// and within a changed type `old`'s resources (and names) that are the
+    /// same: streams holding the old view then share all but what changed,
+    /// and tell unchanged resources apart by identity.
     fn share_unchanged(&mut self, old: &Resources) {
         for (type_url, mine) in &mut self.by_type {
-            if let Some(theirs) = old.by_type.get(type_url)
-                && same_type_content(mine, theirs)
-            {
+            let Some(theirs) = old.by_type.get(type_url) else {
+                continue;
+            };
+            if same_type_content(mine.map(), theirs.map()) {
                 *mine = Arc::clone(theirs);
+                continue;
             }
+            let map = mine
+                .map()
+                .iter()
+                .map(|(name, r)| match theirs.map().get_key_value(name) {
+                    Some((n, o)) if o.version == r.version => (Arc::clone(n), Arc::clone(o)),
+                    Some((n, _)) => (Arc::clone(n), Arc::clone(r)),
+                    None => (Arc::clone(name), Arc::clone(r)),
+                })
+                .collect();
+            *mine = Arc::new(View::new(map));
         }
     }
 
     /// Number of resources of all types.
     pub fn len(&self) -> usize {
-        self.by_type.values().map(|t| t.len()).sum()
+        self.by_type.values().map(|t| t.map().len()).sum()
     }
 
     /// Whether there are no resources at all.
@@ -116,12 +133,13 @@ impl Resources {
     fn compute_config_version(&self) -> String {
         let mut h = std::hash::DefaultHasher::new();
         for (type_url, resources) in &self.by_type {
-            if type_url == crate::session::type_url::ENDPOINT || resources.is_empty() {
+            if type_url == crate::session::type_url::ENDPOINT || resources.map().is_empty() {
                 continue;
             }
             type_url.hash(&mut h);
-            for (name, r) in resources.iter() {
-                name.hash(&mut h);
+            for (name, r) in resources.map() {
+                // `str` hashes like the `String` it once was.
+                (**name).hash(&mut h);
                 r.version.hash(&mut h);
             }
         }
@@ -130,17 +148,22 @@ impl Resources {
 
     /// Whether both sets hold the same names and versions, type by type.
     fn same_content(&self, other: &Resources) -> bool {
-        let nonempty = |r: &Resources| r.by_type.iter().filter(|(_, m)| !m.is_empty()).count();
+        let nonempty = |r: &Resources| {
+            r.by_type
+                .iter()
+                .filter(|(_, m)| !m.map().is_empty())
+                .count()
+        };
         nonempty(self) == nonempty(other)
             && self
                 .by_type
                 .iter()
-                .filter(|(_, m)| !m.is_empty())
+                .filter(|(_, m)| !m.map().is_empty())
                 .all(|(t, mine)| {
                     other
                         .by_type
                         .get(t)
-                        .is_some_and(|theirs| same_type_content(mine, theirs))
+                        .is_some_and(|theirs| same_type_content(mine.map(), theirs.map()))
                 })
     }
 }
@@ -180,6 +203,8 @@ struct Group {
     resources: Arc<Resources>,
     notify: watch::Sender<u64>,
     nacks: VecDeque<Nack>,
+    /// What the group's streams share and work out once for all of them.
+    share: Arc<Share>,
 }
 
 impl Group {
@@ -189,6 +214,7 @@ impl Group {
             resources: Arc::new(Resources::new()),
             notify: watch::channel(0).0,
             nacks: VecDeque::new(),
+            share: Arc::new(Share::default()),
         }
     }
 }
@@ -349,6 +375,13 @@ impl Cache {
         let mut groups = self.groups();
         let g = groups.entry(group.to_owned()).or_insert_with(Group::new);
         (Arc::clone(&g.resources), g.notify.subscribe())
+    }
+
+    /// What the streams of `group` share (see [`crate::share`]).
+    pub(crate) fn share(&self, group: &str) -> Arc<Share> {
+        let mut groups = self.groups();
+        let g = groups.entry(group.to_owned()).or_insert_with(Group::new);
+        Arc::clone(&g.share)
     }
 
     /// The current resources of `group`.

@@ -5,6 +5,16 @@
 //!
 //! - Per-resource versions come from content, so setting identical
 //!   resources is a no-op and a change sends only what changed.
+//! - Streams of one node group share the group's resources rather than
+//!   copy them: a stream holds the view of each type it last sent plus only
+//!   where it differs, subscription name sets are interned per group, a
+//!   state-of-the-world resource list is encoded once and the same bytes
+//!   go to every stream, and what follows from two views (their
+//!   difference, the view a subscription selects, whether clusters are
+//!   warm) is worked out once per group. A change then costs each stream
+//!   what changed, not the size of the configuration. The streams' gRPC
+//!   framing is our own for the same reason: tonic's codec keeps buffers
+//!   as large as the largest message for a stream's whole life.
 //! - Pushes follow make-before-break: clusters, endpoints and secrets go out
 //!   before the listeners and routes that use them, which wait until the
 //!   Envoy has the clusters warm (CDS answered, their endpoints sent and
@@ -31,13 +41,15 @@
 
 mod auth;
 mod cache;
+mod grpc;
 mod server;
 mod session;
+mod share;
 mod tls;
 
 pub use auth::{Authorizer, IdentityError, PeerIdentity};
 pub use cache::{Cache, GroupSync, Nack, Resource, Resources, Stats, TypeResources};
-pub use server::{AdsServer, GROUP_METADATA_KEY};
+pub use server::{AdsServer, AdsService, GROUP_METADATA_KEY};
 pub use session::{Limits, type_url};
 pub use tls::{
     ConnectionInfo, ReloadableServerConfig, TlsConnection, TlsIncoming, TlsSetupError,

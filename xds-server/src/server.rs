@@ -2,24 +2,22 @@
 //! and cache changes and writing responses.
 
 use crate::auth::{Authorizer, PeerIdentity};
-use crate::cache::Cache;
-use crate::session::{Limits, Mode, Outgoing, Session};
+use crate::cache::{Cache, Resources};
+use crate::grpc::{Encoded, MAX_RESPONSE, Requests, ResponseBody};
+use crate::session::{Limits, Mode, Session};
 use crate::tls::ConnectionInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 
 /// Node metadata key naming the node group; without it the group is the
 /// node's `cluster`.
@@ -88,11 +86,10 @@ impl AdsServer {
     }
 
     /// Who is asking, and who decides, for a new stream.
-    fn access<T>(&self, request: &Request<T>) -> Access {
+    fn access(&self, extensions: &http::Extensions) -> Access {
         Access {
             authorizer: self.authorizer.clone(),
-            identity: request
-                .extensions()
+            identity: extensions
                 .get::<ConnectionInfo>()
                 .and_then(|c| c.identity.clone()),
             limits: self.limits,
@@ -100,12 +97,64 @@ impl AdsServer {
         }
     }
 
-    /// The tonic service, ready to add to a `tonic::transport::Server`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        // Envoy configurations can be large: allow big messages both ways.
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// The service, ready to add to a `tonic::transport::Server`.
+    pub fn into_service(self) -> AdsService {
+        AdsService(self)
+    }
+}
+
+/// The AggregatedDiscoveryService as a tonic service: streams are framed by
+/// [`crate::grpc`] (see there why not by tonic's codec). Requests may be up
+/// to 64 MiB, responses up to 256 MiB: Envoy configurations can be large.
+#[derive(Clone)]
+pub struct AdsService(AdsServer);
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tonic::codegen::Service<http::Request<Body>> for AdsService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let mode = match request.uri().path().rsplit_once('/') {
+            Some((_, "StreamAggregatedResources")) => Mode::Sotw,
+            Some((_, "DeltaAggregatedResources")) => Mode::Delta,
+            _ => return std::future::ready(Ok(Status::unimplemented("").into_http())),
+        };
+        let server = &self.0;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let access = server.access(request.extensions());
+        let body = request.into_body();
+        match mode {
+            Mode::Sotw => tokio::spawn(serve::<DiscoveryRequest>(
+                server.cache.clone(),
+                access,
+                server.stop.clone(),
+                mode,
+                Requests::new(body),
+                tx,
+            )),
+            Mode::Delta => tokio::spawn(serve::<DeltaDiscoveryRequest>(
+                server.cache.clone(),
+                access,
+                server.stop.clone(),
+                mode,
+                Requests::new(body),
+                tx,
+            )),
+        };
+        let response = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Body::new(ResponseBody::new(rx)))
+            .unwrap_or_else(|_| Status::internal("response headers").into_http());
+        std::future::ready(Ok(response))
     }
 }
 
@@ -193,17 +242,17 @@ impl Drop for StreamGuard {
 }
 
 /// A request of either protocol.
-trait AdsRequest: Send + 'static {
+trait AdsRequest: prost::Message + Default + Send + 'static {
     fn node(&self) -> Option<&Node>;
-    fn apply(&self, session: &mut Session) -> Result<(), Status>;
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status>;
 }
 
 impl AdsRequest for DiscoveryRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
-    fn apply(&self, session: &mut Session) -> Result<(), Status> {
-        session.on_sotw_request(self)
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status> {
+        session.on_sotw_request(self, resources)
     }
 }
 
@@ -211,33 +260,8 @@ impl AdsRequest for DeltaDiscoveryRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
-    fn apply(&self, session: &mut Session) -> Result<(), Status> {
-        session.on_delta_request(self)
-    }
-}
-
-/// A response of either protocol.
-trait AdsResponse: Send + 'static {
-    fn from_outgoing(o: Outgoing) -> Option<Self>
-    where
-        Self: Sized;
-}
-
-impl AdsResponse for DiscoveryResponse {
-    fn from_outgoing(o: Outgoing) -> Option<Self> {
-        match o {
-            Outgoing::Sotw(r) => Some(r),
-            Outgoing::Delta(_) => None,
-        }
-    }
-}
-
-impl AdsResponse for DeltaDiscoveryResponse {
-    fn from_outgoing(o: Outgoing) -> Option<Self> {
-        match o {
-            Outgoing::Delta(r) => Some(r),
-            Outgoing::Sotw(_) => None,
-        }
+    fn apply(&self, session: &mut Session, resources: &Resources) -> Result<(), Status> {
+        session.on_delta_request(self, resources)
     }
 }
 
@@ -246,7 +270,7 @@ impl AdsResponse for DeltaDiscoveryResponse {
 /// tell. Otherwise the request itself was bad (not protobuf, not the message
 /// it should be): say so, rather than end the stream with OK and leave the
 /// client guessing.
-async fn unreadable<Resp>(tx: &mpsc::Sender<Result<Resp, Status>>, status: Status) {
+async fn unreadable(tx: &mpsc::Sender<Result<Encoded, Status>>, status: Status) {
     if matches!(
         status.code(),
         Code::Cancelled | Code::Unavailable | Code::Unknown
@@ -264,13 +288,13 @@ async fn unreadable<Resp>(tx: &mpsc::Sender<Result<Resp, Status>>, status: Statu
 }
 
 /// Serves one stream until the Envoy goes away or breaks the protocol.
-async fn serve<Req: AdsRequest, Resp: AdsResponse>(
+async fn serve<Req: AdsRequest>(
     cache: Cache,
     access: Access,
     mut stop: Option<watch::Receiver<bool>>,
     mode: Mode,
-    mut requests: Streaming<Req>,
-    tx: mpsc::Sender<Result<Resp, Status>>,
+    mut requests: Requests<Req>,
+    tx: mpsc::Sender<Result<Encoded, Status>>,
 ) {
     let first = match requests.message().await {
         Ok(Some(r)) => r,
@@ -322,16 +346,23 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take()
-            && let Err(status) = req.apply(&mut session)
+            && let Err(status) = req.apply(&mut session, &resources)
         {
             tracing::warn!(group = %session.group(), %status, "closing stream on a bad request");
             let _ = tx.send(Err(status)).await;
             return;
         }
         for out in session.push(&resources) {
-            if let Some(resp) = Resp::from_outgoing(out)
-                && tx.send(Ok(resp)).await.is_err()
-            {
+            if out.len() > MAX_RESPONSE {
+                let status = Status::out_of_range(format!(
+                    "a response of {} bytes; at most {MAX_RESPONSE}",
+                    out.len()
+                ));
+                tracing::warn!(group = %session.group(), %status, "closing stream: response too large");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+            if tx.send(Ok(out)).await.is_err() {
                 return;
             }
         }
@@ -363,45 +394,5 @@ async fn serve<Req: AdsRequest, Resp: AdsResponse>(
                 return;
             }
         }
-    }
-}
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(serve(
-            self.cache.clone(),
-            self.access(&request),
-            self.stop.clone(),
-            Mode::Sotw,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(serve(
-            self.cache.clone(),
-            self.access(&request),
-            self.stop.clone(),
-            Mode::Delta,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,13 +1,11 @@
 //! The state of one ADS stream: subscriptions per type, what the Envoy holds,
 //! nonces, ACKs and NACKs; and the decision of what to send next.
 
-use crate::cache::{Cache, Nack, Resource, Resources, StreamState, TypeResources};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-};
+use crate::cache::{Cache, Nack, Resource, Resources, StreamState};
+use crate::grpc::{self, Encoded};
+use crate::share::{Name, NameSet, ResourceSet, Share, View};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -91,25 +89,49 @@ pub(crate) enum Mode {
     Delta,
 }
 
+/// What a response not yet acknowledged carried.
+#[derive(Debug)]
+enum Sent {
+    /// State of the world: everything the Envoy should hold of the type.
+    All(ResourceSet),
+    /// Delta: these resources, and the removal of these names.
+    Changes {
+        updated: Vec<Arc<Resource>>,
+        removed: Vec<Name>,
+    },
+}
+
+impl Sent {
+    /// Every name the response carried.
+    fn names(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
+        match self {
+            Sent::All(set) => Box::new(set.iter().map(|(n, _)| n)),
+            Sent::Changes { updated, removed } => {
+                Box::new(updated.iter().map(|r| &r.name).chain(removed))
+            }
+        }
+    }
+}
+
 /// A response not yet acknowledged.
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
     /// Type version (state-of-the-world).
     version: String,
-    /// Resources sent, name → version; removals have no version.
-    sent: BTreeMap<String, Option<String>>,
+    sent: Sent,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TypeState {
     /// A request for this type has arrived.
     requested: bool,
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the Envoy holds, or will once it accepts what is in flight:
-    /// name → the resource last sent.
-    held: BTreeMap<String, Arc<Resource>>,
+    /// Interned per group: streams asking for the same names share them.
+    names: Arc<NameSet>,
+    /// What the Envoy holds, or will once it accepts what is in flight: a
+    /// view shared with the group, plus where this stream differs from it.
+    held: ResourceSet,
     /// Type version last sent (state-of-the-world).
     sent_version: Option<String>,
     /// The nonce of the last response of this type.
@@ -118,7 +140,7 @@ struct TypeState {
     /// Content the Envoy rejected: type version (state-of-the-world) and
     /// resource versions (delta). It is not sent again until it changes.
     rejected_version: Option<String>,
-    rejected: BTreeMap<String, String>,
+    rejected: BTreeMap<Name, String>,
     /// Envoy's message for the last rejection of this type.
     rejection: String,
     /// Send this type's current state even if it has not changed.
@@ -126,30 +148,43 @@ struct TypeState {
 }
 
 impl TypeState {
+    fn new(share: &Share) -> Self {
+        Self {
+            requested: false,
+            wildcard: false,
+            names: Arc::clone(share.no_names()),
+            held: ResourceSet::of(Arc::clone(share.empty())),
+            sent_version: None,
+            last_nonce: String::new(),
+            in_flight: Vec::new(),
+            rejected_version: None,
+            rejected: BTreeMap::new(),
+            rejection: String::new(),
+            force: false,
+        }
+    }
+
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
-}
-
-/// Every response the session wants to send after an event.
-pub(crate) enum Outgoing {
-    Sotw(DiscoveryResponse),
-    Delta(DeltaDiscoveryResponse),
 }
 
 /// One ADS stream.
 pub(crate) struct Session {
     mode: Mode,
     cache: Cache,
+    /// What the group's streams share: views, name sets, derived answers.
+    share: Arc<Share>,
     group: String,
     node: String,
     types: [TypeState; 5],
     /// Types whose answer may have changed since they were last worked out.
-    /// Re-deriving a type costs time in proportion to its size, and every
-    /// ACK is a request: this keeps an ACK from re-deriving its own type.
+    /// Re-deriving a type costs time in proportion to what changed, and
+    /// every ACK is a request: this keeps an ACK from re-deriving its own
+    /// type.
     dirty: [bool; 5],
-    /// Per type, the resources the last push worked from.
-    seen: [Option<Arc<TypeResources>>; 5],
+    /// Per type, the view the last push worked from.
+    seen: [Option<Arc<View>>; 5],
     nonce: u64,
     /// This stream's id in the cache's record of what streams hold.
     stream: u64,
@@ -169,19 +204,41 @@ pub(crate) struct Session {
     last_progress: Instant,
 }
 
-fn type_version(resources: &BTreeMap<String, Arc<Resource>>) -> String {
-    let mut h = std::hash::DefaultHasher::new();
-    for (name, r) in resources {
-        name.hash(&mut h);
-        r.version.hash(&mut h);
-    }
-    format!("{:016x}", h.finish())
-}
-
 fn unknown_type(type_url: &str) -> Status {
     Status::invalid_argument(format!(
         "unknown type URL {type_url:?}; Gatewright serves clusters, endpoints, listeners, routes and secrets (v3)"
     ))
+}
+
+/// Whether `requested` (a request's names, `*` aside) are exactly `held`,
+/// without building a set: a state-of-the-world Envoy repeats its whole
+/// subscription in every ACK.
+fn same_names(requested: &[String], held: &NameSet) -> bool {
+    if held.is_request(requested) {
+        return true;
+    }
+    let mut count = 0;
+    for n in requested.iter().filter(|n| *n != "*") {
+        if !held.contains(n) {
+            return false;
+        }
+        count += 1;
+    }
+    // Duplicates make the count larger than the set; then compare sets.
+    count == held.len()
+        || requested
+            .iter()
+            .filter(|n| *n != "*")
+            .collect::<BTreeSet<_>>()
+            .len()
+            == held.len()
+}
+
+/// `name` as a shared name: the resources' own when they have it, so that
+/// name sets share storage with the cache.
+fn shared_name(all: Option<&Arc<View>>, name: &str) -> Name {
+    all.and_then(|a| a.map().get_key_value(name))
+        .map_or_else(|| Arc::from(name), |(n, _)| Arc::clone(n))
 }
 
 impl Session {
@@ -194,12 +251,14 @@ impl Session {
         secrets_allowed: bool,
     ) -> Self {
         let stream = cache.open_stream(&group);
+        let share = cache.share(&group);
         Self {
             mode,
             cache,
+            types: std::array::from_fn(|_| TypeState::new(&share)),
+            share,
             group,
             node,
-            types: Default::default(),
             dirty: [false; 5],
             seen: Default::default(),
             nonce: 0,
@@ -282,8 +341,13 @@ impl Session {
         });
     }
 
-    /// Applies a state-of-the-world request.
-    pub(crate) fn on_sotw_request(&mut self, req: &DiscoveryRequest) -> Result<(), Status> {
+    /// Applies a state-of-the-world request; `resources` are the group's
+    /// current ones.
+    pub(crate) fn on_sotw_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        resources: &Resources,
+    ) -> Result<(), Status> {
         let i = known(&req.type_url).ok_or_else(|| unknown_type(&req.type_url))?;
         let type_url = ORDER[i];
         if !req.response_nonce.is_empty() {
@@ -321,30 +385,46 @@ impl Session {
             }
         }
         self.too_many_names(req.resource_names.len())?;
-        let st = &mut self.types[i];
+        let st = &self.types[i];
         let explicit_wildcard = req.resource_names.iter().any(|n| n == "*");
-        let names: BTreeSet<String> = req
-            .resource_names
-            .iter()
-            .filter(|n| *n != "*")
-            .cloned()
-            .collect();
+        let names_changed = !same_names(&req.resource_names, &st.names);
         let wildcard = explicit_wildcard
             || (req.resource_names.is_empty()
                 && wildcard_by_default(type_url)
                 && (!st.requested || st.wildcard));
-        if !st.requested || wildcard != st.wildcard || names != st.names {
+        if names_changed {
+            // Another stream of the group has usually asked for the same.
+            let names = self
+                .share
+                .find_requested(&req.resource_names)
+                .unwrap_or_else(|| {
+                    let all = resources.shared_type(type_url);
+                    let order = req
+                        .resource_names
+                        .iter()
+                        .filter(|n| *n != "*")
+                        .map(|n| shared_name(all, n))
+                        .collect();
+                    self.share.intern(NameSet::requested(order))
+                });
+            self.types[i].names = names;
+        }
+        let st = &mut self.types[i];
+        if !st.requested || wildcard != st.wildcard || names_changed {
             st.force = true;
             self.dirty[i] = true;
         }
         st.requested = true;
         st.wildcard = wildcard;
-        st.names = names;
         Ok(())
     }
 
-    /// Applies a delta request.
-    pub(crate) fn on_delta_request(&mut self, req: &DeltaDiscoveryRequest) -> Result<(), Status> {
+    /// Applies a delta request; `resources` are the group's current ones.
+    pub(crate) fn on_delta_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        resources: &Resources,
+    ) -> Result<(), Status> {
         let i = known(&req.type_url).ok_or_else(|| unknown_type(&req.type_url))?;
         let type_url = ORDER[i];
         let first = !self.types[i].requested;
@@ -362,22 +442,19 @@ impl Session {
                     // do not send those versions again. Delta responses are
                     // applied independently, so a later response may already
                     // have replaced a rejected resource; that one stays held.
-                    for (name, version) in &f.sent {
-                        if st.held.get(name).map(|h| &h.version) == version.as_ref() {
-                            st.held.remove(name);
-                        }
-                        if let Some(v) = version {
-                            st.rejected.insert(name.clone(), v.clone());
+                    // (A rejected removal leaves nothing to forget.)
+                    let mut versions = Vec::new();
+                    if let Sent::Changes { updated, .. } = &f.sent {
+                        for r in updated {
+                            if st.held.get(&r.name).is_some_and(|h| h.version == r.version) {
+                                st.held.remove(&r.name);
+                            }
+                            st.rejected.insert(Arc::clone(&r.name), r.version.clone());
+                            versions.push(r.version.as_str());
                         }
                     }
                     st.rejection.clone_from(&err.message);
-                    let version = f
-                        .sent
-                        .values()
-                        .flatten()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(",");
+                    let version = versions.join(",");
                     let message = err.message.clone();
                     self.nack(type_url, version, message);
                     // What this type holds changed; rare, so look again.
@@ -401,63 +478,86 @@ impl Session {
             // routes are held, which this request may have just told.
             self.mark_dependents(i);
         }
+        let all = resources.shared_type(type_url);
         let st = &mut self.types[i];
+        let mut names = None;
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
-            } else {
-                st.names.insert(name.clone());
+            } else if !st.names.contains(name) {
+                names
+                    .get_or_insert_with(|| st.names.names().clone())
+                    .insert(shared_name(all, name));
             }
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
             } else {
-                st.names.remove(name);
+                let name = shared_name(all, name);
+                if st.names.contains(&name) || names.is_some() {
+                    names
+                        .get_or_insert_with(|| st.names.names().clone())
+                        .remove(&name);
+                }
                 // The Envoy drops what it no longer watches.
                 if !st.wildcard {
-                    st.held.remove(name);
+                    st.held.remove(&name);
                 }
             }
+        }
+        if let Some(names) = names {
+            st.names = self.share.intern(NameSet::new(names));
         }
         if first {
             if req.resource_names_subscribe.is_empty() && wildcard_by_default(type_url) {
                 st.wildcard = true;
             }
             // After a reconnect the Envoy says what it still holds; what is
-            // unchanged is not sent again.
+            // unchanged is not sent again. Where that is what the cache has,
+            // the cache's resource stands for it.
             for (name, version) in &req.initial_resource_versions {
-                st.held.insert(
-                    name.clone(),
-                    Arc::new(Resource {
-                        name: name.clone(),
-                        version: version.clone(),
-                        body: Default::default(),
-                    }),
-                );
+                let held = all
+                    .and_then(|a| a.map().get(name.as_str()))
+                    .filter(|r| r.version == *version)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Resource {
+                            name: Arc::from(name.as_str()),
+                            version: version.clone(),
+                            body: Default::default(),
+                        })
+                    });
+                st.held.insert(Arc::clone(&held.name), held);
+            }
+            if !req.initial_resource_versions.is_empty() {
+                // Kept as the difference from what it should hold, which
+                // is usually nothing.
+                let view = self.desired_view(i, resources);
+                let st = &mut self.types[i];
+                st.held = st.held.rebased(&view, &self.share);
             }
         }
+        let st = &mut self.types[i];
         st.requested = true;
         let count = st.names.len().max(req.initial_resource_versions.len());
         self.too_many_names(count)
     }
 
-    /// The resources of type `i` the Envoy should hold now.
-    fn desired(&self, i: usize, resources: &Resources) -> BTreeMap<String, Arc<Resource>> {
+    /// The resources of type `i` the Envoy should hold now: a view shared
+    /// by every stream of the group with the same subscription.
+    fn desired_view(&self, i: usize, resources: &Resources) -> Arc<View> {
         if ORDER[i] == SECRET && !self.secrets_allowed {
-            return BTreeMap::new();
+            return Arc::clone(self.share.empty());
         }
         let st = &self.types[i];
-        let Some(all) = resources.of_type(ORDER[i]) else {
-            return BTreeMap::new();
+        let Some(all) = resources.shared_type(ORDER[i]) else {
+            return Arc::clone(self.share.empty());
         };
         if st.wildcard {
-            all.clone()
+            Arc::clone(all)
         } else {
-            st.names
-                .iter()
-                .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
-                .collect()
+            self.share.select(all, &st.names)
         }
     }
 
@@ -486,17 +586,30 @@ impl Session {
         {
             return true;
         }
-        let Some(assignments) = resources.of_type(ENDPOINT) else {
+        let Some(assignments) = resources.shared_type(ENDPOINT) else {
             return true;
         };
+        let needed = |c: &str| cds.held.contains(c) && assignments.map().contains_key(c);
+        // An endpoint response still unanswered for a held cluster: usually
+        // the first name sent tells.
+        if eds
+            .in_flight
+            .iter()
+            .any(|f| f.sent.names().any(|n| needed(n)))
+        {
+            return false;
+        }
+        if cds.held.is_plain() && eds.held.is_plain() {
+            // The same for every stream holding the same: worked out once.
+            let names = (!eds.wildcard).then_some(&eds.names);
+            return self
+                .share
+                .warm(cds.held.base(), eds.held.base(), names, assignments);
+        }
         cds.held
-            .keys()
-            .filter(|cluster| assignments.contains_key(*cluster))
-            .all(|cluster| {
-                eds.wants(cluster)
-                    && eds.held.contains_key(cluster)
-                    && !eds.in_flight.iter().any(|f| f.sent.contains_key(cluster))
-            })
+            .iter()
+            .filter(|(cluster, _)| assignments.map().contains_key(*cluster))
+            .all(|(cluster, _)| eds.wants(cluster) && eds.held.contains(cluster))
     }
 
     /// Whether listeners and routes are in their final state, so clusters and
@@ -520,8 +633,8 @@ impl Session {
     /// Whether type `i` is settled at `resources`: nothing in flight or
     /// rejected, and the Envoy holds exactly what it should.
     ///
-    /// Runs after every push, so it compares in place rather than building
-    /// the desired set, and the cheap checks come first.
+    /// Runs after every push: it compares what the stream holds with the
+    /// shared view it should hold, which costs what differs between them.
     fn settled(&self, i: usize, resources: &Resources) -> bool {
         let st = &self.types[i];
         // A state-of-the-world NACK leaves `held` at what was rejected,
@@ -532,29 +645,8 @@ impl Session {
         if !st.in_flight.is_empty() || st.rejected_version.is_some() {
             return false;
         }
-        let all = if ORDER[i] == SECRET && !self.secrets_allowed {
-            None
-        } else {
-            resources.of_type(ORDER[i])
-        };
-        let current =
-            |n: &String, r: &Arc<Resource>| st.held.get(n).is_some_and(|h| h.version == r.version);
-        if st.wildcard {
-            let Some(all) = all else {
-                return st.held.is_empty();
-            };
-            return all.len() == st.held.len() && all.iter().all(|(n, r)| current(n, r));
-        }
-        let mut wanted = 0;
-        for name in &st.names {
-            if let Some(r) = all.and_then(|a| a.get(name)) {
-                if !current(name, r) {
-                    return false;
-                }
-                wanted += 1;
-            }
-        }
-        wanted == st.held.len()
+        let view = self.desired_view(i, resources);
+        st.held.is(&view) || st.held.same(&ResourceSet::of(view), &self.share)
     }
 
     /// Whether the Envoy holds all of `resources` but the endpoints: for
@@ -586,10 +678,10 @@ impl Session {
                 Mode::Sotw => st.rejected_version.is_some(),
                 Mode::Delta if st.rejected.is_empty() => false,
                 Mode::Delta => {
-                    let desired = self.desired(i, resources);
+                    let desired = self.desired_view(i, resources);
                     st.rejected
                         .iter()
-                        .any(|(n, v)| desired.get(n).is_some_and(|r| r.version == *v))
+                        .any(|(n, v)| desired.map().get(n).is_some_and(|r| r.version == *v))
                 }
             };
             rejected.then(|| st.rejection.clone())
@@ -615,14 +707,14 @@ impl Session {
 
     /// Everything to send now, in push order; afterwards records whether
     /// the Envoy holds the current configuration.
-    pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Outgoing> {
+    pub(crate) fn push(&mut self, resources: &Resources) -> Vec<Encoded> {
         let out = self.push_all(resources);
         self.record_holding(resources);
         out
     }
 
-    fn push_all(&mut self, resources: &Resources) -> Vec<Outgoing> {
-        // A type whose content changed (a new shared map) is looked at
+    fn push_all(&mut self, resources: &Resources) -> Vec<Encoded> {
+        // A type whose content changed (a new shared view) is looked at
         // again, with the types that depend on it.
         for (i, type_url) in ORDER.iter().enumerate() {
             let now = resources.shared_type(type_url);
@@ -639,7 +731,7 @@ impl Session {
         }
         if !self.secrets_allowed && !self.secrets_refused {
             let sds = &self.types[known(SECRET).unwrap_or_default()];
-            if sds.requested && (sds.wildcard || !sds.names.is_empty()) {
+            if sds.requested && (sds.wildcard || sds.names.len() > 0) {
                 self.secrets_refused = true;
                 self.cache
                     .stats()
@@ -672,13 +764,18 @@ impl Session {
                 continue;
             }
             self.dirty[i] = false;
-            let mut desired = self.desired(i, resources);
+            let mut desired = ResourceSet::of(self.desired_view(i, resources));
             if kept_until_settled(self.mode, type_url) && !self.referrers_settled(resources) {
                 // Make before break: keep what listeners and routes may
                 // still point at until they are replaced.
-                for (name, r) in &self.types[i].held {
-                    if self.types[i].wants(name) {
-                        desired.entry(name.clone()).or_insert_with(|| Arc::clone(r));
+                let st = &self.types[i];
+                for name in st.held.differing(&desired, &self.share) {
+                    if let Some(r) = st.held.get(&name)
+                        && !desired.contains(&name)
+                        && st.wants(&name)
+                    {
+                        let r = Arc::clone(r);
+                        desired.insert(name, r);
                     }
                 }
             }
@@ -708,14 +805,10 @@ impl Session {
         out
     }
 
-    /// A state-of-the-world response for type `i`, and the names whose
-    /// version changed in it.
-    fn push_sotw(
-        &mut self,
-        i: usize,
-        desired: BTreeMap<String, Arc<Resource>>,
-    ) -> Option<(Outgoing, Vec<String>)> {
-        let version = type_version(&desired);
+    /// A state-of-the-world response for type `i`, and (for clusters) the
+    /// names whose version changed in it.
+    fn push_sotw(&mut self, i: usize, desired: ResourceSet) -> Option<(Encoded, Vec<Name>)> {
+        let version = desired.version();
         let st = &self.types[i];
         let unchanged = st.sent_version.as_deref() == Some(version.as_str());
         let rejected = st.rejected_version.as_deref() == Some(version.as_str());
@@ -724,28 +817,20 @@ impl Session {
         }
         let nonce = self.next_nonce();
         let st = &mut self.types[i];
-        let changed: Vec<String> = desired
-            .iter()
-            .filter(|(n, r)| st.held.get(*n).is_none_or(|h| h.version != r.version))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: desired.values().map(|r| r.body.clone()).collect(),
-            type_url: ORDER[i].to_owned(),
-            nonce: nonce.clone(),
-            ..Default::default()
+        let changed: Vec<Name> = if ORDER[i] == CLUSTER {
+            st.held.changed_in(&desired, &self.share)
+        } else {
+            Vec::new()
         };
+        // The resource list is the view's, encoded once for the group.
+        let response = grpc::sotw(&version, desired.encoded(), ORDER[i], &nonce);
+        // Only the latest response of a type can be acknowledged.
+        st.in_flight.clear();
         st.in_flight.push(InFlight {
             nonce: nonce.clone(),
             version: version.clone(),
-            sent: desired
-                .iter()
-                .map(|(n, r)| (n.clone(), Some(r.version.clone())))
-                .collect(),
+            sent: Sent::All(desired.clone()),
         });
-        // Only the latest response of a type can be acknowledged.
-        st.in_flight.retain(|f| f.nonce == nonce);
         st.last_nonce = nonce;
         st.sent_version = Some(version);
         st.held = desired;
@@ -754,33 +839,26 @@ impl Session {
             .stats()
             .responses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some((Outgoing::Sotw(response), changed))
+        Some((response, changed))
     }
 
     /// A delta response for type `i` (changed and removed resources only),
     /// and the names whose version changed in it.
-    fn push_delta(
-        &mut self,
-        i: usize,
-        desired: BTreeMap<String, Arc<Resource>>,
-    ) -> Option<(Outgoing, Vec<String>)> {
+    fn push_delta(&mut self, i: usize, desired: ResourceSet) -> Option<(Encoded, Vec<Name>)> {
         // A rejected resource that is gone is no longer a concern.
-        self.types[i]
-            .rejected
-            .retain(|n, _| desired.contains_key(n));
+        self.types[i].rejected.retain(|n, _| desired.contains(n));
         let st = &self.types[i];
-        let updated: Vec<Arc<Resource>> = desired
-            .values()
-            .filter(|r| st.held.get(&r.name).is_none_or(|h| h.version != r.version))
-            .filter(|r| st.rejected.get(&r.name) != Some(&r.version))
-            .cloned()
-            .collect();
-        let removed: Vec<String> = st
-            .held
-            .keys()
-            .filter(|n| !desired.contains_key(*n))
-            .cloned()
-            .collect();
+        let mut updated: Vec<Arc<Resource>> = Vec::new();
+        let mut removed: Vec<Name> = Vec::new();
+        // Names not sent although they differ: they stay as held.
+        let mut skipped: Vec<Name> = Vec::new();
+        for name in st.held.differing(&desired, &self.share) {
+            match desired.get(&name) {
+                Some(r) if st.rejected.get(&name) == Some(&r.version) => skipped.push(name),
+                Some(r) => updated.push(Arc::clone(r)),
+                None => removed.push(name),
+            }
+        }
         // The first answer to a wildcard subscription goes out even when it
         // is empty (nothing exists, or a reconnecting client already holds
         // it all): the Envoy waits for its first CDS and LDS responses
@@ -792,44 +870,33 @@ impl Session {
         }
         let nonce = self.next_nonce();
         let st = &mut self.types[i];
-        let mut sent: BTreeMap<String, Option<String>> = BTreeMap::new();
         for r in &updated {
             st.rejected.remove(&r.name);
-            sent.insert(r.name.clone(), Some(r.version.clone()));
-            st.held.insert(r.name.clone(), Arc::clone(r));
         }
-        for name in &removed {
-            sent.insert(name.clone(), None);
-            st.held.remove(name);
+        let mut held = desired.clone();
+        for name in skipped {
+            match st.held.get(&name) {
+                Some(h) => {
+                    let h = Arc::clone(h);
+                    held.insert(name, h);
+                }
+                None => held.remove(&name),
+            }
         }
-        let response = DeltaDiscoveryResponse {
-            system_version_info: type_version(&desired),
-            resources: updated
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: ORDER[i].to_owned(),
-            removed_resources: removed,
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
+        st.held = held;
+        let response = grpc::delta(&desired.version(), &updated, ORDER[i], &removed, &nonce);
+        let changed = updated.iter().map(|r| Arc::clone(&r.name)).collect();
         st.in_flight.push(InFlight {
             nonce: nonce.clone(),
             version: String::new(),
-            sent,
+            sent: Sent::Changes { updated, removed },
         });
         st.last_nonce = nonce;
         self.cache
             .stats()
             .responses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let changed = updated.iter().map(|r| r.name.clone()).collect();
-        Some((Outgoing::Delta(response), changed))
+        Some((response, changed))
     }
 }
 
