@@ -340,10 +340,11 @@ impl FileSource {
                 problems.push(problem.clone());
             }
             for doc in &entry.docs {
-                let location = doc.location.to_string();
+                // Spelled out only for a problem: most documents have none.
+                let location = || doc.location.to_string();
                 let Some(id) = &doc.id else {
                     problems.push(Problem {
-                        location,
+                        location: location(),
                         object: None,
                         message: "document has no apiVersion, kind or metadata.name; skipped"
                             .into(),
@@ -352,7 +353,7 @@ impl FileSource {
                 };
                 if let Some(first) = objects.get(id) {
                     problems.push(Problem {
-                        location,
+                        location: location(),
                         object: Some(id.clone()),
                         message: format!("duplicate object, already defined at {first}; skipped"),
                     });
@@ -372,7 +373,7 @@ impl FileSource {
                             "; skipped"
                         };
                         problems.push(Problem {
-                            location,
+                            location: location(),
                             object: Some(id.clone()),
                             message: format!("{e}{suffix}"),
                         });

@@ -37,7 +37,7 @@ fn without_one_endpoint(input: &Input, service: &ObjectKey) -> Input {
                     == Some(&service.name)
         })
         .expect("the workload has a slice for the Service");
-    slice.endpoints.remove(0);
+    std::sync::Arc::make_mut(slice).endpoints.remove(0);
     changed
 }
 

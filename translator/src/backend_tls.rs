@@ -99,14 +99,15 @@ impl<'a> Policies<'a> {
     /// Resolves every policy of `policies` against `config_maps` (looked up
     /// by namespace and name); `system_ca_file` is the host's CA bundle.
     pub(crate) fn new(
-        policies: &'a [BackendTlsPolicy],
+        policies: &'a [std::sync::Arc<BackendTlsPolicy>],
         config_map: impl Fn(&str, &str) -> Option<&'a ConfigMap>,
         system_ca_file: &str,
     ) -> Self {
         let mut by_key = BTreeMap::new();
         let mut targets: HashMap<Target<'a>, Vec<(&'a str, &'a str)>> = HashMap::new();
         // Sorted by precedence, so each target's list is too.
-        let mut sorted: Vec<&'a BackendTlsPolicy> = policies.iter().collect();
+        let mut sorted: Vec<&'a BackendTlsPolicy> =
+            policies.iter().map(std::sync::Arc::as_ref).collect();
         sorted.sort_by(|a, b| {
             precedence(a)
                 .cmp(&precedence(b))

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// The API group of Gateway API objects.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -53,14 +54,14 @@ fn services_and_slices<'a>(
     keep: impl Fn(&str, &str) -> bool,
 ) -> (NsMap<'a, &'a Service>, NsMap<'a, Vec<&'a EndpointSlice>>) {
     let mut services: NsMap<'a, &'a Service> = HashMap::new();
-    for s in &input.services {
+    for s in input.services.iter().map(Arc::as_ref) {
         let (ns, name) = key_of(&s.metadata);
         if keep(ns, name) {
             insert_unique(services.entry(ns).or_default(), name, s);
         }
     }
     let mut slices: NsMap<'a, Vec<&'a EndpointSlice>> = HashMap::new();
-    for s in &input.endpoint_slices {
+    for s in input.endpoint_slices.iter().map(Arc::as_ref) {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
         if let Some(svc) = s
             .metadata
@@ -97,21 +98,21 @@ impl<'a> Index<'a> {
     pub(crate) fn new(input: &'a Input) -> Self {
         let (services, slices) = services_and_slices(input, |_, _| true);
         let mut secrets: NsMap<'a, &'a Secret> = HashMap::new();
-        for s in &input.secrets {
+        for s in input.secrets.iter().map(Arc::as_ref) {
             let (ns, name) = key_of(&s.metadata);
             insert_unique(secrets.entry(ns).or_default(), name, s);
         }
         let mut config_maps: NsMap<'a, &'a ConfigMap> = HashMap::new();
-        for c in &input.config_maps {
+        for c in input.config_maps.iter().map(Arc::as_ref) {
             let (ns, name) = key_of(&c.metadata);
             insert_unique(config_maps.entry(ns).or_default(), name, c);
         }
         let mut namespaces = HashMap::with_capacity(input.namespaces.len());
-        for n in &input.namespaces {
+        for n in input.namespaces.iter().map(Arc::as_ref) {
             insert_unique(&mut namespaces, n.metadata.name.as_deref().unwrap_or(""), n);
         }
         let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
-        for g in &input.reference_grants {
+        for g in input.reference_grants.iter().map(Arc::as_ref) {
             grants
                 .entry(g.metadata.namespace.as_deref().unwrap_or(""))
                 .or_default()

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The GatewayClass `spec.controllerName` Gatewright answers to by default.
 pub const DEFAULT_CONTROLLER_NAME: &str = "gatewright.dev/gateway-controller";
@@ -83,31 +84,31 @@ pub struct Input {
     /// [`crate::KUBERNETES_FEATURES`] need.
     pub kubernetes_infrastructure: bool,
     /// GatewayClasses.
-    pub gateway_classes: Vec<GatewayClass>,
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
     /// Gateways.
-    pub gateways: Vec<Gateway>,
+    pub gateways: Vec<Arc<Gateway>>,
     /// ListenerSets.
-    pub listener_sets: Vec<ListenerSet>,
+    pub listener_sets: Vec<Arc<ListenerSet>>,
     /// HTTPRoutes.
-    pub http_routes: Vec<HttpRoute>,
+    pub http_routes: Vec<Arc<HttpRoute>>,
     /// GRPCRoutes.
-    pub grpc_routes: Vec<GrpcRoute>,
+    pub grpc_routes: Vec<Arc<GrpcRoute>>,
     /// TLSRoutes (v1).
-    pub tls_routes: Vec<TlsRoute>,
+    pub tls_routes: Vec<Arc<TlsRoute>>,
     /// ReferenceGrants.
-    pub reference_grants: Vec<ReferenceGrant>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
     /// BackendTLSPolicies.
-    pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    pub backend_tls_policies: Vec<Arc<BackendTlsPolicy>>,
     /// Services.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// EndpointSlices.
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Secrets.
-    pub secrets: Vec<Secret>,
+    pub secrets: Vec<Arc<Secret>>,
     /// ConfigMaps.
-    pub config_maps: Vec<ConfigMap>,
+    pub config_maps: Vec<Arc<ConfigMap>>,
     /// Namespaces (their labels feed allowedRoutes selectors).
-    pub namespaces: Vec<Namespace>,
+    pub namespaces: Vec<Arc<Namespace>>,
     /// The CA bundle file on the Envoy host that BackendTLSPolicies with
     /// `wellKnownCACertificates: System` trust; None means
     /// [`crate::DEFAULT_SYSTEM_CA_FILE`].
@@ -187,34 +188,33 @@ impl Input {
 /// [`Input::add_document`], so a caller that sees the same document again
 /// (the file provider, for files that did not change) keeps this instead.
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // kept one per document, not copied around
 pub enum InputObject {
     /// A GatewayClass.
-    GatewayClass(GatewayClass),
+    GatewayClass(Arc<GatewayClass>),
     /// A Gateway.
-    Gateway(Gateway),
+    Gateway(Arc<Gateway>),
     /// A ListenerSet.
-    ListenerSet(ListenerSet),
+    ListenerSet(Arc<ListenerSet>),
     /// An HTTPRoute.
-    HttpRoute(HttpRoute),
+    HttpRoute(Arc<HttpRoute>),
     /// A GRPCRoute.
-    GrpcRoute(GrpcRoute),
+    GrpcRoute(Arc<GrpcRoute>),
     /// A TLSRoute.
-    TlsRoute(TlsRoute),
+    TlsRoute(Arc<TlsRoute>),
     /// A ReferenceGrant.
-    ReferenceGrant(ReferenceGrant),
+    ReferenceGrant(Arc<ReferenceGrant>),
     /// A BackendTLSPolicy.
-    BackendTlsPolicy(BackendTlsPolicy),
+    BackendTlsPolicy(Arc<BackendTlsPolicy>),
     /// A Service.
-    Service(Service),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Arc<EndpointSlice>),
     /// A Secret.
-    Secret(Secret),
+    Secret(Arc<Secret>),
     /// A ConfigMap.
-    ConfigMap(ConfigMap),
+    ConfigMap(Arc<ConfigMap>),
     /// A Namespace.
-    Namespace(Namespace),
+    Namespace(Arc<Namespace>),
     /// A Gatewright ProxyParameters, by key (see [`Input::proxy_parameters`]).
     ProxyParameters(ObjectKey),
 }
@@ -249,12 +249,12 @@ impl InputObject {
                 if o.metadata.namespace.as_deref().unwrap_or("").is_empty() {
                     o.metadata.namespace = Some("default".to_owned());
                 }
-                Self::$variant(o)
+                Self::$variant(Arc::new(o))
             }};
         }
         Ok(match (group, kind.as_str()) {
             ("gateway.networking.k8s.io", "GatewayClass") => {
-                Self::GatewayClass(decode(&kind, doc)?)
+                Self::GatewayClass(Arc::new(decode(&kind, doc)?))
             }
             ("gateway.networking.k8s.io", "Gateway") => namespaced!(Gateway, Gateway),
             ("gateway.networking.k8s.io", "ListenerSet") => namespaced!(ListenerSet, ListenerSet),
@@ -271,7 +271,7 @@ impl InputObject {
             ("discovery.k8s.io", "EndpointSlice") => namespaced!(EndpointSlice, EndpointSlice),
             ("", "Secret") => namespaced!(Secret, Secret),
             ("", "ConfigMap") => namespaced!(ConfigMap, ConfigMap),
-            ("", "Namespace") => Self::Namespace(decode(&kind, doc)?),
+            ("", "Namespace") => Self::Namespace(Arc::new(decode(&kind, doc)?)),
             ("gatewright.dev", "ProxyParameters") => {
                 let meta = doc.get("metadata");
                 let field = |f: &str| {

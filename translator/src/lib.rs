@@ -34,6 +34,7 @@ use conditions::{ConditionType, Conditions, Reason};
 use index::Index;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The API group of Gatewright's own parameters kind, `ProxyParameters`.
 pub const PROXY_PARAMETERS_GROUP: &str = "gatewright.dev";
@@ -151,6 +152,7 @@ pub fn translate(input: &Input) -> Output {
     let mut ours: Vec<&crate::api::gatewayclasses::GatewayClass> = input
         .gateway_classes
         .iter()
+        .map(Arc::as_ref)
         .filter(|gc| gc.spec.controller_name == input.controller_name)
         .collect();
     ours.sort_by(|a, b| {
@@ -247,6 +249,7 @@ pub fn translate(input: &Input) -> Output {
     let mut gateways: Vec<&crate::api::gateways::Gateway> = input
         .gateways
         .iter()
+        .map(Arc::as_ref)
         .filter(|g| {
             classes.contains(g.spec.gateway_class_name.as_str())
                 && !invalid_parameters.contains(&index::key_of(&g.metadata))
@@ -264,7 +267,8 @@ pub fn translate(input: &Input) -> Output {
         .collect();
 
     // ListenerSets per Gateway they name, in merge order, one per key.
-    let mut sets: Vec<&api::listenersets::ListenerSet> = input.listener_sets.iter().collect();
+    let mut sets: Vec<&api::listenersets::ListenerSet> =
+        input.listener_sets.iter().map(Arc::as_ref).collect();
     sets.sort_by(|a, b| {
         listenerset::precedence(a)
             .cmp(&listenerset::precedence(b))
@@ -319,9 +323,24 @@ pub fn translate(input: &Input) -> Output {
             })
     };
     let mut routes: Vec<model::Route> = Vec::new();
-    routes.extend(input.http_routes.iter().map(model::Route::from));
-    routes.extend(input.grpc_routes.iter().map(model::Route::from));
-    routes.extend(input.tls_routes.iter().map(model::Route::from));
+    routes.extend(
+        input
+            .http_routes
+            .iter()
+            .map(|r| model::Route::from(r.as_ref())),
+    );
+    routes.extend(
+        input
+            .grpc_routes
+            .iter()
+            .map(|r| model::Route::from(r.as_ref())),
+    );
+    routes.extend(
+        input
+            .tls_routes
+            .iter()
+            .map(|r| model::Route::from(r.as_ref())),
+    );
     routes.retain(|r| names_ours(r));
     routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.

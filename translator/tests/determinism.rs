@@ -275,7 +275,7 @@ fn shuffle_changes_the_order() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
     shuffle::shuffle_input(&mut shuffled, &mut rng, true);
     let names =
-        |routes: &[gatewright_translator::api::httproutes::HttpRoute]| -> Vec<Option<String>> {
+        |routes: &[std::sync::Arc<gatewright_translator::api::httproutes::HttpRoute>]| -> Vec<Option<String>> {
             routes.iter().map(|r| r.metadata.name.clone()).collect()
         };
     assert_ne!(names(&input.http_routes), names(&shuffled.http_routes));

@@ -134,7 +134,7 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
             });
             match ip {
                 Some(i) => {
-                    let slice = &mut out.endpoint_slices[i];
+                    let slice = std::sync::Arc::make_mut(&mut out.endpoint_slices[i]);
                     let address = if slice.address_type == "IPv6" {
                         "fd00::fe:1"
                     } else {
@@ -145,7 +145,7 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
                 None => {
                     let mut slice = new_slice(input, service);
                     slice.endpoints.push(ready_endpoint("10.254.0.1"));
-                    out.endpoint_slices.push(slice);
+                    out.endpoint_slices.push(std::sync::Arc::new(slice));
                 }
             }
         }
@@ -153,7 +153,9 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
             let i = slices
                 .into_iter()
                 .find(|&i| !input.endpoint_slices[i].endpoints.is_empty())?;
-            out.endpoint_slices[i].endpoints.remove(0);
+            std::sync::Arc::make_mut(&mut out.endpoint_slices[i])
+                .endpoints
+                .remove(0);
         }
         Change::MakeNotReady => {
             let endpoint = slices
@@ -163,7 +165,8 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
                     let e = &input.endpoint_slices[i].endpoints[j];
                     e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
                 })?;
-            let e = &mut out.endpoint_slices[endpoint.0].endpoints[endpoint.1];
+            let e = &mut std::sync::Arc::make_mut(&mut out.endpoint_slices[endpoint.0]).endpoints
+                [endpoint.1];
             e.conditions.get_or_insert_with(Default::default).ready = Some(false);
         }
         Change::DeleteSlices => {

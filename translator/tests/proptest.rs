@@ -1633,10 +1633,10 @@ fn check_statuses(input: &Input, output: &Output, error: &mut dyn FnMut(String))
     }
 }
 
-fn to_values<T: serde::Serialize>(objects: &[T]) -> Vec<Value> {
+fn to_values<T: serde::Serialize>(objects: &[std::sync::Arc<T>]) -> Vec<Value> {
     objects
         .iter()
-        .map(|o| serde_json::to_value(o).expect("objects serialise"))
+        .map(|o| serde_json::to_value(o.as_ref()).expect("objects serialise"))
         .collect()
 }
 

@@ -292,14 +292,14 @@ impl Host {
                     g.metadata.namespace.clone().unwrap_or_default(),
                     g.metadata.name.clone().unwrap_or_default(),
                 );
-                (key, g)
+                (key, g.as_ref())
             })
             .collect();
         let classes: BTreeMap<&str, &GatewayClass> = snapshot
             .input
             .gateway_classes
             .iter()
-            .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+            .filter_map(|c| Some((c.metadata.name.as_deref()?, c.as_ref())))
             .collect();
         let mut learned = BTreeMap::new();
         let mut wanted: BTreeMap<ObjectKey, (IpAddr, EnvoyOptions)> = BTreeMap::new();

@@ -678,12 +678,15 @@ impl KubeMode {
         };
         let mut provisions = Vec::new();
         // Keyed once, so a round stays linear in the number of Gateways.
-        let gateways: BTreeMap<ObjectKey, &Gateway> =
-            input.gateways.iter().map(|g| (gateway_key(g), g)).collect();
+        let gateways: BTreeMap<ObjectKey, &Gateway> = input
+            .gateways
+            .iter()
+            .map(|g| (gateway_key(g), g.as_ref()))
+            .collect();
         let classes: BTreeMap<&str, &GatewayClass> = input
             .gateway_classes
             .iter()
-            .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+            .filter_map(|c| Some((c.metadata.name.as_deref()?, c.as_ref())))
             .collect();
         for (key, resources) in &output.gateways {
             let Some(gateway) = gateways.get(key).copied() else {

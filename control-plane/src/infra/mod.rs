@@ -137,7 +137,7 @@ pub fn edge_settings(
     let classes: BTreeMap<&str, &GatewayClass> = input
         .gateway_classes
         .iter()
-        .filter_map(|c| Some((c.metadata.name.as_deref()?, c)))
+        .filter_map(|c| Some((c.metadata.name.as_deref()?, c.as_ref())))
         .collect();
     input
         .gateways
@@ -262,7 +262,7 @@ mod tests {
 
     fn verdict(addresses: &[(&str, &str)], ip: &str) -> Option<(NotProgrammed, String)> {
         let input = Input {
-            gateways: vec![gateway(addresses)],
+            gateways: vec![gateway(addresses).into()],
             ..Input::default()
         };
         let mut learned = given(ip);
@@ -316,13 +316,13 @@ mod tests {
             ),
         ]);
         let input = Input {
-            gateway_classes: vec![class],
+            gateway_classes: vec![class.into()],
             gateways: vec![
-                named("from-class", "gatewright", None),
-                named("own", "gatewright", Some("two")),
-                named("bad", "gatewright", Some("bad")),
-                named("missing", "gatewright", Some("nowhere")),
-                named("other-class", "someone-else", Some("two")),
+                named("from-class", "gatewright", None).into(),
+                named("own", "gatewright", Some("two")).into(),
+                named("bad", "gatewright", Some("bad")).into(),
+                named("missing", "gatewright", Some("nowhere")).into(),
+                named("other-class", "someone-else", Some("two")).into(),
             ],
             ..Input::default()
         };

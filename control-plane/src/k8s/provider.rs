@@ -222,8 +222,8 @@ where
         }
     }
 
-    fn objects(&self) -> Vec<K> {
-        self.store.state().iter().map(|o| K::clone(o)).collect()
+    fn objects(&self) -> Vec<Arc<K>> {
+        self.store.state()
     }
 
     fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
@@ -407,7 +407,7 @@ where
         started
     }
 
-    fn objects(&self) -> Vec<K> {
+    fn objects(&self) -> Vec<Arc<K>> {
         self.watches.values().flat_map(Reflected::objects).collect()
     }
 
@@ -608,7 +608,7 @@ impl Provider {
         let mut input = Input::default();
         for key in services {
             if let Some(s) = self.services.get(Some(&key.namespace), &key.name) {
-                input.services.push(Service::clone(&s));
+                input.services.push(s);
             }
         }
         input.endpoint_slices = self
@@ -620,7 +620,7 @@ impl Provider {
                 Changed::Endpoints(key) => services.contains(&key),
                 Changed::Kind(_) => false,
             })
-            .map(|slice| EndpointSlice::clone(slice))
+            .cloned()
             .collect();
         input
     }
@@ -694,7 +694,7 @@ impl Provider {
     }
 }
 
-fn optional<K>(r: &Option<Reflected<K>>) -> Vec<K>
+fn optional<K>(r: &Option<Reflected<K>>) -> Vec<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {

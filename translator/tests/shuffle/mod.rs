@@ -9,6 +9,7 @@ use prost::Message;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Shuffles every list of `input` whose order carries no meaning:
 ///
@@ -62,22 +63,23 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
     if !inner {
         return;
     }
-    for slice in endpoint_slices.iter_mut() {
+    // make_mut: the shuffled copy must not change the input it came from.
+    for slice in endpoint_slices.iter_mut().map(Arc::make_mut) {
         slice.endpoints.shuffle(rng);
         if let Some(ports) = slice.ports.as_mut() {
             ports.shuffle(rng);
         }
     }
-    for svc in services.iter_mut() {
+    for svc in services.iter_mut().map(Arc::make_mut) {
         if let Some(ports) = svc.spec.as_mut().and_then(|spec| spec.ports.as_mut()) {
             ports.shuffle(rng);
         }
     }
-    for grant in reference_grants.iter_mut() {
+    for grant in reference_grants.iter_mut().map(Arc::make_mut) {
         grant.spec.from.shuffle(rng);
         grant.spec.to.shuffle(rng);
     }
-    for gateway in gateways.iter_mut() {
+    for gateway in gateways.iter_mut().map(Arc::make_mut) {
         for listener in gateway.spec.listeners.iter_mut() {
             let selector = listener
                 .allowed_routes

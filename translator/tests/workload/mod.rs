@@ -275,7 +275,7 @@ pub fn large_mixed() -> Input {
 /// HTTPRoutes, 250 GRPCRoutes, 500 Services" shape implies.
 pub fn large_mixed_http_only() -> Input {
     let mut input = large_mixed();
-    for gateway in &mut input.gateways {
+    for gateway in input.gateways.iter_mut().map(std::sync::Arc::make_mut) {
         gateway.spec.listeners.retain(|l| l.protocol == "HTTP");
     }
     input
@@ -334,12 +334,12 @@ pub fn mixed(namespaces: usize, services: usize, http_routes: usize, grpc_routes
             ),
         );
     }
-    input.secrets.push(tls_secret(
+    input.secrets.push(std::sync::Arc::new(tls_secret(
         "gateway-system",
         "example-com-tls",
         EXAMPLE_CERT_PEM,
         EXAMPLE_KEY_PEM,
-    ));
+    )));
     add(
         &mut input,
         json!({
@@ -543,9 +543,12 @@ pub fn listener_sets(sets: usize, per_set: usize) -> Input {
     for t in 0..10.min(sets) {
         let ns = format!("team-{t}");
         add(&mut input, namespace(&ns, &[]));
-        input
-            .secrets
-            .push(tls_secret(&ns, "cert", EXAMPLE_CERT_PEM, EXAMPLE_KEY_PEM));
+        input.secrets.push(std::sync::Arc::new(tls_secret(
+            &ns,
+            "cert",
+            EXAMPLE_CERT_PEM,
+            EXAMPLE_KEY_PEM,
+        )));
     }
     for s in 0..sets {
         let ns = format!("team-{}", s % 10);
