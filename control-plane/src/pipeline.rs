@@ -17,7 +17,7 @@ use crate::source::{ObjectId, Snapshot};
 use crate::status::{ObjectStatus, collect, loose_problems};
 use crate::xds::{Publisher, group_of};
 use anyhow::Context as _;
-use gatewright_translator::{Input, ObjectKey, Output, Statuses, refresh_endpoints, translate};
+use gatewright_translator::{Input, ObjectKey, Output, Statuses, Translator, refresh_endpoints};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -53,6 +53,8 @@ pub struct Pipeline {
     acks: Acks,
     /// The last translation, for rounds whose input did not change.
     last: Option<Translated>,
+    /// Reuses the last translation's work on routes that did not change.
+    translator: Translator,
 }
 
 /// A translation and what it was made from.
@@ -76,6 +78,7 @@ impl Pipeline {
             last_problems: Vec::new(),
             system_ca_file: None,
             last: None,
+            translator: Translator::new(),
         }
     }
 
@@ -194,7 +197,13 @@ impl Pipeline {
             return (Arc::clone(&last.output), false);
         }
         input.now = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        let output = Arc::new(translate(input));
+        let output = Arc::new(self.translator.translate(input));
+        let reuse = self.translator.last_reuse();
+        tracing::debug!(
+            routes_reused = reuse.routes_reused,
+            routes_resolved = reuse.routes_resolved,
+            "translated"
+        );
         self.last = snapshot.revision.map(|revision| Translated {
             revision,
             bind_addresses: input.bind_addresses.clone(),

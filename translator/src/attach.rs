@@ -1,6 +1,6 @@
 //! Route attachment to Gateway listeners, and route status per parent.
 
-use crate::backend::{self, ClusterRef, Unresolved};
+use crate::backend::{self, ClusterRef, ServiceRead, Unresolved};
 use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
@@ -30,12 +30,18 @@ pub(crate) struct ResolvedRoute {
     pub(crate) refs_error: Option<Unresolved>,
     /// BackendTLSPolicies that name a Service port this route sends to.
     pub(crate) tls_policies: BTreeSet<ObjectKey>,
+    /// Every Service resolution looked up, as found.
+    pub(crate) services: Vec<ServiceRead>,
+    /// The Envoy routes emitted from this route so far, kept with it so a
+    /// later translation that reuses the route reuses them too.
+    pub(crate) emitted: crate::emit::EmittedRoutes,
 }
 
 pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
     let ns = route.key.namespace.clone();
     let mut errors: Vec<Unresolved> = Vec::new();
     let mut tls_policies = BTreeSet::new();
+    let mut services = Vec::new();
     let rules = route
         .rules
         .iter()
@@ -44,7 +50,14 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                 .backends
                 .iter()
                 .map(|b| {
-                    let r = backend::resolve(index, route.kind, &ns, b, &mut tls_policies);
+                    let r = backend::resolve(
+                        index,
+                        route.kind,
+                        &ns,
+                        b,
+                        &mut tls_policies,
+                        &mut services,
+                    );
                     if let Err(e) = &r {
                         errors.push(e.clone());
                     }
@@ -58,7 +71,14 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                     Filter::Mirror {
                         backend: b,
                         fraction,
-                    } => match backend::resolve(index, route.kind, &ns, b, &mut tls_policies) {
+                    } => match backend::resolve(
+                        index,
+                        route.kind,
+                        &ns,
+                        b,
+                        &mut tls_policies,
+                        &mut services,
+                    ) {
                         Ok(c) => Some((c, *fraction)),
                         Err(e) => {
                             errors.push(e);
@@ -73,14 +93,20 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
                 .iter()
                 .filter_map(|f| match f {
                     Filter::ExternalAuth(a) => {
-                        let r =
-                            backend::resolve(index, route.kind, &ns, &a.backend, &mut tls_policies)
-                                // Envoy's gRPC client needs HTTP/2, whatever the
-                                // port's appProtocol says.
-                                .map(|c| match a.protocol {
-                                    AuthProtocol::Grpc { .. } => c.with_http2(),
-                                    AuthProtocol::Http { .. } => c,
-                                });
+                        let r = backend::resolve(
+                            index,
+                            route.kind,
+                            &ns,
+                            &a.backend,
+                            &mut tls_policies,
+                            &mut services,
+                        )
+                        // Envoy's gRPC client needs HTTP/2, whatever the
+                        // port's appProtocol says.
+                        .map(|c| match a.protocol {
+                            AuthProtocol::Grpc { .. } => c.with_http2(),
+                            AuthProtocol::Http { .. } => c,
+                        });
                         if let Err(e) = &r {
                             errors.push(e.clone());
                         }
@@ -109,6 +135,8 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
         rules,
         refs_error,
         tls_policies,
+        services,
+        emitted: Default::default(),
     }
 }
 
@@ -145,7 +173,7 @@ struct Pending {
 pub(crate) fn attach(
     index: &Index<'_>,
     gateways: &mut [GatewayInfo<'_>],
-    routes: &[ResolvedRoute],
+    routes: &[std::sync::Arc<ResolvedRoute>],
     now: &Time,
 ) -> (Vec<Vec<Attachment>>, Vec<Vec<ParentStatus>>) {
     // ListenerSet → (Gateway, whether its listeners were merged).
@@ -353,7 +381,7 @@ pub(crate) fn attach(
 /// An HTTPRoute and a GRPCRoute whose hostnames intersect on one listener
 /// cannot both be accepted there: the older route (then the first by
 /// namespace/name) keeps the listener, the other loses it.
-fn exclude_http_grpc_overlaps(routes: &[ResolvedRoute], pending: &mut [Pending]) {
+fn exclude_http_grpc_overlaps(routes: &[std::sync::Arc<ResolvedRoute>], pending: &mut [Pending]) {
     // (gateway, listener) → pending entries attached there.
     let mut by_listener: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
     for (pi, p) in pending.iter().enumerate() {

@@ -6,6 +6,7 @@ use crate::conditions::Reason;
 use crate::index::{Index, RefTarget};
 use crate::input::ObjectKey;
 use crate::model::{BackendRef, RouteKind};
+use k8s_openapi::api::core::v1::Service;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -90,15 +91,21 @@ impl ClusterRef {
 /// Why a backendRef could not be resolved: (reason, message).
 pub(crate) type Unresolved = (Reason, String);
 
+/// The Service a resolution looked up, as the input held it (None: there
+/// was none): a memoised resolution is reused only while it is unchanged.
+pub(crate) type ServiceRead = (ObjectKey, Option<Arc<Service>>);
+
 /// Resolves one backendRef of a route of `kind` in `route_ns`. Every
 /// BackendTLSPolicy that names the backend's port (applying or not) is
-/// added to `tls_policies`: the route's Gateways are its ancestors.
+/// added to `tls_policies`: the route's Gateways are its ancestors. The
+/// Service looked up is added to `services`.
 pub(crate) fn resolve(
     index: &Index<'_>,
     kind: RouteKind,
     route_ns: &str,
     b: &BackendRef,
     tls_policies: &mut BTreeSet<ObjectKey>,
+    services: &mut Vec<ServiceRead>,
 ) -> Result<ClusterRef, Unresolved> {
     if !b.group.is_empty() || b.kind != "Service" {
         return Err((
@@ -124,7 +131,12 @@ pub(crate) fn resolve(
             ),
         ));
     }
-    let Some(svc) = index.service(&b.namespace, &b.name) else {
+    let found = index.service_shared(&b.namespace, &b.name);
+    services.push((
+        ObjectKey::new(b.namespace.as_str(), b.name.as_str()),
+        found.cloned(),
+    ));
+    let Some(svc) = found else {
         return Err((
             Reason::BackendNotFound,
             format!("Service {}/{} does not exist", b.namespace, b.name),

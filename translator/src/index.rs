@@ -27,17 +27,17 @@ pub(crate) fn key_of(meta: &ObjectMeta) -> Key<'_> {
 /// Inserts `obj` under `key`; on a duplicate key keeps the object whose JSON
 /// sorts first, so the result never depends on input order.
 fn insert_unique<'a, K: std::hash::Hash + Eq, T: serde::Serialize>(
-    map: &mut HashMap<K, &'a T>,
+    map: &mut HashMap<K, &'a Arc<T>>,
     key: K,
-    obj: &'a T,
+    obj: &'a Arc<T>,
 ) {
     match map.entry(key) {
         std::collections::hash_map::Entry::Vacant(v) => {
             v.insert(obj);
         }
         std::collections::hash_map::Entry::Occupied(mut o) => {
-            let old = serde_json::to_string(*o.get()).unwrap_or_default();
-            let new = serde_json::to_string(obj).unwrap_or_default();
+            let old = serde_json::to_string(o.get().as_ref()).unwrap_or_default();
+            let new = serde_json::to_string(obj.as_ref()).unwrap_or_default();
             if new < old {
                 o.insert(obj);
             }
@@ -52,9 +52,12 @@ fn insert_unique<'a, K: std::hash::Hash + Eq, T: serde::Serialize>(
 fn services_and_slices<'a>(
     input: &'a Input,
     keep: impl Fn(&str, &str) -> bool,
-) -> (NsMap<'a, &'a Service>, NsMap<'a, Vec<&'a EndpointSlice>>) {
-    let mut services: NsMap<'a, &'a Service> = HashMap::new();
-    for s in input.services.iter().map(Arc::as_ref) {
+) -> (
+    NsMap<'a, &'a Arc<Service>>,
+    NsMap<'a, Vec<&'a EndpointSlice>>,
+) {
+    let mut services: NsMap<'a, &'a Arc<Service>> = HashMap::new();
+    for s in &input.services {
         let (ns, name) = key_of(&s.metadata);
         if keep(ns, name) {
             insert_unique(services.entry(ns).or_default(), name, s);
@@ -83,11 +86,11 @@ fn services_and_slices<'a>(
 
 /// Read-only indexes built once per translation.
 pub(crate) struct Index<'a> {
-    services: NsMap<'a, &'a Service>,
+    services: NsMap<'a, &'a Arc<Service>>,
     slices: NsMap<'a, Vec<&'a EndpointSlice>>,
-    secrets: NsMap<'a, &'a Secret>,
-    config_maps: NsMap<'a, &'a ConfigMap>,
-    namespaces: HashMap<&'a str, &'a Namespace>,
+    secrets: NsMap<'a, &'a Arc<Secret>>,
+    config_maps: NsMap<'a, &'a Arc<ConfigMap>>,
+    namespaces: HashMap<&'a str, &'a Arc<Namespace>>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
     /// BackendTLSPolicies, resolved, and which one applies where.
     backend_tls: Policies<'a>,
@@ -97,18 +100,18 @@ pub(crate) struct Index<'a> {
 impl<'a> Index<'a> {
     pub(crate) fn new(input: &'a Input) -> Self {
         let (services, slices) = services_and_slices(input, |_, _| true);
-        let mut secrets: NsMap<'a, &'a Secret> = HashMap::new();
-        for s in input.secrets.iter().map(Arc::as_ref) {
+        let mut secrets: NsMap<'a, &'a Arc<Secret>> = HashMap::new();
+        for s in &input.secrets {
             let (ns, name) = key_of(&s.metadata);
             insert_unique(secrets.entry(ns).or_default(), name, s);
         }
-        let mut config_maps: NsMap<'a, &'a ConfigMap> = HashMap::new();
-        for c in input.config_maps.iter().map(Arc::as_ref) {
+        let mut config_maps: NsMap<'a, &'a Arc<ConfigMap>> = HashMap::new();
+        for c in &input.config_maps {
             let (ns, name) = key_of(&c.metadata);
             insert_unique(config_maps.entry(ns).or_default(), name, c);
         }
         let mut namespaces = HashMap::with_capacity(input.namespaces.len());
-        for n in input.namespaces.iter().map(Arc::as_ref) {
+        for n in &input.namespaces {
             insert_unique(&mut namespaces, n.metadata.name.as_deref().unwrap_or(""), n);
         }
         let mut grants: HashMap<&'a str, Vec<&'a ReferenceGrant>> = HashMap::new();
@@ -120,7 +123,13 @@ impl<'a> Index<'a> {
         }
         let backend_tls = Policies::new(
             &input.backend_tls_policies,
-            |ns, name| config_maps.get(ns).and_then(|m| m.get(name)).copied(),
+            |ns, name| {
+                config_maps
+                    .get(ns)
+                    .and_then(|m| m.get(name))
+                    .copied()
+                    .map(Arc::as_ref)
+            },
             input
                 .system_ca_file
                 .as_deref()
@@ -165,11 +174,21 @@ impl<'a> Index<'a> {
     }
 
     pub(crate) fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        self.service_shared(ns, name).map(Arc::as_ref)
+    }
+
+    /// The Service as the input holds it: what a memoised result that read
+    /// it keeps, to tell later whether it changed (see [`crate::memo`]).
+    pub(crate) fn service_shared(&self, ns: &str, name: &str) -> Option<&'a Arc<Service>> {
         self.services.get(ns).and_then(|m| m.get(name)).copied()
     }
 
     pub(crate) fn secret(&self, ns: &str, name: &str) -> Option<&'a Secret> {
-        self.secrets.get(ns).and_then(|m| m.get(name)).copied()
+        self.secrets
+            .get(ns)
+            .and_then(|m| m.get(name))
+            .copied()
+            .map(Arc::as_ref)
     }
 
     /// Whether a Gatewright ProxyParameters object exists.
@@ -184,7 +203,11 @@ impl<'a> Index<'a> {
     }
 
     pub(crate) fn config_map(&self, ns: &str, name: &str) -> Option<&'a ConfigMap> {
-        self.config_maps.get(ns).and_then(|m| m.get(name)).copied()
+        self.config_maps
+            .get(ns)
+            .and_then(|m| m.get(name))
+            .copied()
+            .map(Arc::as_ref)
     }
 
     /// EndpointSlices of a Service (any order).

@@ -17,6 +17,7 @@ mod hostname;
 mod index;
 mod input;
 mod listenerset;
+mod memo;
 mod model;
 mod output;
 pub mod re2;
@@ -141,6 +142,46 @@ fn unsupported_address(gateway: &api::gateways::Gateway) -> Option<String> {
 
 /// Translates one snapshot of objects into Envoy resources and statuses.
 pub fn translate(input: &Input) -> Output {
+    translate_with(input, &mut memo::Memo::default())
+}
+
+/// Translates successive snapshots, reusing from the last translation the
+/// work on routes whose inputs did not change: their conversion, the
+/// resolution of their backends and the Envoy routes emitted from them.
+/// Each result is exactly what [`translate`] gives for the same input.
+#[derive(Default)]
+pub struct Translator {
+    memo: memo::Memo,
+}
+
+impl Translator {
+    /// A translator with nothing to reuse yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Translates `input`, as [`translate`] does.
+    pub fn translate(&mut self, input: &Input) -> Output {
+        translate_with(input, &mut self.memo)
+    }
+
+    /// How much of the last translation came from the one before.
+    pub fn last_reuse(&self) -> Reuse {
+        self.memo.reuse
+    }
+}
+
+/// How much of a translation [`Translator`] took from the one before it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// Routes of ours whose resolution and emitted Envoy routes were reused.
+    pub routes_reused: usize,
+    /// Routes of ours converted and resolved anew.
+    pub routes_resolved: usize,
+}
+
+fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
+    memo.begin(input);
     let now = input
         .now
         .clone()
@@ -322,33 +363,13 @@ pub fn translate(input: &Input) -> Output {
                         && our_sets.contains(&(p.namespace.clone(), p.name.clone())))
             })
     };
-    let mut routes: Vec<model::Route> = Vec::new();
-    routes.extend(
-        input
-            .http_routes
-            .iter()
-            .map(|r| model::Route::from(r.as_ref())),
-    );
-    routes.extend(
-        input
-            .grpc_routes
-            .iter()
-            .map(|r| model::Route::from(r.as_ref())),
-    );
-    routes.extend(
-        input
-            .tls_routes
-            .iter()
-            .map(|r| model::Route::from(r.as_ref())),
-    );
-    routes.retain(|r| names_ours(r));
-    routes.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+    let sources = (input.http_routes.iter().map(memo::Source::Http))
+        .chain(input.grpc_routes.iter().map(memo::Source::Grpc))
+        .chain(input.tls_routes.iter().map(memo::Source::Tls));
+    let mut resolved = memo.resolve(&index, sources, names_ours);
+    resolved.sort_by(|a, b| (a.route.kind, &a.route.key).cmp(&(b.route.kind, &b.route.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.
-    routes.dedup_by(|a, b| (a.kind, &a.key) == (b.kind, &b.key));
-    let resolved: Vec<attach::ResolvedRoute> = routes
-        .into_iter()
-        .map(|r| attach::resolve_route(&index, r))
-        .collect();
+    resolved.dedup_by(|a, b| (a.route.kind, &a.route.key) == (b.route.kind, &b.route.key));
 
     let (attachments, route_statuses) = attach::attach(&index, &mut infos, &resolved, &now);
 
@@ -488,7 +509,7 @@ pub fn refresh_endpoints(
 fn tls_policy_statuses(
     input: &Input,
     index: &Index<'_>,
-    routes: &[attach::ResolvedRoute],
+    routes: &[Arc<attach::ResolvedRoute>],
     route_statuses: &[Vec<ParentStatus>],
     now: &Time,
 ) -> BTreeMap<ObjectKey, api::backendtlspolicies::BackendTlsPolicyStatus> {

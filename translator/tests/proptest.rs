@@ -1773,6 +1773,64 @@ proptest! {
     }
 }
 
+/// A random change sequence: a first scenario, then steps that each drop
+/// some of the current documents (one in five) and add, or put in place of
+/// the document of the same identity, some of another scenario's (three in
+/// ten), by the step's seed.
+fn change_sequence() -> impl Strategy<Value = (Scenario, Vec<(Scenario, u64)>)> {
+    (scenario(), vec((scenario(), any::<u64>()), 1..5))
+}
+
+proptest! {
+    #![proptest_config(config(48, 128))]
+
+    /// One [`Translator`] fed a change sequence gives, at every step, what a
+    /// fresh translation of that step's input gives. Documents a step does
+    /// not touch keep their decoded objects (as the file cache and the
+    /// watch stores do), so reuse is exercised both by the same object and
+    /// by an equal one decoded again.
+    #[test]
+    fn incremental_translation_matches_a_full_one((first, steps) in change_sequence()) {
+        use gatewright_translator::{InputObject, Translator};
+        let decode = |doc: &Value| {
+            InputObject::decode(doc.clone())
+                .map(|object| (identity(doc), object))
+                .map_err(|e| TestCaseError::fail(format!("scenario document does not decode: {e}")))
+        };
+        let mut documents = first
+            .documents
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut translator = Translator::new();
+        for (step, seed) in std::iter::once((None, 0)).chain(steps.iter().map(|(s, seed)| (Some(s), *seed))) {
+            if let Some(next) = step {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+                documents.retain(|_| !rng.random_bool(0.2));
+                for doc in &next.documents {
+                    if rng.random_bool(0.3) {
+                        let (id, object) = decode(doc)?;
+                        match documents.iter().position(|(other, _)| *other == id) {
+                            Some(i) => documents[i] = (id, object),
+                            None => documents.push((id, object)),
+                        }
+                    }
+                }
+            }
+            let mut input = Input::new();
+            if first.with_now {
+                input.now = Some(support::case_now());
+            }
+            for (_, object) in &documents {
+                input.insert(object.clone());
+            }
+            let expected = translate(&input);
+            let actual = translator.translate(&input);
+            shuffle::compare_outputs(&expected, &actual).map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
 proptest! {
     // Envoy takes about half a second per Gateway: few cases, bounded
     // shrinking.

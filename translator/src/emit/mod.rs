@@ -11,6 +11,7 @@ mod secrets;
 
 pub use clusters::INVALID_BACKEND_CLUSTER;
 pub(crate) use clusters::load_assignment;
+pub(crate) use routes::EmittedRoutes;
 
 use crate::attach::{Attachment, ResolvedRoute};
 use crate::backend::ClusterRef;
@@ -58,7 +59,7 @@ fn socket(address: &str, port: u32) -> Address {
 /// The per-Gateway context of emission.
 pub(crate) struct Emitter<'a, 'i> {
     pub(crate) gateway: &'a GatewayInfo<'i>,
-    pub(crate) routes: &'a [ResolvedRoute],
+    pub(crate) routes: &'a [std::sync::Arc<ResolvedRoute>],
     pub(crate) attachments: &'a [Attachment],
     pub(crate) bind_address: &'a str,
     /// The Gateway's connection-manager settings from its ProxyParameters.

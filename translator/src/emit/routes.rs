@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     FilterStateMatcher, RegexMatchAndSubstitute, RegexMatcher, StringMatcher, filter_state_matcher,
     string_matcher,
@@ -30,6 +31,20 @@ use envoy_types::pb::google::protobuf::{
     BoolValue, Duration as ProtoDuration, Struct, UInt32Value, Value, value,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// One emitted Envoy route with what emitting it added to its Gateway: the
+/// clusters it sends to and the `ext_authz` filters it enables.
+#[derive(Debug)]
+pub(crate) struct Emitted {
+    route: Route,
+    clusters: Vec<ClusterRef>,
+    auth: Vec<(String, ExtAuthz)>,
+}
+
+/// The Envoy routes emitted from one resolved route, by port, whether the
+/// port serves TLS, rule and match.
+pub(crate) type EmittedRoutes = Mutex<HashMap<(i32, bool, usize, usize), Arc<Emitted>>>;
 
 impl Emitter<'_, '_> {
     /// The route configuration of `port`, serving `listeners` (among which
@@ -163,7 +178,7 @@ impl Emitter<'_, '_> {
                 }
                 let mut routes = Vec::with_capacity(entries.len() + 2);
                 for &(_, ri, rule_i, mi) in &entries {
-                    routes.push(self.route(port, tls, ri, rule_i, mi, clusters, auth));
+                    routes.push(self.route_memoised(port, tls, ri, rule_i, mi, clusters, auth));
                 }
                 if by_sni && let Some(li) = owner {
                     let listener = &self.gateway.listeners[li].envoy_name;
@@ -193,6 +208,53 @@ impl Emitter<'_, '_> {
             ignore_port_in_host_matching: true,
             ..Default::default()
         }
+    }
+
+    /// [`Self::route`], taken from what an earlier call emitted for the
+    /// same resolved route, port and scheme when there is one: a route is
+    /// re-emitted only when it was resolved anew (see [`crate::memo`]).
+    #[allow(clippy::too_many_arguments)]
+    fn route_memoised(
+        &self,
+        port: i32,
+        tls: bool,
+        ri: usize,
+        rule_i: usize,
+        mi: usize,
+        clusters: &mut BTreeSet<ClusterRef>,
+        auth: &mut AuthFilters,
+    ) -> Route {
+        let memo = &self.routes[ri].emitted;
+        let key = (port, tls, rule_i, mi);
+        // A poisoned lock only loses the memo: emit afresh.
+        let cached = memo.lock().ok().and_then(|m| m.get(&key).cloned());
+        let emitted = cached.unwrap_or_else(|| {
+            let mut own_clusters = BTreeSet::new();
+            let mut own_auth = AuthFilters::new();
+            let route = self.route(port, tls, ri, rule_i, mi, &mut own_clusters, &mut own_auth);
+            let emitted = Arc::new(Emitted {
+                route,
+                clusters: own_clusters.into_iter().collect(),
+                auth: own_auth.into_iter().collect(),
+            });
+            if let Ok(mut m) = memo.lock() {
+                m.insert(key, Arc::clone(&emitted));
+            }
+            emitted
+        });
+        // What `route` would have added; the first filter of a name wins,
+        // as in `route`.
+        for c in &emitted.clusters {
+            if !clusters.contains(c) {
+                clusters.insert(c.clone());
+            }
+        }
+        for (name, config) in &emitted.auth {
+            if !auth.contains_key(name) {
+                auth.insert(name.clone(), config.clone());
+            }
+        }
+        emitted.route.clone()
     }
 
     /// The Envoy route of match `mi` of rule `rule_i` of route `ri`; the
