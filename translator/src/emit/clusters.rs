@@ -59,13 +59,17 @@ impl Emitter<'_, '_> {
             if let Some(cert) = client {
                 out.secrets.push(secrets::tls_certificate(cert));
             }
-            out.clusters.push(cluster(c, client));
-            out.endpoints.push(load_assignment(
+            let memo = &self.memo.clusters;
+            out.clusters.push(match client {
+                None => memo.cluster(c, || cluster(c, None)),
+                Some(_) => cluster(c, client),
+            });
+            out.endpoints.push(memo.endpoints(
                 self.index,
                 c.name(),
                 &c.namespace,
                 &c.service,
-                c.port,
+                || load_assignment(self.index, c.name(), &c.namespace, &c.service, c.port),
             ));
             out.backends.insert(
                 c.name().to_owned(),
