@@ -237,9 +237,10 @@ pub(crate) struct Clusters {
 #[derive(Default)]
 struct ClusterState {
     /// Entries of the last translation not yet used in this one.
-    clusters_before: HashMap<ClusterRef, Cluster>,
+    /// (Boxed in an `Arc`: a Cluster is large, and the maps move entries.)
+    clusters_before: HashMap<ClusterRef, Arc<Cluster>>,
     /// Entries used in this translation so far.
-    clusters: HashMap<ClusterRef, Cluster>,
+    clusters: HashMap<ClusterRef, Arc<Cluster>>,
     endpoints_before: HashMap<String, Endpoints>,
     endpoints: HashMap<String, Endpoints>,
 }
@@ -280,11 +281,15 @@ impl Clusters {
         }
         let mut state = self.state.borrow_mut();
         if let Some(cluster) = state.clusters.get(c) {
-            return cluster.clone();
+            return Cluster::clone(cluster);
         }
-        let cluster = state.clusters_before.remove(c).unwrap_or_else(make);
-        state.clusters.insert(c.clone(), cluster.clone());
-        cluster
+        let cluster = state
+            .clusters_before
+            .remove(c)
+            .unwrap_or_else(|| Arc::new(make()));
+        let out = Cluster::clone(&cluster);
+        state.clusters.insert(c.clone(), cluster);
+        out
     }
 
     /// The endpoints of cluster `name`, fed by `namespace/service`:
