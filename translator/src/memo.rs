@@ -237,10 +237,9 @@ pub(crate) struct Clusters {
 #[derive(Default)]
 struct ClusterState {
     /// Entries of the last translation not yet used in this one.
-    /// (Boxed in an `Arc`: a Cluster is large, and the maps move entries.)
-    clusters_before: HashMap<ClusterRef, Arc<Cluster>>,
+    clusters_before: HashMap<ClusterRef, Cluster>,
     /// Entries used in this translation so far.
-    clusters: HashMap<ClusterRef, Arc<Cluster>>,
+    clusters: HashMap<ClusterRef, Cluster>,
     endpoints_before: HashMap<String, Endpoints>,
     endpoints: HashMap<String, Endpoints>,
 }
@@ -281,15 +280,11 @@ impl Clusters {
         }
         let mut state = self.state.borrow_mut();
         if let Some(cluster) = state.clusters.get(c) {
-            return Cluster::clone(cluster);
+            return cluster.clone();
         }
-        let cluster = state
-            .clusters_before
-            .remove(c)
-            .unwrap_or_else(|| Arc::new(make()));
-        let out = Cluster::clone(&cluster);
-        state.clusters.insert(c.clone(), cluster);
-        out
+        let cluster = state.clusters_before.remove(c).unwrap_or_else(make);
+        state.clusters.insert(c.clone(), cluster.clone());
+        cluster
     }
 
     /// The endpoints of cluster `name`, fed by `namespace/service`:
