@@ -20,15 +20,10 @@ use crate::api::httproutes::HttpRoute;
 use crate::api::referencegrants::ReferenceGrant;
 use crate::api::tlsroutes::TlsRoute;
 use crate::attach::{self, ResolvedRoute};
-use crate::backend::ClusterRef;
 use crate::index::{self, Index};
 use crate::input::{Input, ObjectKey};
 use crate::model::{Route, RouteKind};
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::cell::RefCell;
+use k8s_openapi::api::core::v1::ConfigMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -136,36 +131,17 @@ impl Context {
 /// Resolved routes of the last translation, by kind and key.
 #[derive(Default)]
 pub(crate) struct Memo {
-    /// Whether anything is kept for a next translation; a one-off
-    /// [`crate::translate`] does not pay for keeping.
-    pub(crate) keep: bool,
     context: Context,
     routes: HashMap<(RouteKind, ObjectKey), Entry>,
-    pub(crate) clusters: Clusters,
     pub(crate) reuse: crate::Reuse,
 }
 
 impl Memo {
-    /// A memo that keeps what each translation made for the next.
-    pub(crate) fn keeping() -> Self {
-        Self {
-            keep: true,
-            clusters: Clusters {
-                keep: true,
-                ..Clusters::default()
-            },
-            ..Self::default()
-        }
-    }
-
     /// Starts a translation of `input`: entries that may depend on what
     /// changed in the resolution context are dropped.
     pub(crate) fn begin(&mut self, input: &Input) {
         if !self.context.matches(input) {
             self.routes.clear();
-            // A cluster's TLS settings come from the policies and CA
-            // ConfigMaps, but they are part of its ClusterRef, which is
-            // compared whole: cluster entries stay valid.
             self.context = Context::of(input);
         }
     }
@@ -216,117 +192,9 @@ impl Memo {
                 continue;
             }
             out.push(Arc::clone(&entry.resolved));
-            if self.keep {
-                kept.insert(key, entry);
-            }
+            kept.insert(key, entry);
         }
         self.routes = kept;
         out
-    }
-}
-
-/// Clusters and their endpoints emitted by the last translation, reused
-/// by the next (see [`Clusters::cluster`] and [`Clusters::endpoints`]).
-/// Filled and read during emission, which borrows the memo immutably.
-#[derive(Default)]
-pub(crate) struct Clusters {
-    keep: bool,
-    state: RefCell<ClusterState>,
-}
-
-#[derive(Default)]
-struct ClusterState {
-    /// Entries of the last translation not yet used in this one.
-    clusters_before: HashMap<ClusterRef, Cluster>,
-    /// Entries used in this translation so far.
-    clusters: HashMap<ClusterRef, Cluster>,
-    endpoints_before: HashMap<String, Endpoints>,
-    endpoints: HashMap<String, Endpoints>,
-}
-
-/// One cluster's endpoints and what they were computed from: the Service
-/// (its port names pick the slice ports) and its EndpointSlices.
-struct Endpoints {
-    service: Option<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
-    assignment: ClusterLoadAssignment,
-}
-
-impl Endpoints {
-    fn computed_from(
-        &self,
-        service: Option<&Arc<Service>>,
-        slices: &[&Arc<EndpointSlice>],
-    ) -> bool {
-        let same_service = match (&self.service, service) {
-            (Some(a), Some(b)) => same(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        same_service
-            && self.slices.len() == slices.len()
-            && self.slices.iter().zip(slices).all(|(a, b)| same(a, b))
-    }
-}
-
-impl Clusters {
-    /// The cluster of `c`: `make()` unless the last translation or an
-    /// earlier Gateway of this one made it. A cluster is a function of its
-    /// [`ClusterRef`] alone (callers with a client certificate, which is
-    /// not part of it, do not come here).
-    pub(crate) fn cluster(&self, c: &ClusterRef, make: impl FnOnce() -> Cluster) -> Cluster {
-        if !self.keep {
-            return make();
-        }
-        let mut state = self.state.borrow_mut();
-        if let Some(cluster) = state.clusters.get(c) {
-            return cluster.clone();
-        }
-        let cluster = state.clusters_before.remove(c).unwrap_or_else(make);
-        state.clusters.insert(c.clone(), cluster.clone());
-        cluster
-    }
-
-    /// The endpoints of cluster `name`, fed by `namespace/service`:
-    /// `make()` unless they were made from the same Service and slices.
-    pub(crate) fn endpoints(
-        &self,
-        index: &Index<'_>,
-        name: &str,
-        namespace: &str,
-        service: &str,
-        make: impl FnOnce() -> ClusterLoadAssignment,
-    ) -> ClusterLoadAssignment {
-        if !self.keep {
-            return make();
-        }
-        let found = index.service_shared(namespace, service);
-        let slices = index.slices(namespace, service);
-        let mut state = self.state.borrow_mut();
-        if let Some(e) = state.endpoints.get(name)
-            && e.computed_from(found, slices)
-        {
-            return e.assignment.clone();
-        }
-        let assignment = match state.endpoints_before.remove(name) {
-            Some(e) if e.computed_from(found, slices) => e.assignment,
-            _ => make(),
-        };
-        state.endpoints.insert(
-            name.to_owned(),
-            Endpoints {
-                service: found.cloned(),
-                slices: slices.iter().map(|s| Arc::clone(s)).collect(),
-                assignment: assignment.clone(),
-            },
-        );
-        assignment
-    }
-
-    /// Ends a translation: what it did not use is dropped.
-    pub(crate) fn finish(&mut self) {
-        let state = self.state.get_mut();
-        state.clusters_before = std::mem::take(&mut state.clusters);
-        state.endpoints_before = std::mem::take(&mut state.endpoints);
     }
 }

@@ -59,17 +59,13 @@ impl Emitter<'_, '_> {
             if let Some(cert) = client {
                 out.secrets.push(secrets::tls_certificate(cert));
             }
-            let memo = &self.memo.clusters;
-            out.clusters.push(match client {
-                None => memo.cluster(c, || cluster(c, None)),
-                Some(_) => cluster(c, client),
-            });
-            out.endpoints.push(memo.endpoints(
+            out.clusters.push(cluster(c, client));
+            out.endpoints.push(load_assignment(
                 self.index,
                 c.name(),
                 &c.namespace,
                 &c.service,
-                || load_assignment(self.index, c.name(), &c.namespace, &c.service, c.port),
+                c.port,
             ));
             out.backends.insert(
                 c.name().to_owned(),

@@ -58,8 +58,6 @@ fn socket(address: &str, port: u32) -> Address {
 
 /// The per-Gateway context of emission.
 pub(crate) struct Emitter<'a, 'i> {
-    /// What the last translation emitted, for reuse.
-    pub(crate) memo: &'a crate::memo::Memo,
     pub(crate) gateway: &'a GatewayInfo<'i>,
     pub(crate) routes: &'a [std::sync::Arc<ResolvedRoute>],
     pub(crate) attachments: &'a [Attachment],
