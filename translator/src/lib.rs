@@ -149,15 +149,22 @@ pub fn translate(input: &Input) -> Output {
 /// work on routes whose inputs did not change: their conversion, the
 /// resolution of their backends and the Envoy routes emitted from them.
 /// Each result is exactly what [`translate`] gives for the same input.
-#[derive(Default)]
 pub struct Translator {
     memo: memo::Memo,
+}
+
+impl Default for Translator {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Translator {
     /// A translator with nothing to reuse yet.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            memo: memo::Memo::keeping(),
+        }
     }
 
     /// Translates `input`, as [`translate`] does.
@@ -392,6 +399,7 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
             _ => EdgeSettings::default(),
         };
         let emitter = emit::Emitter {
+            keep: memo.keep,
             gateway: info,
             routes: &resolved,
             attachments: &attachments[gi],

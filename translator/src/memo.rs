@@ -131,12 +131,23 @@ impl Context {
 /// Resolved routes of the last translation, by kind and key.
 #[derive(Default)]
 pub(crate) struct Memo {
+    /// Whether anything is kept for a next translation; a one-off
+    /// [`crate::translate`] does not pay for keeping.
+    pub(crate) keep: bool,
     context: Context,
     routes: HashMap<(RouteKind, ObjectKey), Entry>,
     pub(crate) reuse: crate::Reuse,
 }
 
 impl Memo {
+    /// A memo that keeps what each translation resolved for the next.
+    pub(crate) fn keeping() -> Self {
+        Self {
+            keep: true,
+            ..Self::default()
+        }
+    }
+
     /// Starts a translation of `input`: entries that may depend on what
     /// changed in the resolution context are dropped.
     pub(crate) fn begin(&mut self, input: &Input) {
@@ -192,7 +203,9 @@ impl Memo {
                 continue;
             }
             out.push(Arc::clone(&entry.resolved));
-            kept.insert(key, entry);
+            if self.keep {
+                kept.insert(key, entry);
+            }
         }
         self.routes = kept;
         out

@@ -58,6 +58,9 @@ fn socket(address: &str, port: u32) -> Address {
 
 /// The per-Gateway context of emission.
 pub(crate) struct Emitter<'a, 'i> {
+    /// Whether emitted routes are kept with their resolved route for the
+    /// next translation (see [`crate::memo`]).
+    pub(crate) keep: bool,
     pub(crate) gateway: &'a GatewayInfo<'i>,
     pub(crate) routes: &'a [std::sync::Arc<ResolvedRoute>],
     pub(crate) attachments: &'a [Attachment],

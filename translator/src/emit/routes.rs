@@ -224,6 +224,9 @@ impl Emitter<'_, '_> {
         clusters: &mut BTreeSet<ClusterRef>,
         auth: &mut AuthFilters,
     ) -> Route {
+        if !self.keep {
+            return self.route(port, tls, ri, rule_i, mi, clusters, auth);
+        }
         let memo = &self.routes[ri].emitted;
         let key = (port, tls, rule_i, mi);
         // A poisoned lock only loses the memo: emit afresh.
