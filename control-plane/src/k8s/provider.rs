@@ -192,11 +192,7 @@ where
         let mut stores = Split::default();
         let store = stores.valid.as_reader();
         let undecodable = stores.invalid.as_reader();
-        // managedFields are never read and are often the largest part of an
-        // object: drop them before they reach the store.
-        let stream = watcher::watcher(api, config).default_backoff().modify(|o| {
-            o.managed_fields_mut().clear();
-        });
+        let stream = watcher::watcher(api, config).default_backoff().modify(lean);
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
@@ -694,6 +690,20 @@ impl Provider {
     }
 }
 
+/// The annotation kubectl keeps a copy of the last applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a watched object, before it reaches a store, what nothing
+/// reads and what is often its largest part: managedFields and kubectl's
+/// last-applied copy of the object. (Status writes send the object back,
+/// but the status subresource ignores everything outside `status`.)
+fn lean<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    if let Some(annotations) = o.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 fn optional<K>(r: &Option<Reflected<K>>) -> Vec<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -812,6 +822,27 @@ mod tests {
             }
         }))
         .expect("any object with metadata decodes into a guard")
+    }
+
+    /// What reaches a store has no managedFields and no last-applied copy,
+    /// and keeps every other annotation.
+    #[test]
+    fn stored_objects_are_lean() {
+        let mut service: Service = serde_json::from_value(json!({
+            "metadata": {
+                "name": "svc",
+                "namespace": "ns",
+                "annotations": {LAST_APPLIED: "{\"kind\":\"Service\"}", "team": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            }
+        }))
+        .expect("a Service");
+        lean(&mut service);
+        let meta = &service.metadata;
+        assert!(meta.managed_fields.as_ref().is_none_or(Vec::is_empty));
+        let annotations = meta.annotations.as_ref().expect("other annotations stay");
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(annotations.get("team").map(String::as_str), Some("a"));
     }
 
     const KNOWN: &str = "ExtensionRef";
