@@ -14,7 +14,6 @@ use gatewright_translator::{Input, translate};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use serde_json::json;
-use std::path::PathBuf;
 
 const SEEDS: u64 = 20;
 
@@ -188,22 +187,9 @@ fn order_of_unordered_inner_lists_does_not_matter() {
     }
 }
 
-/// `testdata/translator/*.yaml`, sorted.
-fn golden_cases() -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(support::cases_dir()) else {
-        return Vec::new();
-    };
-    let mut cases: Vec<PathBuf> = entries
-        .map(|entry| entry.expect("readable testdata/translator entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    cases.sort();
-    cases
-}
-
 #[test]
 fn golden_cases_are_order_independent() {
-    let cases = golden_cases();
+    let cases = support::case_paths();
     for path in &cases {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
         let input =

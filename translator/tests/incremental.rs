@@ -9,18 +9,11 @@ mod workload;
 
 use gatewright_translator::{Input, Reuse, Translator, translate};
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-/// `testdata/translator/*.yaml`, sorted.
+/// Every test case with its input, in file-name order.
 fn golden_inputs() -> Vec<(String, Input)> {
-    let entries = std::fs::read_dir(support::cases_dir()).expect("list testdata/translator");
-    let mut paths: Vec<PathBuf> = entries
-        .map(|entry| entry.expect("readable testdata/translator entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    paths.sort();
-    paths
+    support::case_paths()
         .into_iter()
         .map(|path| {
             let name = path.display().to_string();

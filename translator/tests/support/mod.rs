@@ -58,6 +58,17 @@ pub fn cases_dir() -> PathBuf {
     workspace_dir().join("testdata").join("translator")
 }
 
+/// Every test case (`testdata/translator/*.yaml`), sorted.
+pub fn case_paths() -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(cases_dir()).expect("list testdata/translator");
+    let mut cases: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("readable testdata/translator entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    cases.sort();
+    cases
+}
+
 // ---------------------------------------------------------------------------
 // Test cases
 // ---------------------------------------------------------------------------
