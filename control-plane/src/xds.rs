@@ -4,7 +4,8 @@
 
 use gatewright_translator::{GatewayResources, ObjectKey, Output};
 use gatewright_xds::{AdsServer, Cache, Resources};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// The xDS node group of a Gateway, `<namespace>/<name>`: what its Envoys
@@ -40,8 +41,10 @@ pub fn to_xds(resources: &GatewayResources) -> Resources {
 #[derive(Debug)]
 pub struct Publisher {
     cache: Cache,
-    /// The groups served after the last [`Publisher::publish`].
-    groups: BTreeSet<String>,
+    /// What each group was last served: a translation that hands out the
+    /// same allocation again (nothing it came from changed) is not
+    /// converted and compared again.
+    served: BTreeMap<String, Arc<GatewayResources>>,
 }
 
 impl Publisher {
@@ -49,31 +52,39 @@ impl Publisher {
     pub fn new(cache: Cache) -> Self {
         Self {
             cache,
-            groups: BTreeSet::new(),
+            served: BTreeMap::new(),
         }
     }
 
     /// Serves each Gateway's resources to its node group and stops serving
     /// the groups of Gateways that are gone.
     pub fn publish(&mut self, output: &Output) {
-        let mut next = BTreeSet::new();
+        let mut next = BTreeMap::new();
         for (key, resources) in &output.gateways {
             let group = group_of(key);
-            self.cache.set(&group, to_xds(resources));
-            next.insert(group);
+            let unchanged = self
+                .served
+                .get(&group)
+                .is_some_and(|last| Arc::ptr_eq(last, resources));
+            if !unchanged {
+                self.cache.set(&group, to_xds(resources));
+            }
+            next.insert(group, Arc::clone(resources));
         }
-        for gone in self.groups.difference(&next) {
+        for gone in self.served.keys().filter(|g| !next.contains_key(*g)) {
             self.cache.clear(gone);
         }
-        self.groups = next;
+        self.served = next;
     }
 
     /// Serves again only the Gateways in `changed` (e.g. after their
     /// endpoints were refreshed); the set of groups does not change.
-    pub fn publish_some(&self, output: &Output, changed: &BTreeSet<ObjectKey>) {
+    pub fn publish_some(&mut self, output: &Output, changed: &BTreeSet<ObjectKey>) {
         for key in changed {
             if let Some(resources) = output.gateways.get(key) {
-                self.cache.set(&group_of(key), to_xds(resources));
+                let group = group_of(key);
+                self.cache.set(&group, to_xds(resources));
+                self.served.insert(group, Arc::clone(resources));
             }
         }
     }
@@ -126,4 +137,75 @@ pub fn serve_plaintext(
             tracing::error!("xDS server failed: {e}");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Name;
+
+    fn gateway(clusters: &[&str]) -> Arc<GatewayResources> {
+        Arc::new(GatewayResources {
+            clusters: clusters
+                .iter()
+                .map(|name| Cluster {
+                    name: (*name).to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn output(gateways: &[(&str, &Arc<GatewayResources>)]) -> Output {
+        let mut output = Output::default();
+        for (name, resources) in gateways {
+            output
+                .gateways
+                .insert(ObjectKey::new("ns", *name), Arc::clone(resources));
+        }
+        output
+    }
+
+    fn clusters(cache: &Cache, group: &str) -> usize {
+        cache
+            .resources(group)
+            .of_type(&Cluster::type_url())
+            .map_or(0, |t| t.len())
+    }
+
+    /// Skipping Gateways handed out again unchanged never leaves the cache
+    /// behind the output, through endpoint refreshes and deletions too.
+    #[test]
+    fn the_cache_follows_every_output() {
+        let cache = Cache::new();
+        let mut publisher = Publisher::new(cache.clone());
+        let (a, b) = (gateway(&["a1"]), gateway(&["b1"]));
+        publisher.publish(&output(&[("a", &a), ("b", &b)]));
+        assert_eq!((clusters(&cache, "ns/a"), clusters(&cache, "ns/b")), (1, 1));
+        let version_a = cache.config_version("ns/a");
+
+        let b2 = gateway(&["b1", "b2"]);
+        publisher.publish(&output(&[("a", &a), ("b", &b2)]));
+        assert_eq!((clusters(&cache, "ns/a"), clusters(&cache, "ns/b")), (1, 2));
+        assert_eq!(cache.config_version("ns/a"), version_a);
+
+        // A refresh serves a copy; the translation's own allocation, when
+        // it comes back, is served again.
+        let refreshed = gateway(&["b1", "b2", "b3"]);
+        let changed = BTreeSet::from([ObjectKey::new("ns", "b")]);
+        publisher.publish_some(&output(&[("a", &a), ("b", &refreshed)]), &changed);
+        assert_eq!(clusters(&cache, "ns/b"), 3);
+        publisher.publish(&output(&[("a", &a), ("b", &b2)]));
+        assert_eq!(clusters(&cache, "ns/b"), 2);
+
+        publisher.publish(&output(&[("b", &b2)]));
+        assert_eq!(
+            cache.config_version("ns/a"),
+            None,
+            "a gone Gateway is cleared"
+        );
+        assert_eq!(clusters(&cache, "ns/b"), 2);
+    }
 }

@@ -173,14 +173,15 @@ fn bench_one_route_changed(c: &mut Criterion, name: &str, input: &Input) {
     group.finish();
     let reuse = translator.last_reuse();
     println!(
-        "{name}: one route changed: {} routes reused, {} resolved",
-        reuse.routes_reused, reuse.routes_resolved
+        "{name}: one route changed: {} routes reused, {} resolved; {} Gateways reused, {} emitted",
+        reuse.routes_reused, reuse.routes_resolved, reuse.gateways_reused, reuse.gateways_emitted
     );
 }
 
 fn benches(c: &mut Criterion) {
     bench_one_route_changed(c, "http_routes_5000", &workload::http_routes(5000));
     bench_one_route_changed(c, "large_mixed", &workload::large_mixed());
+    bench_one_route_changed(c, "gateways_50x100", &workload::many_gateways(50, 100));
     bench_workload(c, "http_routes_1000", &workload::http_routes(1000));
     bench_workload(c, "http_routes_5000", &workload::http_routes(5000));
     bench_workload(c, "large_mixed", &workload::large_mixed());
@@ -190,6 +191,7 @@ fn benches(c: &mut Criterion) {
         &workload::large_mixed_http_only(),
     );
     bench_workload(c, "listener_sets_100x10", &workload::listener_sets(100, 10));
+    bench_workload(c, "gateways_50x100", &workload::many_gateways(50, 100));
 }
 
 criterion_group! {

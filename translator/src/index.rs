@@ -54,7 +54,7 @@ fn services_and_slices<'a>(
     keep: impl Fn(&str, &str) -> bool,
 ) -> (
     NsMap<'a, &'a Arc<Service>>,
-    NsMap<'a, Vec<&'a EndpointSlice>>,
+    NsMap<'a, Vec<&'a Arc<EndpointSlice>>>,
 ) {
     let mut services: NsMap<'a, &'a Arc<Service>> = HashMap::new();
     for s in &input.services {
@@ -63,8 +63,8 @@ fn services_and_slices<'a>(
             insert_unique(services.entry(ns).or_default(), name, s);
         }
     }
-    let mut slices: NsMap<'a, Vec<&'a EndpointSlice>> = HashMap::new();
-    for s in input.endpoint_slices.iter().map(Arc::as_ref) {
+    let mut slices: NsMap<'a, Vec<&'a Arc<EndpointSlice>>> = HashMap::new();
+    for s in &input.endpoint_slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
         if let Some(svc) = s
             .metadata
@@ -87,7 +87,7 @@ fn services_and_slices<'a>(
 /// Read-only indexes built once per translation.
 pub(crate) struct Index<'a> {
     services: NsMap<'a, &'a Arc<Service>>,
-    slices: NsMap<'a, Vec<&'a EndpointSlice>>,
+    slices: NsMap<'a, Vec<&'a Arc<EndpointSlice>>>,
     secrets: NsMap<'a, &'a Arc<Secret>>,
     config_maps: NsMap<'a, &'a Arc<ConfigMap>>,
     namespaces: HashMap<&'a str, &'a Arc<Namespace>>,
@@ -210,8 +210,8 @@ impl<'a> Index<'a> {
             .map(Arc::as_ref)
     }
 
-    /// EndpointSlices of a Service (any order).
-    pub(crate) fn slices(&self, ns: &str, service: &str) -> &[&'a EndpointSlice] {
+    /// EndpointSlices of a Service (any order), as the input holds them.
+    pub(crate) fn slices(&self, ns: &str, service: &str) -> &[&'a Arc<EndpointSlice>] {
         self.slices
             .get(ns)
             .and_then(|m| m.get(service))

@@ -146,9 +146,10 @@ pub fn translate(input: &Input) -> Output {
 }
 
 /// Translates successive snapshots, reusing from the last translation the
-/// work on routes whose inputs did not change: their conversion, the
-/// resolution of their backends and the Envoy routes emitted from them.
-/// Each result is exactly what [`translate`] gives for the same input.
+/// work on routes whose inputs did not change (their conversion, the
+/// resolution of their backends and the Envoy routes emitted from them)
+/// and the resources of Gateways whose inputs did not change. Each result
+/// is exactly what [`translate`] gives for the same input.
 pub struct Translator {
     memo: memo::Memo,
 }
@@ -185,6 +186,10 @@ pub struct Reuse {
     pub routes_reused: usize,
     /// Routes of ours converted and resolved anew.
     pub routes_resolved: usize,
+    /// Gateways whose Envoy resources were reused whole.
+    pub gateways_reused: usize,
+    /// Gateways whose Envoy resources were emitted anew.
+    pub gateways_emitted: usize,
 }
 
 fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
@@ -294,10 +299,9 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
     }
 
     // Gateways of our classes, in key order, one per key.
-    let mut gateways: Vec<&crate::api::gateways::Gateway> = input
+    let mut gateways: Vec<&Arc<crate::api::gateways::Gateway>> = input
         .gateways
         .iter()
-        .map(Arc::as_ref)
         .filter(|g| {
             classes.contains(g.spec.gateway_class_name.as_str())
                 && !invalid_parameters.contains(&index::key_of(&g.metadata))
@@ -306,7 +310,7 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
     gateways.sort_by(|a, b| {
         index::key_of(&a.metadata)
             .cmp(&index::key_of(&b.metadata))
-            .then_with(|| json_cmp(a, b))
+            .then_with(|| json_cmp(a.as_ref(), b.as_ref()))
     });
     gateways.dedup_by(|a, b| index::key_of(&a.metadata) == index::key_of(&b.metadata));
     let ours: BTreeSet<(&str, &str)> = gateways
@@ -315,16 +319,16 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
         .collect();
 
     // ListenerSets per Gateway they name, in merge order, one per key.
-    let mut sets: Vec<&api::listenersets::ListenerSet> =
-        input.listener_sets.iter().map(Arc::as_ref).collect();
+    let mut sets: Vec<&Arc<api::listenersets::ListenerSet>> = input.listener_sets.iter().collect();
     sets.sort_by(|a, b| {
         listenerset::precedence(a)
             .cmp(&listenerset::precedence(b))
-            .then_with(|| json_cmp(a, b))
+            .then_with(|| json_cmp(a.as_ref(), b.as_ref()))
     });
     let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
     sets.retain(|s| seen.insert(index::key_of(&s.metadata)));
-    let mut sets_of: BTreeMap<(&str, &str), Vec<&api::listenersets::ListenerSet>> = BTreeMap::new();
+    let mut sets_of: BTreeMap<(&str, &str), Vec<&Arc<api::listenersets::ListenerSet>>> =
+        BTreeMap::new();
     for set in sets {
         let Some(parent) = listenerset::parent_of(set) else {
             continue;
@@ -340,13 +344,22 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
         }
     }
 
-    let mut infos: Vec<gateway::GatewayInfo<'_>> = gateways
+    // Each Gateway's ListenerSets, by the Gateway's position in `gateways`.
+    let gateway_sets: Vec<&[&Arc<api::listenersets::ListenerSet>]> = gateways
         .iter()
         .map(|g| {
-            let sets = sets_of
+            sets_of
                 .get(&index::key_of(&g.metadata))
-                .map_or(&[][..], Vec::as_slice);
-            gateway::resolve(&index, g, sets)
+                .map_or(&[][..], Vec::as_slice)
+        })
+        .collect();
+    let mut infos: Vec<gateway::GatewayInfo<'_>> = gateways
+        .iter()
+        .zip(&gateway_sets)
+        .map(|(g, sets)| {
+            let sets: Vec<&api::listenersets::ListenerSet> =
+                sets.iter().map(|s| s.as_ref()).collect();
+            gateway::resolve(&index, g, &sets)
         })
         .collect();
     // ListenerSets naming our Gateways, by key (admitted or not: routes to
@@ -407,8 +420,18 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
             edge: &edge,
             index: &index,
         };
-        out.gateways.insert(info.key.clone(), emitter.emit());
+        let deps = memo::GatewayDeps {
+            gateway: gateways[gi],
+            sets: gateway_sets[gi],
+            bind_address: bind,
+            edge: &edge,
+            attachments: &attachments[gi],
+            routes: &resolved,
+        };
+        let resources = memo.gateway(&index, &info.key, &deps, || emitter.emit());
+        out.gateways.insert(info.key.clone(), resources);
     }
+    memo.end();
 
     out.statuses.backend_tls_policies =
         tls_policy_statuses(input, &index, &resolved, &route_statuses, &now);
@@ -471,17 +494,12 @@ pub fn refresh_endpoints(
     }
     let index = Index::for_services(input, services);
     for (key, resources) in &mut output.gateways {
-        let GatewayResources {
-            backends,
-            endpoints,
-            ..
-        } = resources;
-        let mut differs = false;
-        for (cluster, backend) in backends.iter() {
+        let mut fresh = Vec::new();
+        for (cluster, backend) in &resources.backends {
             if !services.contains(&backend.service) {
                 continue;
             }
-            let fresh = emit::load_assignment(
+            let assignment = emit::load_assignment(
                 &index,
                 cluster,
                 &backend.service.namespace,
@@ -489,25 +507,30 @@ pub fn refresh_endpoints(
                 backend.port,
             );
             // `endpoints` is sorted by cluster name (see GatewayResources).
-            match endpoints.binary_search_by(|e| e.cluster_name.as_str().cmp(cluster)) {
-                // Unchanged assignments are left alone, so only Gateways
-                // whose endpoints really moved are reported (and re-sent).
-                Ok(i) if endpoints[i] == fresh => {}
-                Ok(i) => {
-                    endpoints[i] = fresh;
-                    differs = true;
-                }
-                // Not produced by `translate`, which emits one assignment
-                // per cluster; filled in rather than left inconsistent.
-                Err(i) => {
-                    endpoints.insert(i, fresh);
-                    differs = true;
-                }
+            let at = resources
+                .endpoints
+                .binary_search_by(|e| e.cluster_name.as_str().cmp(cluster));
+            // Unchanged assignments are left alone, so only Gateways whose
+            // endpoints really moved are reported (and re-sent), and only
+            // those are copied out of resources shared with others.
+            match at {
+                Ok(i) if resources.endpoints[i] == assignment => {}
+                _ => fresh.push(assignment),
             }
         }
-        if differs {
-            changed.insert(key.clone());
+        if fresh.is_empty() {
+            continue;
         }
+        let endpoints = &mut Arc::make_mut(resources).endpoints;
+        for assignment in fresh {
+            match endpoints.binary_search_by(|e| e.cluster_name.cmp(&assignment.cluster_name)) {
+                Ok(i) => endpoints[i] = assignment,
+                // Not produced by `translate`, which emits one assignment
+                // per cluster; filled in rather than left inconsistent.
+                Err(i) => endpoints.insert(i, assignment),
+            }
+        }
+        changed.insert(key.clone());
     }
     changed
 }

@@ -1,6 +1,7 @@
 //! What one translation keeps for the next (see [`crate::Translator`]): per
 //! route, its converted and resolved form, which also carries the Envoy
-//! routes emitted from it ([`crate::emit::EmittedRoutes`]).
+//! routes emitted from it ([`crate::emit::EmittedRoutes`]); per Gateway,
+//! its emitted Envoy resources.
 //!
 //! An entry is reused only when everything it was computed from is there
 //! again, checked rather than assumed: the same route object, and every
@@ -9,22 +10,38 @@
 //! freed object's address can never be mistaken for it). What resolution
 //! reads besides Services (ReferenceGrants, BackendTLSPolicies, the
 //! ConfigMaps those name, the system CA file) is compared as a whole, and
-//! any change there drops every entry. A translation with a warm memo is
+//! any change there drops every entry.
+//!
+//! A Gateway's resources are reused when its emission would read the same
+//! things again: the same Gateway and ListenerSet objects, bind address
+//! and edge settings, the same routes (the same resolved entries, see
+//! above) attached to the same listeners with the same hostnames, and for
+//! every cluster the same Service and EndpointSlices. What resolving a
+//! Gateway reads besides (Secrets, ConfigMaps, Namespaces, ReferenceGrants,
+//! GatewayClasses, ...) is compared as a whole, as for routes. So a change
+//! to one route re-emits only the Gateways it attaches to, before or after.
+//!
+//! A translation with a warm memo is
 //! therefore the same, byte for byte, as one with an empty memo; the
 //! translator's `incremental` tests check it over every golden case and
 //! random change sequences.
 
 use crate::api::backendtlspolicies::BackendTlsPolicy;
+use crate::api::gatewayclasses::GatewayClass;
+use crate::api::gateways::Gateway;
 use crate::api::grpcroutes::GrpcRoute;
 use crate::api::httproutes::HttpRoute;
+use crate::api::listenersets::ListenerSet;
 use crate::api::referencegrants::ReferenceGrant;
 use crate::api::tlsroutes::TlsRoute;
-use crate::attach::{self, ResolvedRoute};
+use crate::attach::{self, Attachment, ResolvedRoute};
 use crate::index::{self, Index};
-use crate::input::{Input, ObjectKey};
+use crate::input::{EdgeSettings, Input, ObjectKey};
 use crate::model::{Route, RouteKind};
-use k8s_openapi::api::core::v1::ConfigMap;
-use std::collections::HashMap;
+use crate::output::GatewayResources;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// One route object of the input, of any kind.
@@ -128,7 +145,163 @@ impl Context {
     }
 }
 
-/// Resolved routes of the last translation, by kind and key.
+/// Everything resolving and emitting a Gateway reads besides its own
+/// objects, its routes, and the Services and EndpointSlices of its
+/// clusters.
+#[derive(Default)]
+struct GatewayContext {
+    controller_name: String,
+    kubernetes_infrastructure: bool,
+    gateway_classes: Vec<Arc<GatewayClass>>,
+    secrets: Vec<Arc<Secret>>,
+    config_maps: Vec<Arc<ConfigMap>>,
+    namespaces: Vec<Arc<Namespace>>,
+    reference_grants: Vec<Arc<ReferenceGrant>>,
+    backend_tls_policies: Vec<Arc<BackendTlsPolicy>>,
+    system_ca_file: Option<String>,
+    proxy_parameters: BTreeSet<ObjectKey>,
+}
+
+impl GatewayContext {
+    fn of(input: &Input) -> Self {
+        Self {
+            controller_name: input.controller_name.clone(),
+            kubernetes_infrastructure: input.kubernetes_infrastructure,
+            gateway_classes: input.gateway_classes.clone(),
+            secrets: input.secrets.clone(),
+            config_maps: input.config_maps.clone(),
+            namespaces: input.namespaces.clone(),
+            reference_grants: input.reference_grants.clone(),
+            backend_tls_policies: input.backend_tls_policies.clone(),
+            system_ca_file: input.system_ca_file.clone(),
+            proxy_parameters: input.proxy_parameters.clone(),
+        }
+    }
+
+    fn matches(&self, input: &Input) -> bool {
+        self.controller_name == input.controller_name
+            && self.kubernetes_infrastructure == input.kubernetes_infrastructure
+            && same_list(&self.gateway_classes, &input.gateway_classes)
+            && same_list(&self.secrets, &input.secrets)
+            && same_list(&self.config_maps, &input.config_maps)
+            && same_list(&self.namespaces, &input.namespaces)
+            && same_list(&self.reference_grants, &input.reference_grants)
+            && same_list(&self.backend_tls_policies, &input.backend_tls_policies)
+            && self.system_ca_file == input.system_ca_file
+            && self.proxy_parameters == input.proxy_parameters
+    }
+}
+
+/// What one Gateway's emission reads (see the module documentation).
+pub(crate) struct GatewayDeps<'a> {
+    pub(crate) gateway: &'a Arc<Gateway>,
+    pub(crate) sets: &'a [&'a Arc<ListenerSet>],
+    pub(crate) bind_address: &'a str,
+    pub(crate) edge: &'a EdgeSettings,
+    pub(crate) attachments: &'a [Attachment],
+    /// The routes `attachments` index.
+    pub(crate) routes: &'a [Arc<ResolvedRoute>],
+}
+
+/// One route attached to one listener, as an entry keeps it.
+struct KeptAttachment {
+    route: Arc<ResolvedRoute>,
+    listener: usize,
+    hostnames: Vec<String>,
+}
+
+/// The Service and EndpointSlices behind clusters of a kept Gateway, as
+/// its emission found them.
+struct EndpointRead {
+    key: ObjectKey,
+    service: Option<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+}
+
+impl EndpointRead {
+    fn of(index: &Index<'_>, key: &ObjectKey) -> Self {
+        Self {
+            key: key.clone(),
+            service: index.service_shared(&key.namespace, &key.name).cloned(),
+            slices: index
+                .slices(&key.namespace, &key.name)
+                .iter()
+                .map(|s| Arc::clone(s))
+                .collect(),
+        }
+    }
+
+    fn still(&self, index: &Index<'_>) -> bool {
+        let service = index.service_shared(&self.key.namespace, &self.key.name);
+        let slices = index.slices(&self.key.namespace, &self.key.name);
+        let same_service = match (&self.service, service) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_service
+            && self.slices.len() == slices.len()
+            && self.slices.iter().zip(slices).all(|(a, b)| same(a, b))
+    }
+}
+
+struct GatewayEntry {
+    gateway: Arc<Gateway>,
+    sets: Vec<Arc<ListenerSet>>,
+    bind_address: String,
+    edge: EdgeSettings,
+    attachments: Vec<KeptAttachment>,
+    endpoints: Vec<EndpointRead>,
+    resources: Arc<GatewayResources>,
+}
+
+impl GatewayEntry {
+    fn new(index: &Index<'_>, deps: &GatewayDeps<'_>, resources: Arc<GatewayResources>) -> Self {
+        let services: BTreeSet<&ObjectKey> =
+            resources.backends.values().map(|b| &b.service).collect();
+        Self {
+            gateway: Arc::clone(deps.gateway),
+            sets: deps.sets.iter().map(|s| Arc::clone(s)).collect(),
+            bind_address: deps.bind_address.to_owned(),
+            edge: deps.edge.clone(),
+            attachments: deps
+                .attachments
+                .iter()
+                .map(|a| KeptAttachment {
+                    route: Arc::clone(&deps.routes[a.route]),
+                    listener: a.listener,
+                    hostnames: a.hostnames.clone(),
+                })
+                .collect(),
+            endpoints: services
+                .into_iter()
+                .map(|key| EndpointRead::of(index, key))
+                .collect(),
+            resources,
+        }
+    }
+
+    /// Whether emitting the Gateway from `deps` would read what it read
+    /// when this entry was made.
+    fn still(&self, index: &Index<'_>, deps: &GatewayDeps<'_>) -> bool {
+        same(&self.gateway, deps.gateway)
+            && self.sets.len() == deps.sets.len()
+            && self.sets.iter().zip(deps.sets).all(|(a, b)| same(a, b))
+            && self.bind_address == deps.bind_address
+            && self.edge == *deps.edge
+            && self.attachments.len() == deps.attachments.len()
+            && self.attachments.iter().zip(deps.attachments).all(|(a, b)| {
+                // Resolved routes are compared by identity: an equal route
+                // resolved anew may emit differently after a Service change.
+                Arc::ptr_eq(&a.route, &deps.routes[b.route])
+                    && a.listener == b.listener
+                    && a.hostnames == b.hostnames
+            })
+            && self.endpoints.iter().all(|e| e.still(index))
+    }
+}
+
+/// Resolved routes and emitted Gateways of the last translation.
 #[derive(Default)]
 pub(crate) struct Memo {
     /// Whether anything is kept for a next translation; a one-off
@@ -136,6 +309,11 @@ pub(crate) struct Memo {
     pub(crate) keep: bool,
     context: Context,
     routes: HashMap<(RouteKind, ObjectKey), Entry>,
+    gateway_context: GatewayContext,
+    /// Entries of the last translation not yet looked at in this one.
+    gateways: HashMap<ObjectKey, GatewayEntry>,
+    /// Entries this translation made or confirmed.
+    gateways_next: HashMap<ObjectKey, GatewayEntry>,
     pub(crate) reuse: crate::Reuse,
 }
 
@@ -151,10 +329,50 @@ impl Memo {
     /// Starts a translation of `input`: entries that may depend on what
     /// changed in the resolution context are dropped.
     pub(crate) fn begin(&mut self, input: &Input) {
+        self.reuse = crate::Reuse::default();
+        if !self.keep {
+            return;
+        }
         if !self.context.matches(input) {
             self.routes.clear();
             self.context = Context::of(input);
         }
+        if !self.gateway_context.matches(input) {
+            self.gateways.clear();
+            self.gateway_context = GatewayContext::of(input);
+        }
+    }
+
+    /// The resources of the Gateway `key`, read from `deps`: the last
+    /// translation's when it read the same, else `emit`'s.
+    pub(crate) fn gateway(
+        &mut self,
+        index: &Index<'_>,
+        key: &ObjectKey,
+        deps: &GatewayDeps<'_>,
+        emit: impl FnOnce() -> GatewayResources,
+    ) -> Arc<GatewayResources> {
+        if !self.keep {
+            return Arc::new(emit());
+        }
+        let entry = match self.gateways.remove(key).filter(|e| e.still(index, deps)) {
+            Some(entry) => {
+                self.reuse.gateways_reused += 1;
+                entry
+            }
+            None => {
+                self.reuse.gateways_emitted += 1;
+                GatewayEntry::new(index, deps, Arc::new(emit()))
+            }
+        };
+        let resources = Arc::clone(&entry.resources);
+        self.gateways_next.insert(key.clone(), entry);
+        resources
+    }
+
+    /// Ends a translation: entries of Gateways it did not emit are dropped.
+    pub(crate) fn end(&mut self) {
+        self.gateways = std::mem::take(&mut self.gateways_next);
     }
 
     /// The resolved routes of `sources` that `wanted` accepts (judged on
@@ -169,7 +387,6 @@ impl Memo {
     ) -> Vec<Arc<ResolvedRoute>> {
         let mut kept = HashMap::with_capacity(self.routes.len());
         let mut out = Vec::new();
-        self.reuse = crate::Reuse::default();
         for source in sources {
             let key = (source.kind(), source.key());
             let reusable = self.routes.remove(&key).filter(|e| {

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The Envoy configuration of one Gateway. Every list is sorted by resource
 /// name, and names are unique within their list.
@@ -74,7 +75,9 @@ pub struct Statuses {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Output {
     /// Envoy resources for each programmable Gateway of ours.
-    pub gateways: BTreeMap<ObjectKey, GatewayResources>,
+    /// Shared: a [`crate::Translator`] hands out a Gateway's resources
+    /// again, the same allocation, when nothing they come from changed.
+    pub gateways: BTreeMap<ObjectKey, Arc<GatewayResources>>,
     /// Status for every object the translator has an opinion on.
     pub statuses: Statuses,
 }

@@ -49,6 +49,7 @@ fn golden_cases_translate_the_same_incrementally() {
         assert_same(&format!("{name} again"), &mut translator, input);
         let reuse = translator.last_reuse();
         assert_eq!(reuse.routes_resolved, 0, "{name} again: {reuse:?}");
+        assert_eq!(reuse.gateways_emitted, 0, "{name} again: {reuse:?}");
         reused += reuse.routes_reused;
     }
     assert!(reused > 0, "no golden case has a route of ours");
@@ -65,7 +66,9 @@ fn one_changed_route_is_the_only_one_resolved() {
         translator.last_reuse(),
         Reuse {
             routes_reused: 0,
-            routes_resolved: 200
+            routes_resolved: 200,
+            gateways_reused: 0,
+            gateways_emitted: 1,
         }
     );
 
@@ -86,7 +89,9 @@ fn one_changed_route_is_the_only_one_resolved() {
         translator.last_reuse(),
         Reuse {
             routes_reused: 199,
-            routes_resolved: 1
+            routes_resolved: 1,
+            gateways_reused: 0,
+            gateways_emitted: 1,
         }
     );
 
@@ -95,6 +100,7 @@ fn one_changed_route_is_the_only_one_resolved() {
     copied.http_routes[17] = Arc::new((*after.http_routes[17]).clone());
     assert_same("one route copied", &mut translator, &copied);
     assert_eq!(translator.last_reuse().routes_resolved, 0);
+    assert_eq!(translator.last_reuse().gateways_reused, 1);
 }
 
 /// A route is resolved again when a Service it sends to changes, appears
@@ -141,4 +147,96 @@ fn routes_are_resolved_again_when_what_they_read_changes() {
     );
     assert_same("a ReferenceGrant added", &mut translator, &granted);
     assert_eq!(translator.last_reuse().routes_reused, 0);
+}
+
+/// `(reused, emitted)` Gateways of the translator's last translation.
+fn gateways(translator: &Translator) -> (usize, usize) {
+    let reuse = translator.last_reuse();
+    (reuse.gateways_reused, reuse.gateways_emitted)
+}
+
+fn set_path(input: &mut Input, route: usize, path: &str) {
+    let rules = Arc::make_mut(&mut input.http_routes[route])
+        .spec
+        .rules
+        .as_mut()
+        .expect("workload routes have rules");
+    rules[0].matches.as_mut().expect("and matches")[0]
+        .path
+        .as_mut()
+        .expect("and paths")
+        .value = Some(path.to_owned());
+}
+
+/// A change re-emits the resources of the Gateways it touches and hands
+/// out the others' again, the same allocation (what the publisher skips).
+#[test]
+fn only_the_gateways_a_change_touches_are_emitted_again() {
+    // Routes 0–9 on gateway/gw, 10–19 on gateway/gw-1.
+    let base = workload::many_gateways(2, 10);
+    let mut translator = Translator::new();
+    assert_same("first translation", &mut translator, &base);
+    assert_eq!(gateways(&translator), (0, 2));
+    let first = translator.translate(&base);
+    assert_eq!(gateways(&translator), (2, 0), "the same input again");
+    let gw = gatewright_translator::ObjectKey::new("gateway", "gw");
+    let gw1 = gatewright_translator::ObjectKey::new("gateway", "gw-1");
+
+    // A route of gw changes: gw-1's resources are the very same.
+    let mut changed = base.clone();
+    set_path(&mut changed, 3, "/changed");
+    assert_same("a route of gw changed", &mut translator, &changed);
+    assert_eq!(gateways(&translator), (1, 1));
+    let second = translator.translate(&changed);
+    assert!(Arc::ptr_eq(&first.gateways[&gw1], &second.gateways[&gw1]));
+    assert!(!Arc::ptr_eq(&first.gateways[&gw], &second.gateways[&gw]));
+
+    // The endpoints of a Service only gw-1 sends to.
+    let mut moved = changed.clone();
+    let slice = moved
+        .endpoint_slices
+        .iter_mut()
+        .find(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .is_some_and(|svc| svc == "svc-15")
+        })
+        .expect("svc-15 has an EndpointSlice");
+    Arc::make_mut(slice).endpoints[0].addresses = vec!["10.200.0.1".to_owned()];
+    assert_same("endpoints of a gw-1 backend moved", &mut translator, &moved);
+    assert_eq!(gateways(&translator), (1, 1));
+    let third = translator.translate(&moved);
+    assert!(Arc::ptr_eq(&second.gateways[&gw], &third.gateways[&gw]));
+
+    // A route moving from gw to gw-1 touches both.
+    let mut rehomed = moved.clone();
+    Arc::make_mut(&mut rehomed.http_routes[4])
+        .spec
+        .parent_refs
+        .as_mut()
+        .expect("workload routes have parentRefs")[0]
+        .name = "gw-1".to_owned();
+    assert_same("a route moved to gw-1", &mut translator, &rehomed);
+    assert_eq!(gateways(&translator), (0, 2));
+
+    // What every Gateway's resolution may read (here a Namespace's
+    // labels, which allowedRoutes selectors match) re-emits them all.
+    let mut labelled = rehomed.clone();
+    Arc::make_mut(&mut labelled.namespaces[0])
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("team".to_owned(), "a".to_owned());
+    assert_same("a Namespace labelled", &mut translator, &labelled);
+    assert_eq!(gateways(&translator), (0, 2));
+
+    // A Gateway gone, and back.
+    let mut one = labelled.clone();
+    one.gateways.pop();
+    assert_same("gw-1 deleted", &mut translator, &one);
+    assert_eq!(gateways(&translator), (1, 0));
+    assert_same("gw-1 back", &mut translator, &labelled);
+    assert_eq!(gateways(&translator), (1, 1));
 }

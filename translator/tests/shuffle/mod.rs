@@ -111,7 +111,7 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
             endpoints,
             secrets,
             backends,
-        } = resources;
+        } = resources.as_ref();
         for r in listeners {
             out.push((
                 format!("gateway {key} listener {}", r.name),

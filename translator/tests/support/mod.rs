@@ -473,8 +473,9 @@ pub fn minimal_http_gateway(route_in_listener: &str, listen_address: &str) -> Ga
 /// `resources` as the only Gateway (`default/gw`) of an [`Output`].
 pub fn output_of(resources: GatewayResources) -> Output {
     let mut output = Output::default();
-    output
-        .gateways
-        .insert(ObjectKey::new("default", "gw"), resources);
+    output.gateways.insert(
+        ObjectKey::new("default", "gw"),
+        std::sync::Arc::new(resources),
+    );
     output
 }

@@ -250,6 +250,30 @@ pub fn http_routes(n: usize) -> Input {
     input
 }
 
+/// [`http_routes`] spread over `gateways` Gateways, `routes_each` routes
+/// on each: `gateway/gw` takes the first `routes_each` routes, then
+/// `gateway/gw-1`, `gateway/gw-2` and so on, all alike but for the name.
+pub fn many_gateways(gateways: usize, routes_each: usize) -> Input {
+    let mut input = http_routes(gateways * routes_each);
+    let first = (*input.gateways[0]).clone();
+    for g in 1..gateways {
+        let mut gateway = first.clone();
+        gateway.metadata.name = Some(format!("gw-{g}"));
+        input.gateways.push(std::sync::Arc::new(gateway));
+    }
+    for (i, route) in input.http_routes.iter_mut().enumerate() {
+        let g = i / routes_each.max(1);
+        if g == 0 {
+            continue;
+        }
+        let route = std::sync::Arc::make_mut(route);
+        if let Some(parent) = route.spec.parent_refs.as_mut().and_then(|p| p.first_mut()) {
+            parent.name = format!("gw-{g}");
+        }
+    }
+    input
+}
+
 /// Number of application namespaces in [`large_mixed`].
 pub const LARGE_NAMESPACES: usize = 10;
 /// Number of Services (each with an EndpointSlice) in [`large_mixed`].
