@@ -1,6 +1,6 @@
 //! Route attachment to Gateway listeners, and route status per parent.
 
-use crate::backend::{self, ClusterRef, ServiceRead, Unresolved};
+use crate::backend::{self, ClusterRef, ServiceRead, ServiceReads, Unresolved};
 use crate::conditions::{ConditionType, Conditions, Reason};
 use crate::gateway::GatewayInfo;
 use crate::hostname;
@@ -30,18 +30,20 @@ pub(crate) struct ResolvedRoute {
     pub(crate) refs_error: Option<Unresolved>,
     /// BackendTLSPolicies that name a Service port this route sends to.
     pub(crate) tls_policies: BTreeSet<ObjectKey>,
-    /// Every Service resolution looked up, as found.
+    /// Every Service resolution looked up, as found (when recorded).
     pub(crate) services: Vec<ServiceRead>,
     /// The Envoy routes emitted from this route so far, kept with it so a
     /// later translation that reuses the route reuses them too.
     pub(crate) emitted: crate::emit::EmittedRoutes,
 }
 
-pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
+/// `route` with its backends resolved; with `record`, the Services looked
+/// up are kept in [`ResolvedRoute::services`] (for [`crate::memo`]).
+pub(crate) fn resolve_route(index: &Index<'_>, route: Route, record: bool) -> ResolvedRoute {
     let ns = route.key.namespace.clone();
     let mut errors: Vec<Unresolved> = Vec::new();
     let mut tls_policies = BTreeSet::new();
-    let mut services = Vec::new();
+    let mut services = ServiceReads::new(record);
     let rules = route
         .rules
         .iter()
@@ -135,7 +137,7 @@ pub(crate) fn resolve_route(index: &Index<'_>, route: Route) -> ResolvedRoute {
         rules,
         refs_error,
         tls_policies,
-        services,
+        services: services.reads,
         emitted: Default::default(),
     }
 }

@@ -95,6 +95,30 @@ pub(crate) type Unresolved = (Reason, String);
 /// was none): a memoised resolution is reused only while it is unchanged.
 pub(crate) type ServiceRead = (ObjectKey, Option<Arc<Service>>);
 
+/// The Services a route's resolution looked up, as found: kept only when
+/// the resolution is memoised (a one-off translation has no use for them).
+#[derive(Debug, Default)]
+pub(crate) struct ServiceReads {
+    record: bool,
+    pub(crate) reads: Vec<ServiceRead>,
+}
+
+impl ServiceReads {
+    /// Reads that are recorded when `record` is set, else dropped.
+    pub(crate) fn new(record: bool) -> Self {
+        Self {
+            record,
+            reads: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, key: ObjectKey, found: Option<&Arc<Service>>) {
+        if self.record {
+            self.reads.push((key, found.cloned()));
+        }
+    }
+}
+
 /// Resolves one backendRef of a route of `kind` in `route_ns`. Every
 /// BackendTLSPolicy that names the backend's port (applying or not) is
 /// added to `tls_policies`: the route's Gateways are its ancestors. The
@@ -105,7 +129,7 @@ pub(crate) fn resolve(
     route_ns: &str,
     b: &BackendRef,
     tls_policies: &mut BTreeSet<ObjectKey>,
-    services: &mut Vec<ServiceRead>,
+    services: &mut ServiceReads,
 ) -> Result<ClusterRef, Unresolved> {
     if !b.group.is_empty() || b.kind != "Service" {
         return Err((
@@ -132,10 +156,7 @@ pub(crate) fn resolve(
         ));
     }
     let found = index.service_shared(&b.namespace, &b.name);
-    services.push((
-        ObjectKey::new(b.namespace.as_str(), b.name.as_str()),
-        found.cloned(),
-    ));
+    services.push(ObjectKey::new(b.namespace.as_str(), b.name.as_str()), found);
     let Some(svc) = found else {
         return Err((
             Reason::BackendNotFound,

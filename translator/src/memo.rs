@@ -401,6 +401,9 @@ impl Memo {
             });
             let entry = match reusable {
                 Some(entry) => {
+                    if !wanted(&entry.resolved.route) {
+                        continue;
+                    }
                     self.reuse.routes_reused += 1;
                     entry
                 }
@@ -412,13 +415,10 @@ impl Memo {
                     self.reuse.routes_resolved += 1;
                     Entry {
                         source: source.keep(),
-                        resolved: Arc::new(attach::resolve_route(index, route)),
+                        resolved: Arc::new(attach::resolve_route(index, route, self.keep)),
                     }
                 }
             };
-            if !wanted(&entry.resolved.route) {
-                continue;
-            }
             out.push(Arc::clone(&entry.resolved));
             if self.keep {
                 kept.insert(key, entry);
