@@ -393,7 +393,7 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
 
     let (attachments, route_statuses) = attach::attach(&index, &mut infos, &resolved, &now);
 
-    for (gi, info) in infos.iter().enumerate() {
+    for ((gi, info), attachments) in infos.iter().enumerate().zip(attachments) {
         out.statuses
             .gateways
             .insert(info.key.clone(), gateway::status(info, &now));
@@ -411,24 +411,30 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
             Some(Ok(settings)) => settings.clone(),
             _ => EdgeSettings::default(),
         };
-        let emitter = emit::Emitter {
-            keep: memo.keep,
-            gateway: info,
-            routes: &resolved,
-            attachments: &attachments[gi],
-            bind_address: bind,
-            edge: &edge,
-            index: &index,
-        };
         let deps = memo::GatewayDeps {
             gateway: gateways[gi],
             sets: gateway_sets[gi],
             bind_address: bind,
             edge: &edge,
-            attachments: &attachments[gi],
             routes: &resolved,
         };
-        let resources = memo.gateway(&index, &info.key, &deps, || emitter.emit());
+        let resources = match memo.reusable_gateway(&index, &info.key, &deps, &attachments) {
+            Some(resources) => resources,
+            None => {
+                let emitter = emit::Emitter {
+                    keep: memo.keep,
+                    gateway: info,
+                    routes: &resolved,
+                    attachments: &attachments,
+                    bind_address: bind,
+                    edge: &edge,
+                    index: &index,
+                };
+                let resources = Arc::new(emitter.emit());
+                memo.emitted_gateway(&index, &info.key, &deps, attachments, &resources);
+                resources
+            }
+        };
         out.gateways.insert(info.key.clone(), resources);
     }
     memo.end();

@@ -198,106 +198,104 @@ pub(crate) struct GatewayDeps<'a> {
     pub(crate) sets: &'a [&'a Arc<ListenerSet>],
     pub(crate) bind_address: &'a str,
     pub(crate) edge: &'a EdgeSettings,
-    pub(crate) attachments: &'a [Attachment],
-    /// The routes `attachments` index.
+    /// The routes attachments index.
     pub(crate) routes: &'a [Arc<ResolvedRoute>],
 }
 
-/// One route attached to one listener, as an entry keeps it.
-struct KeptAttachment {
-    route: Arc<ResolvedRoute>,
-    listener: usize,
-    hostnames: Vec<String>,
-}
-
-/// The Service and EndpointSlices behind clusters of a kept Gateway, as
-/// its emission found them.
-struct EndpointRead {
-    key: ObjectKey,
-    service: Option<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
-}
-
-impl EndpointRead {
-    fn of(index: &Index<'_>, key: &ObjectKey) -> Self {
-        Self {
-            key: key.clone(),
-            service: index.service_shared(&key.namespace, &key.name).cloned(),
-            slices: index
-                .slices(&key.namespace, &key.name)
-                .iter()
-                .map(|s| Arc::clone(s))
-                .collect(),
-        }
-    }
-
-    fn still(&self, index: &Index<'_>) -> bool {
-        let service = index.service_shared(&self.key.namespace, &self.key.name);
-        let slices = index.slices(&self.key.namespace, &self.key.name);
-        let same_service = match (&self.service, service) {
-            (Some(a), Some(b)) => same(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        same_service
-            && self.slices.len() == slices.len()
-            && self.slices.iter().zip(slices).all(|(a, b)| same(a, b))
-    }
-}
-
+/// A Gateway's emitted resources and what their emission read. Kept
+/// compact: a Gateway re-emitted for every change (the only one there is)
+/// pays for making and dropping its entry each time.
 struct GatewayEntry {
     gateway: Arc<Gateway>,
     sets: Vec<Arc<ListenerSet>>,
     bind_address: String,
     edge: EdgeSettings,
-    attachments: Vec<KeptAttachment>,
-    endpoints: Vec<EndpointRead>,
+    /// The attachments emission read, moved in (their route indices are
+    /// into that translation's routes, so `routes[i]` is the route of
+    /// `attachments[i]`).
+    attachments: Vec<Attachment>,
+    routes: Vec<Arc<ResolvedRoute>>,
+    /// Per entry of `resources.backends`, in order: the Service as found,
+    /// and how many of `slices` are its EndpointSlices.
+    services: Vec<(Option<Arc<Service>>, usize)>,
+    slices: Vec<Arc<EndpointSlice>>,
     resources: Arc<GatewayResources>,
 }
 
 impl GatewayEntry {
-    fn new(index: &Index<'_>, deps: &GatewayDeps<'_>, resources: Arc<GatewayResources>) -> Self {
-        let services: BTreeSet<&ObjectKey> =
-            resources.backends.values().map(|b| &b.service).collect();
+    fn new(
+        index: &Index<'_>,
+        deps: &GatewayDeps<'_>,
+        attachments: Vec<Attachment>,
+        resources: Arc<GatewayResources>,
+    ) -> Self {
+        let mut services = Vec::with_capacity(resources.backends.len());
+        let mut slices = Vec::with_capacity(resources.backends.len());
+        for b in resources.backends.values() {
+            let (ns, name) = (&b.service.namespace, &b.service.name);
+            let found = index.slices(ns, name);
+            slices.extend(found.iter().map(|s| Arc::clone(s)));
+            services.push((index.service_shared(ns, name).cloned(), found.len()));
+        }
         Self {
             gateway: Arc::clone(deps.gateway),
             sets: deps.sets.iter().map(|s| Arc::clone(s)).collect(),
             bind_address: deps.bind_address.to_owned(),
             edge: deps.edge.clone(),
-            attachments: deps
-                .attachments
+            routes: attachments
                 .iter()
-                .map(|a| KeptAttachment {
-                    route: Arc::clone(&deps.routes[a.route]),
-                    listener: a.listener,
-                    hostnames: a.hostnames.clone(),
-                })
+                .map(|a| Arc::clone(&deps.routes[a.route]))
                 .collect(),
-            endpoints: services
-                .into_iter()
-                .map(|key| EndpointRead::of(index, key))
-                .collect(),
+            attachments,
+            services,
+            slices,
             resources,
         }
     }
 
     /// Whether emitting the Gateway from `deps` would read what it read
     /// when this entry was made.
-    fn still(&self, index: &Index<'_>, deps: &GatewayDeps<'_>) -> bool {
+    fn still(&self, index: &Index<'_>, deps: &GatewayDeps<'_>, attachments: &[Attachment]) -> bool {
         same(&self.gateway, deps.gateway)
             && self.sets.len() == deps.sets.len()
             && self.sets.iter().zip(deps.sets).all(|(a, b)| same(a, b))
             && self.bind_address == deps.bind_address
             && self.edge == *deps.edge
-            && self.attachments.len() == deps.attachments.len()
-            && self.attachments.iter().zip(deps.attachments).all(|(a, b)| {
-                // Resolved routes are compared by identity: an equal route
-                // resolved anew may emit differently after a Service change.
-                Arc::ptr_eq(&a.route, &deps.routes[b.route])
-                    && a.listener == b.listener
-                    && a.hostnames == b.hostnames
+            && self.attachments.len() == attachments.len()
+            && (self.attachments.iter().zip(&self.routes))
+                .zip(attachments)
+                .all(|((a, route), b)| {
+                    // Resolved routes are compared by identity: an equal
+                    // route resolved anew may emit differently after a
+                    // Service change.
+                    Arc::ptr_eq(route, &deps.routes[b.route])
+                        && a.listener == b.listener
+                        && a.hostnames == b.hostnames
+                })
+            && self.endpoints_still(index)
+    }
+
+    /// Whether every cluster's Service and EndpointSlices are as they were.
+    fn endpoints_still(&self, index: &Index<'_>) -> bool {
+        let mut kept = self.slices.iter();
+        self.resources
+            .backends
+            .values()
+            .zip(&self.services)
+            .all(|(b, (service, count))| {
+                let (ns, name) = (&b.service.namespace, &b.service.name);
+                let same_service = match (service, index.service_shared(ns, name)) {
+                    (Some(a), Some(b)) => same(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                let found = index.slices(ns, name);
+                same_service
+                    && found.len() == *count
+                    && found
+                        .iter()
+                        .all(|s| kept.next().is_some_and(|k| same(k, s)))
             })
-            && self.endpoints.iter().all(|e| e.still(index))
     }
 }
 
@@ -343,31 +341,40 @@ impl Memo {
         }
     }
 
-    /// The resources of the Gateway `key`, read from `deps`: the last
-    /// translation's when it read the same, else `emit`'s.
-    pub(crate) fn gateway(
+    /// The last translation's resources of the Gateway `key`, when its
+    /// emission would read from `deps` and `attachments` what it read then.
+    pub(crate) fn reusable_gateway(
         &mut self,
         index: &Index<'_>,
         key: &ObjectKey,
         deps: &GatewayDeps<'_>,
-        emit: impl FnOnce() -> GatewayResources,
-    ) -> Arc<GatewayResources> {
+        attachments: &[Attachment],
+    ) -> Option<Arc<GatewayResources>> {
         if !self.keep {
-            return Arc::new(emit());
+            return None;
         }
-        let entry = match self.gateways.remove(key).filter(|e| e.still(index, deps)) {
-            Some(entry) => {
-                self.reuse.gateways_reused += 1;
-                entry
-            }
-            None => {
-                self.reuse.gateways_emitted += 1;
-                GatewayEntry::new(index, deps, Arc::new(emit()))
-            }
-        };
+        let entry = (self.gateways.remove(key)).filter(|e| e.still(index, deps, attachments))?;
+        self.reuse.gateways_reused += 1;
         let resources = Arc::clone(&entry.resources);
         self.gateways_next.insert(key.clone(), entry);
-        resources
+        Some(resources)
+    }
+
+    /// Keeps `resources`, just emitted for the Gateway `key` from `deps`
+    /// and `attachments` (handed over), for the next translation.
+    pub(crate) fn emitted_gateway(
+        &mut self,
+        index: &Index<'_>,
+        key: &ObjectKey,
+        deps: &GatewayDeps<'_>,
+        attachments: Vec<Attachment>,
+        resources: &Arc<GatewayResources>,
+    ) {
+        self.reuse.gateways_emitted += 1;
+        if self.keep {
+            let entry = GatewayEntry::new(index, deps, attachments, Arc::clone(resources));
+            self.gateways_next.insert(key.clone(), entry);
+        }
     }
 
     /// Ends a translation: entries of Gateways it did not emit are dropped.
