@@ -9,6 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Translation builds and drops many small allocations each round; with
+/// mimalloc they cost less than with glibc's allocator, and freed memory
+/// goes back to the system instead of staying in per-thread arenas
+/// (docs/performance.md, "Memory of the controller").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Gatewright: a Gateway API implementation that programs Envoy.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -22,12 +22,13 @@ mod workload;
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use gatewright_translator::{Input, Translator, translate};
-use std::alloc::{GlobalAlloc, Layout, System};
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Defers to the system allocator; while [`COUNTING`] is set, also counts
+/// Defers to mimalloc, the gatewright binary's allocator; while [`COUNTING`] is set, also counts
 /// allocations (including the allocating half of reallocations) and bytes
 /// requested. Off during timing, so the timed loop pays one relaxed load per
 /// allocation, not two atomic additions.
@@ -44,30 +45,30 @@ fn count(bytes: usize) {
     }
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments
+// SAFETY: every method forwards to `MiMalloc` with the caller's arguments
 // unchanged; the counters are only side effects.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
         // SAFETY: same contract as `GlobalAlloc::alloc`.
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
         // SAFETY: same contract as `GlobalAlloc::alloc_zeroed`.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { MiMalloc.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as `GlobalAlloc::dealloc`.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(new_size);
         // SAFETY: same contract as `GlobalAlloc::realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 
