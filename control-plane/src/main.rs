@@ -9,12 +9,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Translation builds and drops many small allocations each round; with
-/// mimalloc they cost less than with glibc's allocator, and freed memory
-/// goes back to the system instead of staying in per-thread arenas
-/// (docs/performance.md, "Memory of the controller").
+/// Translation builds and drops many small allocations each round; they
+/// cost less with mimalloc than with glibc's allocator (docs/performance.md,
+/// "Per-Gateway reuse and mimalloc").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay`, which the sys crate does not name:
+/// in mimalloc.h's option enum it precedes `mi_option_use_numa_nodes` (a
+/// test checks it by its default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t =
+    libmimalloc_sys::mi_option_use_numa_nodes - 1;
+
+/// Makes mimalloc give freed pages back to the system at once. By default
+/// it waits a second, and a controller translating every change kept
+/// 20–40% more resident memory than with glibc; with no delay it keeps about
+/// what glibc keeps, and translates as fast.
+fn return_freed_memory_at_once() {
+    // SAFETY: sets a process-wide allocator option, which mimalloc allows
+    // at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
 
 /// Gatewright: a Gateway API implementation that programs Envoy.
 #[derive(Parser, Debug)]
@@ -197,6 +212,7 @@ struct StatusArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     let filter = match &cli.log_level {
         Some(level) => match tracing_subscriber::EnvFilter::try_new(level) {
@@ -418,4 +434,25 @@ fn status_command(args: StatusArgs) -> anyhow::Result<std::process::ExitCode> {
     gatewright::status::print_human(&value, &mut out).context("formatting status")?;
     print!("{out}");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option set is the purge delay: it has that option's default
+    /// (1,000 ms in mimalloc v3) until it is set, and no other option has.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // SAFETY: reads a process-wide allocator option.
+        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            default, 1000,
+            "not mimalloc's purge delay (or MIMALLOC_PURGE_DELAY is set)"
+        );
+        return_freed_memory_at_once();
+        // SAFETY: reads a process-wide allocator option.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(delay, 0);
+    }
 }
