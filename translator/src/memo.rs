@@ -147,47 +147,38 @@ impl Context {
 
 /// Everything resolving and emitting a Gateway reads besides its own
 /// objects, its routes, and the Services and EndpointSlices of its
-/// clusters.
+/// clusters: what route resolution reads, and more.
 #[derive(Default)]
 struct GatewayContext {
+    routes: Context,
     controller_name: String,
     kubernetes_infrastructure: bool,
     gateway_classes: Vec<Arc<GatewayClass>>,
     secrets: Vec<Arc<Secret>>,
-    config_maps: Vec<Arc<ConfigMap>>,
     namespaces: Vec<Arc<Namespace>>,
-    reference_grants: Vec<Arc<ReferenceGrant>>,
-    backend_tls_policies: Vec<Arc<BackendTlsPolicy>>,
-    system_ca_file: Option<String>,
     proxy_parameters: BTreeSet<ObjectKey>,
 }
 
 impl GatewayContext {
     fn of(input: &Input) -> Self {
         Self {
+            routes: Context::of(input),
             controller_name: input.controller_name.clone(),
             kubernetes_infrastructure: input.kubernetes_infrastructure,
             gateway_classes: input.gateway_classes.clone(),
             secrets: input.secrets.clone(),
-            config_maps: input.config_maps.clone(),
             namespaces: input.namespaces.clone(),
-            reference_grants: input.reference_grants.clone(),
-            backend_tls_policies: input.backend_tls_policies.clone(),
-            system_ca_file: input.system_ca_file.clone(),
             proxy_parameters: input.proxy_parameters.clone(),
         }
     }
 
     fn matches(&self, input: &Input) -> bool {
-        self.controller_name == input.controller_name
+        self.routes.matches(input)
+            && self.controller_name == input.controller_name
             && self.kubernetes_infrastructure == input.kubernetes_infrastructure
             && same_list(&self.gateway_classes, &input.gateway_classes)
             && same_list(&self.secrets, &input.secrets)
-            && same_list(&self.config_maps, &input.config_maps)
             && same_list(&self.namespaces, &input.namespaces)
-            && same_list(&self.reference_grants, &input.reference_grants)
-            && same_list(&self.backend_tls_policies, &input.backend_tls_policies)
-            && self.system_ca_file == input.system_ca_file
             && self.proxy_parameters == input.proxy_parameters
     }
 }
