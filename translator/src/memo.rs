@@ -109,6 +109,15 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
+/// Both absent, or both there and [`same`].
+fn same_found<T: PartialEq>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn same_list<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
 }
@@ -275,11 +284,7 @@ impl GatewayEntry {
             .zip(&self.services)
             .all(|(b, (service, count))| {
                 let (ns, name) = (&b.service.namespace, &b.service.name);
-                let same_service = match (service, index.service_shared(ns, name)) {
-                    (Some(a), Some(b)) => same(a, b),
-                    (None, None) => true,
-                    _ => false,
-                };
+                let same_service = same_found(service.as_ref(), index.service_shared(ns, name));
                 let found = index.slices(ns, name);
                 same_service
                     && found.len() == *count
@@ -390,11 +395,7 @@ impl Memo {
             let reusable = self.routes.remove(&key).filter(|e| {
                 e.source.is(&source)
                     && e.resolved.services.iter().all(|(k, found)| {
-                        match (found, index.service_shared(&k.namespace, &k.name)) {
-                            (Some(a), Some(b)) => same(a, b),
-                            (None, None) => true,
-                            _ => false,
-                        }
+                        same_found(found.as_ref(), index.service_shared(&k.namespace, &k.name))
                     })
             });
             let entry = match reusable {
