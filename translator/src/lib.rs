@@ -119,25 +119,39 @@ const IP_ADDRESS: &str = "IPAddress";
 /// Why a Gateway's `spec.addresses` cannot be honoured at all, if it
 /// cannot: only `IPAddress` addresses (the default type) can be given, so
 /// a Gateway asking for a hostname or a named address is not accepted
-/// rather than served on an address it did not ask for.
+/// rather than served on an address it did not ask for. Nor is one that
+/// asks for a `routability` (reachability scope), which is not implemented.
 fn unsupported_address(gateway: &api::gateways::Gateway) -> Option<String> {
-    let unsupported: Vec<String> = gateway
-        .spec
-        .addresses
-        .iter()
-        .flatten()
+    let addresses = gateway.spec.addresses.iter().flatten();
+    let describe = |a: &api::gateways::GatewayAddresses| {
+        let type_ = a.r#type.as_deref().unwrap_or(IP_ADDRESS);
+        format!("{type_} {:?}", a.value.as_deref().unwrap_or_default())
+    };
+    let of_type: Vec<String> = addresses
+        .clone()
+        .filter(|a| a.r#type.as_deref().unwrap_or(IP_ADDRESS) != IP_ADDRESS)
+        .map(describe)
+        .collect();
+    let scoped: Vec<String> = addresses
         .filter_map(|a| {
-            let type_ = a.r#type.as_deref().unwrap_or(IP_ADDRESS);
-            (type_ != IP_ADDRESS)
-                .then(|| format!("{type_} {:?}", a.value.as_deref().unwrap_or_default()))
+            let routability = a.routability.as_deref().filter(|r| !r.is_empty())?;
+            Some(format!("{} ({routability})", describe(a)))
         })
         .collect();
-    (!unsupported.is_empty()).then(|| {
-        format!(
+    let mut reasons = Vec::new();
+    if !of_type.is_empty() {
+        reasons.push(format!(
             "spec.addresses of unsupported type: {}; only {IP_ADDRESS} addresses can be given",
-            unsupported.join(", ")
-        )
-    })
+            of_type.join(", ")
+        ));
+    }
+    if !scoped.is_empty() {
+        reasons.push(format!(
+            "spec.addresses with a routability: {}; Gatewright does not implement routability yet",
+            scoped.join(", ")
+        ));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// Translates one snapshot of objects into Envoy resources and statuses.

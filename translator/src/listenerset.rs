@@ -157,6 +157,16 @@ pub(crate) fn as_gateway_listener(l: &ListenerSetListeners) -> GatewayListeners 
             }),
             options: t.options.clone(),
         }),
+        // Listener filters have many nested types of the same schema in
+        // both kinds; converting through JSON keeps them equal by
+        // construction. Were a value not to convert, the listener still
+        // says that it sets `filters`, which are refused until implemented.
+        filters: l.filters.as_ref().map(|f| {
+            serde_json::to_value(f)
+                .ok()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default()
+        }),
     }
 }
 

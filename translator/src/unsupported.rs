@@ -16,6 +16,10 @@ pub(crate) enum Field {
     /// Listener `tls.options`: implementation-specific, and Gatewright
     /// defines none. The listener is `Accepted=False`/`UnsupportedValue`.
     ListenerTlsOptions,
+    /// Listener `filters` (experimental `GatewayListenerFilters`). The
+    /// listener is `Accepted=False`/`UnsupportedValue`: requests must not
+    /// reach routes without the filters (external authorization) asked for.
+    ListenerFilters,
     /// HTTPRoute and GRPCRoute rule `sessionPersistence`.
     SessionPersistence,
     /// Route filter `ExtensionRef` (Gatewright has no extension kinds).
@@ -27,6 +31,7 @@ impl Field {
     pub(crate) fn path(self) -> &'static str {
         match self {
             Self::ListenerTlsOptions => "tls.options",
+            Self::ListenerFilters => "filters",
             Self::SessionPersistence => "sessionPersistence",
             Self::ExtensionRefFilter => "filter type ExtensionRef",
         }
@@ -41,6 +46,9 @@ impl std::fmt::Display for Field {
 
 /// The unimplemented fields one listener sets.
 pub(crate) fn listener(listener: &GatewayListeners) -> Option<Field> {
+    if listener.filters.is_some() {
+        return Some(Field::ListenerFilters);
+    }
     listener
         .tls
         .as_ref()

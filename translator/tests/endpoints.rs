@@ -114,7 +114,7 @@ fn new_slice(input: &Input, service: &ObjectKey) -> EndpointSlice {
             ..ObjectMeta::default()
         },
         address_type: "IPv4".to_owned(),
-        endpoints: Vec::new(),
+        endpoints: None,
         ports: Some(ports),
     }
 }
@@ -140,11 +140,17 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
                     } else {
                         "10.254.0.1"
                     };
-                    slice.endpoints.push(ready_endpoint(address));
+                    slice
+                        .endpoints
+                        .get_or_insert_default()
+                        .push(ready_endpoint(address));
                 }
                 None => {
                     let mut slice = new_slice(input, service);
-                    slice.endpoints.push(ready_endpoint("10.254.0.1"));
+                    slice
+                        .endpoints
+                        .get_or_insert_default()
+                        .push(ready_endpoint("10.254.0.1"));
                     out.endpoint_slices.push(std::sync::Arc::new(slice));
                 }
             }
@@ -152,21 +158,28 @@ fn changed(input: &Input, service: &ObjectKey, change: Change) -> Option<Input> 
         Change::RemoveEndpoint => {
             let i = slices
                 .into_iter()
-                .find(|&i| !input.endpoint_slices[i].endpoints.is_empty())?;
+                .find(|&i| endpoints(&input.endpoint_slices[i]).next().is_some())?;
             std::sync::Arc::make_mut(&mut out.endpoint_slices[i])
                 .endpoints
+                .as_mut()?
                 .remove(0);
         }
         Change::MakeNotReady => {
             let endpoint = slices
                 .into_iter()
-                .flat_map(|i| (0..input.endpoint_slices[i].endpoints.len()).map(move |j| (i, j)))
+                .flat_map(|i| {
+                    (0..endpoints(&input.endpoint_slices[i]).count()).map(move |j| (i, j))
+                })
                 .find(|&(i, j)| {
-                    let e = &input.endpoint_slices[i].endpoints[j];
+                    let e = &input.endpoint_slices[i]
+                        .endpoints
+                        .as_deref()
+                        .unwrap_or_default()[j];
                     e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
                 })?;
-            let e = &mut std::sync::Arc::make_mut(&mut out.endpoint_slices[endpoint.0]).endpoints
-                [endpoint.1];
+            let e = &mut std::sync::Arc::make_mut(&mut out.endpoint_slices[endpoint.0])
+                .endpoints
+                .as_mut()?[endpoint.1];
             e.conditions.get_or_insert_with(Default::default).ready = Some(false);
         }
         Change::DeleteSlices => {
@@ -385,4 +398,11 @@ fn a_shared_service_is_refreshed_in_every_gateway_that_uses_it() {
         found > 0,
         "no golden case shares a Service between Gateways"
     );
+}
+
+/// A slice's endpoints (the list is optional in the API).
+fn endpoints(
+    slice: &EndpointSlice,
+) -> impl Iterator<Item = &k8s_openapi::api::discovery::v1::Endpoint> {
+    slice.endpoints.iter().flatten()
 }

@@ -204,7 +204,11 @@ fn only_the_gateways_a_change_touches_are_emitted_again() {
                 .is_some_and(|svc| svc == "svc-15")
         })
         .expect("svc-15 has an EndpointSlice");
-    Arc::make_mut(slice).endpoints[0].addresses = vec!["10.200.0.1".to_owned()];
+    Arc::make_mut(slice)
+        .endpoints
+        .as_mut()
+        .expect("svc-15's slice has endpoints")[0]
+        .addresses = vec!["10.200.0.1".to_owned()];
     assert_same("endpoints of a gw-1 backend moved", &mut translator, &moved);
     assert_eq!(gateways(&translator), (1, 1));
     let third = translator.translate(&moved);

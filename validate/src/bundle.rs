@@ -13,20 +13,22 @@ macro_rules! crd {
 
 /// Each file's path (relative to the repository's `crds/`) and text.
 pub(crate) const FILES: &[(&str, &str)] = &[
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_backendtlspolicies.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_gatewayclasses.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_gateways.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_grpcroutes.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_httproutes.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_listenersets.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_referencegrants.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_tcproutes.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_tlsroutes.yaml"),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.k8s.io_udproutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_backendtlspolicies.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_gatewayclasses.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_gateways.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_grpcroutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_httproutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_listenersets.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_referencegrants.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_tcproutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_tlsroutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.k8s.io_udproutes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.x-k8s.io_xbackends.yaml"),
     crd!(
-        "gateway-api-v1.5.1/experimental/gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml"
+        "gateway-api-v1.7.0/experimental/gateway.networking.x-k8s.io_xbackendtrafficpolicies.yaml"
     ),
-    crd!("gateway-api-v1.5.1/experimental/gateway.networking.x-k8s.io_xmeshes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.x-k8s.io_xmeshes.yaml"),
+    crd!("gateway-api-v1.7.0/experimental/gateway.networking.x-k8s.io_xtelemetrypolicies.yaml"),
     crd!("gatewright/gatewright.dev_proxyparameters.yaml"),
 ];
 

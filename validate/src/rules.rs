@@ -4,7 +4,9 @@
 
 use crate::schema::Schema;
 use crate::{FieldError, FieldErrorKind};
-use cel::objects::{Key, Map as CelMap};
+use cel::ExecutionError;
+use cel::extractors::This;
+use cel::objects::{Key, Map as CelMap, OptionalValue};
 use cel::{Context, Env, Program, Value as Cel};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -66,9 +68,16 @@ pub(crate) const KNOWN_FUNCTIONS: &[&str] = &[
     "split",
     "substring",
     "reverse",
+    // cel-go's optional library (on in the cel crate's stdlib).
+    "hasValue",
     // Kubernetes' CEL library (k8s.io/apiserver/pkg/cel/library), the
     // functions implemented in [`kubernetes_functions`].
     "isIP",
+    // Kubernetes' format library: `format.<name>()` names a format and
+    // `<format>.validate(s)` gives its errors for `s`, if any.
+    "dns1123Subdomain",
+    "qualifiedName",
+    "validate",
 ];
 
 /// Why a rule failed, as the rule's `reason` says (the API server's field
@@ -227,7 +236,134 @@ pub(crate) fn kubernetes_functions() -> Context<'static, 'static> {
     // no zone, no IPv4-mapped IPv6 form, no leading zeros in IPv4 octets
     // (Rust's parser already refuses zones and leading zeros).
     let _ = context.add_function("isIP", |s: Arc<String>| is_ip(&s));
+    // format.<name>() is the format's name as a string; validate() on it
+    // returns optional.none() for a valid value and optional.of(errors)
+    // otherwise, as Kubernetes' format library does. An unknown format
+    // name cannot be reached: only the names below are callable.
+    let _ = context.add_function("format.dns1123Subdomain", || {
+        Format::Dns1123Subdomain.name().to_owned()
+    });
+    let _ = context.add_function("format.qualifiedName", || {
+        Format::QualifiedName.name().to_owned()
+    });
+    let _ = context.add_function(
+        "validate",
+        |This(format): This<Arc<String>>, value: Arc<String>| -> Result<Cel, ExecutionError> {
+            let format = Format::named(&format).ok_or_else(|| {
+                ExecutionError::function_error("validate", format!("unknown format {format}"))
+            })?;
+            let errors = format.errors(&value);
+            Ok(Cel::Opaque(Arc::new(if errors.is_empty() {
+                OptionalValue::none()
+            } else {
+                OptionalValue::of(Cel::List(Arc::new(
+                    errors
+                        .into_iter()
+                        .map(|e| Cel::String(Arc::new(e)))
+                        .collect(),
+                )))
+            })))
+        },
+    );
     context
+}
+
+/// The formats of Kubernetes' CEL format library that the bundle uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// A DNS-1123 subdomain: lower-case alphanumerics, `-` and `.`, at most
+    /// 253 characters, alphanumeric at each end of each label.
+    Dns1123Subdomain,
+    /// A qualified name (label and annotation keys): an optional
+    /// DNS-1123 subdomain prefix and `/`, then a name of at most 63
+    /// alphanumerics, `-`, `_` and `.`, alphanumeric at both ends.
+    QualifiedName,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dns1123Subdomain => "dns1123Subdomain",
+            Self::QualifiedName => "qualifiedName",
+        }
+    }
+
+    fn named(name: &str) -> Option<Self> {
+        [Self::Dns1123Subdomain, Self::QualifiedName]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+
+    /// Why `value` is not of this format (empty when it is).
+    fn errors(self, value: &str) -> Vec<String> {
+        match self {
+            Self::Dns1123Subdomain => dns1123_subdomain_errors(value),
+            Self::QualifiedName => qualified_name_errors(value),
+        }
+    }
+}
+
+fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if value.len() > 253 {
+        errors.push("must be no more than 253 characters".to_owned());
+    }
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        bytes.first().is_some_and(alnum)
+            && bytes.last().is_some_and(alnum)
+            && bytes.iter().all(|b| alnum(b) || *b == b'-')
+    };
+    if !value.split('.').all(label_ok) {
+        errors.push(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+             '-' or '.', and must start and end with an alphanumeric character"
+                .to_owned(),
+        );
+    }
+    errors
+}
+
+fn qualified_name_errors(value: &str) -> Vec<String> {
+    let (prefix, name) = match value.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, value),
+    };
+    let mut errors = Vec::new();
+    match prefix {
+        Some("") => errors.push("prefix part must be non-empty".to_owned()),
+        Some(prefix) => errors.extend(
+            dns1123_subdomain_errors(prefix)
+                .into_iter()
+                .map(|e| format!("prefix part {e}")),
+        ),
+        None => {}
+    }
+    if name.is_empty() {
+        errors.push("name part must be non-empty".to_owned());
+    } else {
+        if name.len() > 63 {
+            errors.push("name part must be no more than 63 characters".to_owned());
+        }
+        let bytes = name.as_bytes();
+        let ok = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            errors.push(
+                "name part must consist of alphanumeric characters, '-', '_' or '.', \
+                 and must start and end with an alphanumeric character"
+                    .to_owned(),
+            );
+        }
+    }
+    if value.split('/').count() > 2 {
+        errors.push("a qualified name has at most one '/'".to_owned());
+    }
+    errors
 }
 
 /// Kubernetes' `isIP`.
@@ -449,8 +585,26 @@ mod tests {
             ("substring", "'abc'.substring(1) == 'bc'"),
             ("reverse", "'ab'.reverse() == 'ba'"),
             (
+                "hasValue",
+                "format.qualifiedName().validate('a/b/c').hasValue()",
+            ),
+            (
                 "isIP",
                 "isIP('10.0.0.1') && isIP('::1') && !isIP('a') && !isIP('::ffff:1.2.3.4')",
+            ),
+            (
+                "dns1123Subdomain",
+                "!format.dns1123Subdomain().validate('a.b-c').hasValue()",
+            ),
+            (
+                "qualifiedName",
+                "!format.qualifiedName().validate('example.com/a_b').hasValue()",
+            ),
+            (
+                "validate",
+                "format.dns1123Subdomain().validate('A_b').hasValue() \
+                 && format.qualifiedName().validate('-a').hasValue() \
+                 && !format.qualifiedName().validate('a').hasValue()",
             ),
         ];
         let named: Vec<&str> = calls.iter().map(|(name, _)| *name).collect();

@@ -838,12 +838,12 @@ async fn request_token(
     // The API server refuses less than 10 minutes.
     let asked = expiration.unwrap_or(3600).max(600);
     let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: if audience.is_empty() {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(if audience.is_empty() {
                 Vec::new()
             } else {
                 vec![audience.to_string()]
-            },
+            }),
             expiration_seconds: Some(asked),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
@@ -851,7 +851,7 @@ async fn request_token(
                 name: Some(name.to_string()),
                 uid: pod.metadata.uid.clone(),
             }),
-        },
+        }),
         ..Default::default()
     };
     let answer = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
@@ -862,14 +862,15 @@ async fn request_token(
     // The server may grant longer than asked (extended tokens): renew on
     // the schedule that was asked for.
     let asked = Duration::from_secs(u64::try_from(asked).unwrap_or(3600));
-    let granted = status
+    let token = status.token.context("TokenRequest answer has no token")?;
+    let expires = status
         .expiration_timestamp
-        .0
-        .duration_since(Timestamp::now());
+        .context("TokenRequest answer has no expiration")?;
+    let granted = expires.0.duration_since(Timestamp::now());
     let lifetime = Duration::try_from(granted)
         .map(|g| g.min(asked))
         .unwrap_or(asked);
-    Ok((status.token, lifetime))
+    Ok((token, lifetime))
 }
 
 /// The content of one volume, fetching what it refers to (and renewing

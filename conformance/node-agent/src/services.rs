@@ -97,6 +97,7 @@ fn ready_ips(slice: &EndpointSlice) -> Vec<Ipv4Addr> {
     slice
         .endpoints
         .iter()
+        .flatten()
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
         .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
         .collect()

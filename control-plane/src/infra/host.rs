@@ -338,6 +338,7 @@ impl Host {
                 addresses: Some(vec![GatewayStatusAddresses {
                     r#type: Some("IPAddress".to_owned()),
                     value: ip.to_string(),
+                    routability: None,
                 }]),
                 not_programmed: None,
             };

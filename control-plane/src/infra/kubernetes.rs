@@ -545,6 +545,7 @@ fn address(type_: &str, value: &str) -> GatewayStatusAddresses {
     GatewayStatusAddresses {
         r#type: Some(type_.to_owned()),
         value: value.to_owned(),
+        routability: None,
     }
 }
 

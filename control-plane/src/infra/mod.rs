@@ -241,6 +241,7 @@ mod tests {
                 .map(|(t, v)| GatewayAddresses {
                     r#type: Some((*t).to_owned()),
                     value: (!v.is_empty()).then(|| (*v).to_owned()),
+                    routability: None,
                 })
                 .collect(),
         );
@@ -254,6 +255,7 @@ mod tests {
                 addresses: Some(vec![GatewayStatusAddresses {
                     r#type: Some("IPAddress".to_owned()),
                     value: ip.to_owned(),
+                    routability: None,
                 }]),
                 not_programmed: None,
             },

@@ -102,14 +102,14 @@ impl Kinds {
             .await
             .context(
                 "the API server does not serve gateway.networking.k8s.io/v1: \
-                 install the Gateway API CRDs (v1.5.1)",
+                 install the Gateway API CRDs (v1.7.0, or v1.5.1 and later)",
             )?;
         let served: BTreeSet<&str> = list.resources.iter().map(|r| r.name.as_str()).collect();
         for required in ["gatewayclasses", "gateways", "httproutes"] {
             if !served.contains(required) {
                 anyhow::bail!(
                     "the API server does not serve {GATEWAY_GROUP}/v1 {required}: \
-                     install the Gateway API CRDs (v1.5.1)"
+                     install the Gateway API CRDs (v1.7.0, or v1.5.1 and later)"
                 );
             }
         }

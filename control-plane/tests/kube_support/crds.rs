@@ -1,17 +1,37 @@
-//! Installs the CRDs: the Gateway API v1.5.1 experimental bundle (with its
-//! ValidatingAdmissionPolicy) and Gatewright's own, and waits for them to be
-//! Established.
+//! Installs the CRDs: a Gateway API bundle (by default v1.7.0's
+//! experimental channel, with its ValidatingAdmissionPolicy) and
+//! Gatewright's own, and waits for them to be Established.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::cluster::repo_root;
 use super::objects::Kube;
 
+/// The Gateway API bundle installed unless a test binary chooses another.
+pub const DEFAULT_BUNDLE: &str = "gateway-api-v1.7.0/experimental";
+
+static BUNDLE: OnceLock<&'static str> = OnceLock::new();
+
+/// Makes this test binary's cluster install `folder` (under `crds/`)
+/// instead of [`DEFAULT_BUNDLE`]. Every test of the binary must call it
+/// before [`super::Cluster::shared`]; panics if another bundle was chosen
+/// (or the default already used).
+pub fn use_bundle(folder: &'static str) {
+    let chosen = *BUNDLE.get_or_init(|| folder);
+    assert_eq!(chosen, folder, "this test binary's cluster runs {chosen}");
+}
+
+/// The Gateway API bundle this binary's cluster runs.
+pub fn bundle() -> &'static str {
+    BUNDLE.get_or_init(|| DEFAULT_BUNDLE)
+}
+
 /// The YAML files to install, in order.
 pub fn crd_files() -> Result<Vec<PathBuf>, String> {
     let root = repo_root();
-    let mut files = yaml_files(&root.join("crds/gateway-api-v1.5.1/experimental"), true)?;
+    let mut files = yaml_files(&root.join("crds").join(bundle()), true)?;
     let own = root.join("crds/gatewright");
     if own.is_dir() {
         files.extend(yaml_files(&own, false)?);

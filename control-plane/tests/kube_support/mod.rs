@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod crds;
+pub mod fixtures;
 pub mod objects;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 pub use cluster::{Cluster, repo_root};
 pub use controller::{Controller, ControllerSpec, Infra};
+pub use fixtures::*;
 pub use objects::{Kube, clip, kube_error, yaml_docs};
 
 /// How often waits poll.

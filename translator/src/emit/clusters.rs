@@ -111,7 +111,7 @@ pub(crate) fn load_assignment(
         else {
             continue;
         };
-        for e in &slice.endpoints {
+        for e in slice.endpoints.iter().flatten() {
             // An unknown readiness counts as ready, as Kubernetes says.
             if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;

@@ -603,7 +603,7 @@ fn external_auth(a: &HttpRouteRulesFiltersExternalAuth, route_ns: &str) -> Exter
             .as_ref()
             .and_then(|b| b.max_size)
             .map_or(0, |m| {
-                u32::try_from(m.clamp(0, i64::from(u16::MAX))).unwrap_or(0)
+                u32::try_from(m.clamp(0, i32::from(u16::MAX))).unwrap_or(0)
             }),
     }
 }

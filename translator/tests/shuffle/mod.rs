@@ -65,7 +65,9 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
     }
     // make_mut: the shuffled copy must not change the input it came from.
     for slice in endpoint_slices.iter_mut().map(Arc::make_mut) {
-        slice.endpoints.shuffle(rng);
+        if let Some(endpoints) = slice.endpoints.as_mut() {
+            endpoints.shuffle(rng);
+        }
         if let Some(ports) = slice.ports.as_mut() {
             ports.shuffle(rng);
         }
