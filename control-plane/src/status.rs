@@ -79,6 +79,12 @@ pub fn collect(
     for (key, status) in &s.tls_routes {
         put(id("TLSRoute", key), to_value(serde_json::to_value(status)));
     }
+    for (key, status) in &s.tcp_routes {
+        put(id("TCPRoute", key), to_value(serde_json::to_value(status)));
+    }
+    for (key, status) in &s.udp_routes {
+        put(id("UDPRoute", key), to_value(serde_json::to_value(status)));
+    }
     for (key, status) in &s.backend_tls_policies {
         put(
             id("BackendTLSPolicy", key),
@@ -245,6 +251,8 @@ fn has_status(id: &ObjectId) -> bool {
                 | "HTTPRoute"
                 | "GRPCRoute"
                 | "TLSRoute"
+                | "TCPRoute"
+                | "UDPRoute"
                 | "BackendTLSPolicy"
         )
 }

@@ -375,6 +375,95 @@ async fn missing_backend_is_reported_and_others_still_work() {
 }
 
 // ---------------------------------------------------------------------------
+// 2b. TCPRoute and UDPRoute (Gateway API v1.7.0, v1).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_route_statuses_are_written() {
+    const NS: &str = "t2-l4";
+    const NAME: &str = "gatewright.dev/t2-l4";
+    let cluster = Cluster::shared();
+    let kube = cluster.kube().await;
+    let dir = TestDir::new(NS);
+    kube.apply(&namespace(NS))
+        .await
+        .expect("creating the namespace");
+    let stream_route = |kind: &str, name: &str, section: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  parentRefs:
+  - name: gw
+    sectionName: {section}
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 8080
+"
+        )
+    };
+    kube.apply(
+        &[
+            gateway_class(NS, NAME, None),
+            "---\n".into(),
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  namespace: {NS}
+spec:
+  gatewayClassName: {NS}
+  listeners:
+  - name: tcp
+    protocol: TCP
+    port: 28005
+  - name: udp
+    protocol: UDP
+    port: 28005
+"
+            ),
+            "---\n".into(),
+            service(NS, "echo", "10.244.2.20"),
+            "---\n".into(),
+            stream_route("TCPRoute", "stream", "tcp"),
+            "---\n".into(),
+            stream_route("UDPRoute", "datagrams", "udp"),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("creating the objects");
+    let _c = Controller::start(
+        &dir.path,
+        controller_spec(cluster, "a", NS, NAME, Infra::Host),
+    );
+    for (kind, name) in [("TCPRoute", "stream"), ("UDPRoute", "datagrams")] {
+        wait_for(
+            &format!("{kind} {name}: Accepted and ResolvedRefs"),
+            WAIT,
+            || kind_route_status(&kube, kind, NS, name, NAME, "gw", ("True", None)),
+        )
+        .await;
+    }
+    wait_for("the Gateway: one route on each listener", WAIT, || async {
+        let gw = gateway_obj(&kube, NS, "gw").await?;
+        for listener in ["tcp", "udp"] {
+            let status = listener_status(&gw, listener)
+                .ok_or_else(|| format!("no status of listener {listener}: {}", gw["status"]))?;
+            if status["attachedRoutes"] != 1 {
+                return Err(format!("listener {listener}: {status}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
 // 3. Leader hand-over.
 
 async fn lease_holder(kube: &Kube, ns: &str) -> Result<String, String> {

@@ -236,7 +236,8 @@ pub fn try_render(output: &Output) -> Result<String, RenderError> {
 
 /// The statuses of an [`Output`] as JSON: one map per object kind
 /// (`gateway_classes`, `gateways`, `listener_sets`, `http_routes`,
-/// `grpc_routes`, `tls_routes`, `backend_tls_policies`; empty ones left out),
+/// `grpc_routes`, `tls_routes`, `tcp_routes`, `udp_routes`,
+/// `backend_tls_policies`; empty ones left out),
 /// each keyed by the object's `namespace/name` (or name). Not redacted.
 pub fn render_statuses(output: &Output) -> Value {
     fn section<K: ToString, V: serde::Serialize>(
@@ -271,6 +272,8 @@ pub fn render_statuses(output: &Output) -> Value {
     section(&mut statuses, "http_routes", &s.http_routes);
     section(&mut statuses, "grpc_routes", &s.grpc_routes);
     section(&mut statuses, "tls_routes", &s.tls_routes);
+    section(&mut statuses, "tcp_routes", &s.tcp_routes);
+    section(&mut statuses, "udp_routes", &s.udp_routes);
     section(
         &mut statuses,
         "backend_tls_policies",

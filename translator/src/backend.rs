@@ -184,8 +184,31 @@ pub(crate) fn resolve(
         ));
     };
     // TLS passthrough only forwards bytes: it ignores appProtocol and
-    // policies (the client's TLS is already end to end).
-    if kind == RouteKind::Tls {
+    // policies (the client's TLS is already end to end). So does UDP, which
+    // TLS cannot carry.
+    if matches!(kind, RouteKind::Tls | RouteKind::Udp) {
+        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
+    }
+    // A TCPRoute forwards bytes too, whatever appProtocol says. Gatewright
+    // does not yet originate TLS for its backends (the spec leaves
+    // BackendTLSPolicy on TCPRoute to implementations), so a port a policy
+    // covers gets nothing rather than plaintext.
+    if kind == RouteKind::Tcp {
+        let policies = index.backend_tls();
+        tls_policies.extend(policies.targeting(&b.namespace, &b.name, sp.name.as_deref()));
+        if policies
+            .applying(&b.namespace, &b.name, sp.name.as_deref())
+            .is_some()
+        {
+            return Err((
+                Reason::UnsupportedProtocol,
+                format!(
+                    "Service {}/{} port {port} is covered by a BackendTLSPolicy, and Gatewright \
+                     does not originate TLS for TCPRoute backends yet; connections to it are refused",
+                    b.namespace, b.name
+                ),
+            ));
+        }
         return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
     }
     // appProtocol says how to speak to the backend.

@@ -31,14 +31,21 @@ pub(crate) enum Protocol {
     /// TLS terminated by Envoy, the plain stream proxied to the TLSRoute's
     /// backend (routed by SNI).
     TlsTerminate,
+    /// TCP connections proxied to the oldest TCPRoute's backends.
+    Tcp,
+    /// UDP datagrams proxied, per flow, to the oldest UDPRoute's backends.
+    Udp,
 }
 
 impl Protocol {
-    /// HTTP and the TLS-based protocols cannot share a port.
+    /// HTTP, the TLS-based protocols and TCP cannot share a port (UDP is
+    /// another transport: its ports are apart, see [`Listener::udp`]).
     fn family(self) -> u8 {
         match self {
             Self::Http => 0,
             Self::Https | Self::TlsPassthrough | Self::TlsTerminate => 1,
+            Self::Tcp => 2,
+            Self::Udp => 3,
         }
     }
 
@@ -46,6 +53,8 @@ impl Protocol {
         match self {
             Self::Http | Self::Https => &[RouteKind::Http, RouteKind::Grpc],
             Self::TlsPassthrough | Self::TlsTerminate => &[RouteKind::Tls],
+            Self::Tcp => &[RouteKind::Tcp],
+            Self::Udp => &[RouteKind::Udp],
         }
     }
 }
@@ -119,6 +128,13 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
+    /// Whether the listener is on a UDP port: UDP ports are apart from the
+    /// TCP ports of the same number (HTTP, HTTPS, TLS, TCP), so a UDP and a
+    /// TCP-based listener on one port number never conflict.
+    pub(crate) fn udp(&self) -> bool {
+        self.family == "UDP"
+    }
+
     /// Whether this listener goes into Envoy's configuration.
     pub(crate) fn programmable(&self) -> bool {
         self.accepted.is_ok() && self.conflict.is_none() && self.resolved.is_ok()
@@ -426,6 +442,8 @@ fn resolve_listener(
         ),
         ("TLS", GatewayListenersTlsMode::Passthrough) => (Some(Protocol::TlsPassthrough), Ok(())),
         ("TLS", GatewayListenersTlsMode::Terminate) => (Some(Protocol::TlsTerminate), Ok(())),
+        ("TCP", _) => (Some(Protocol::Tcp), Ok(())),
+        ("UDP", _) => (Some(Protocol::Udp), Ok(())),
         (p, _) => (
             None,
             Err((
@@ -556,11 +574,11 @@ fn mark_indistinct(listeners: &mut [Listener], members: &[usize]) {
 
 /// Marks the indistinct listeners among `range` (one owner's), by port.
 fn owner_conflicts(listeners: &mut [Listener], range: std::ops::Range<usize>) {
-    let mut by_port: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut by_port: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
     for i in range {
         let l = &listeners[i];
         if l.accepted.is_ok() && l.protocol.is_some() && l.conflict.is_none() {
-            by_port.entry(l.port).or_default().push(i);
+            by_port.entry((l.udp(), l.port)).or_default().push(i);
         }
     }
     for members in by_port.values() {
@@ -582,7 +600,7 @@ fn precedence_conflicts(listeners: &mut [Listener], range: std::ops::Range<usize
         let on_port = || {
             earlier
                 .iter()
-                .filter(|e| e.port == l.port && e.holds_port())
+                .filter(|e| e.port == l.port && e.udp() == l.udp() && e.holds_port())
         };
         let conflict = on_port()
             .find(|e| e.family != l.family)

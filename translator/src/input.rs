@@ -8,7 +8,9 @@ use crate::api::grpcroutes::GrpcRoute;
 use crate::api::httproutes::HttpRoute;
 use crate::api::listenersets::ListenerSet;
 use crate::api::referencegrants::ReferenceGrant;
+use crate::api::tcproutes::TcpRoute;
 use crate::api::tlsroutes::TlsRoute;
+use crate::api::udproutes::UdpRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -95,6 +97,10 @@ pub struct Input {
     pub grpc_routes: Vec<Arc<GrpcRoute>>,
     /// TLSRoutes (v1).
     pub tls_routes: Vec<Arc<TlsRoute>>,
+    /// TCPRoutes (v1).
+    pub tcp_routes: Vec<Arc<TcpRoute>>,
+    /// UDPRoutes (v1).
+    pub udp_routes: Vec<Arc<UdpRoute>>,
     /// ReferenceGrants.
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
     /// BackendTLSPolicies.
@@ -169,6 +175,8 @@ impl Input {
             InputObject::HttpRoute(o) => self.http_routes.push(o),
             InputObject::GrpcRoute(o) => self.grpc_routes.push(o),
             InputObject::TlsRoute(o) => self.tls_routes.push(o),
+            InputObject::TcpRoute(o) => self.tcp_routes.push(o),
+            InputObject::UdpRoute(o) => self.udp_routes.push(o),
             InputObject::ReferenceGrant(o) => self.reference_grants.push(o),
             InputObject::BackendTlsPolicy(o) => self.backend_tls_policies.push(o),
             InputObject::Service(o) => self.services.push(o),
@@ -201,6 +209,10 @@ pub enum InputObject {
     GrpcRoute(Arc<GrpcRoute>),
     /// A TLSRoute.
     TlsRoute(Arc<TlsRoute>),
+    /// A TCPRoute.
+    TcpRoute(Arc<TcpRoute>),
+    /// A UDPRoute.
+    UdpRoute(Arc<UdpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Arc<ReferenceGrant>),
     /// A BackendTLSPolicy.
@@ -261,6 +273,8 @@ impl InputObject {
             ("gateway.networking.k8s.io", "HTTPRoute") => namespaced!(HttpRoute, HttpRoute),
             ("gateway.networking.k8s.io", "GRPCRoute") => namespaced!(GrpcRoute, GrpcRoute),
             ("gateway.networking.k8s.io", "TLSRoute") => namespaced!(TlsRoute, TlsRoute),
+            ("gateway.networking.k8s.io", "TCPRoute") => namespaced!(TcpRoute, TcpRoute),
+            ("gateway.networking.k8s.io", "UDPRoute") => namespaced!(UdpRoute, UdpRoute),
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 namespaced!(ReferenceGrant, ReferenceGrant)
             }

@@ -27,7 +27,7 @@ mod validate;
 pub use backend_tls::DEFAULT_SYSTEM_CA_FILE;
 pub use emit::INVALID_BACKEND_CLUSTER;
 pub use input::{DEFAULT_CONTROLLER_NAME, EdgeSettings, Input, InputError, InputObject, ObjectKey};
-pub use output::{GatewayResources, Output, ServicePort, Statuses};
+pub use output::{ClusterFeed, GatewayResources, Output, ServicePort, Statuses};
 
 use crate::api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use attach::ParentStatus;
@@ -399,7 +399,9 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
     };
     let sources = (input.http_routes.iter().map(memo::Source::Http))
         .chain(input.grpc_routes.iter().map(memo::Source::Grpc))
-        .chain(input.tls_routes.iter().map(memo::Source::Tls));
+        .chain(input.tls_routes.iter().map(memo::Source::Tls))
+        .chain(input.tcp_routes.iter().map(memo::Source::Tcp))
+        .chain(input.udp_routes.iter().map(memo::Source::Udp));
     let mut resolved = memo.resolve(&index, sources, names_ours);
     resolved.sort_by(|a, b| (a.route.kind, &a.route.key).cmp(&(b.route.kind, &b.route.key)));
     // Duplicate keys cannot come from an API server; keep the first by key.
@@ -487,6 +489,22 @@ fn translate_with(input: &Input, memo: &mut memo::Memo) -> Output {
                     },
                 );
             }
+            model::RouteKind::Tcp => {
+                out.statuses.tcp_routes.insert(
+                    key,
+                    api::tcproutes::TcpRouteStatus {
+                        parents: status_parents(parents, controller),
+                    },
+                );
+            }
+            model::RouteKind::Udp => {
+                out.statuses.udp_routes.insert(
+                    key,
+                    api::udproutes::UdpRouteStatus {
+                        parents: status_parents(parents, controller),
+                    },
+                );
+            }
         }
     }
     out
@@ -512,20 +530,26 @@ pub fn refresh_endpoints(
     if services.is_empty() {
         return changed;
     }
-    let index = Index::for_services(input, services);
+    // A UDPRoute's split cluster is fed by several Services: all of them
+    // are read when one of them changes.
+    let mut read = services.clone();
+    for resources in output.gateways.values() {
+        for feed in resources.backends.values() {
+            if matches!(feed, ClusterFeed::Split(_))
+                && feed.ports().any(|p| services.contains(&p.service))
+            {
+                read.extend(feed.ports().map(|p| p.service.clone()));
+            }
+        }
+    }
+    let index = Index::for_services(input, &read);
     for (key, resources) in &mut output.gateways {
         let mut fresh = Vec::new();
-        for (cluster, backend) in &resources.backends {
-            if !services.contains(&backend.service) {
+        for (cluster, feed) in &resources.backends {
+            if !feed.ports().any(|p| services.contains(&p.service)) {
                 continue;
             }
-            let assignment = emit::load_assignment(
-                &index,
-                cluster,
-                &backend.service.namespace,
-                &backend.service.name,
-                backend.port,
-            );
+            let assignment = emit::load_assignment(&index, cluster, feed);
             // `endpoints` is sorted by cluster name (see GatewayResources).
             let at = resources
                 .endpoints

@@ -33,12 +33,14 @@ use crate::api::grpcroutes::GrpcRoute;
 use crate::api::httproutes::HttpRoute;
 use crate::api::listenersets::ListenerSet;
 use crate::api::referencegrants::ReferenceGrant;
+use crate::api::tcproutes::TcpRoute;
 use crate::api::tlsroutes::TlsRoute;
+use crate::api::udproutes::UdpRoute;
 use crate::attach::{self, Attachment, ResolvedRoute};
 use crate::index::{self, Index};
 use crate::input::{EdgeSettings, Input, ObjectKey};
 use crate::model::{Route, RouteKind};
-use crate::output::GatewayResources;
+use crate::output::{ClusterFeed, GatewayResources};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeSet, HashMap};
@@ -49,6 +51,8 @@ pub(crate) enum Source<'a> {
     Http(&'a Arc<HttpRoute>),
     Grpc(&'a Arc<GrpcRoute>),
     Tls(&'a Arc<TlsRoute>),
+    Tcp(&'a Arc<TcpRoute>),
+    Udp(&'a Arc<UdpRoute>),
 }
 
 impl Source<'_> {
@@ -57,6 +61,8 @@ impl Source<'_> {
             Self::Http(_) => RouteKind::Http,
             Self::Grpc(_) => RouteKind::Grpc,
             Self::Tls(_) => RouteKind::Tls,
+            Self::Tcp(_) => RouteKind::Tcp,
+            Self::Udp(_) => RouteKind::Udp,
         }
     }
 
@@ -65,6 +71,8 @@ impl Source<'_> {
             Self::Http(r) => index::key_of(&r.metadata),
             Self::Grpc(r) => index::key_of(&r.metadata),
             Self::Tls(r) => index::key_of(&r.metadata),
+            Self::Tcp(r) => index::key_of(&r.metadata),
+            Self::Udp(r) => index::key_of(&r.metadata),
         };
         ObjectKey::new(ns, name)
     }
@@ -74,6 +82,8 @@ impl Source<'_> {
             Self::Http(r) => Route::from(r.as_ref()),
             Self::Grpc(r) => Route::from(r.as_ref()),
             Self::Tls(r) => Route::from(r.as_ref()),
+            Self::Tcp(r) => Route::from(r.as_ref()),
+            Self::Udp(r) => Route::from(r.as_ref()),
         }
     }
 
@@ -82,6 +92,8 @@ impl Source<'_> {
             Self::Http(r) => Kept::Http(Arc::clone(r)),
             Self::Grpc(r) => Kept::Grpc(Arc::clone(r)),
             Self::Tls(r) => Kept::Tls(Arc::clone(r)),
+            Self::Tcp(r) => Kept::Tcp(Arc::clone(r)),
+            Self::Udp(r) => Kept::Udp(Arc::clone(r)),
         }
     }
 }
@@ -91,6 +103,8 @@ enum Kept {
     Http(Arc<HttpRoute>),
     Grpc(Arc<GrpcRoute>),
     Tls(Arc<TlsRoute>),
+    Tcp(Arc<TcpRoute>),
+    Udp(Arc<UdpRoute>),
 }
 
 impl Kept {
@@ -99,6 +113,8 @@ impl Kept {
             (Self::Http(a), Source::Http(b)) => same(a, b),
             (Self::Grpc(a), Source::Grpc(b)) => same(a, b),
             (Self::Tls(a), Source::Tls(b)) => same(a, b),
+            (Self::Tcp(a), Source::Tcp(b)) => same(a, b),
+            (Self::Udp(a), Source::Udp(b)) => same(a, b),
             _ => false,
         }
     }
@@ -215,8 +231,8 @@ struct GatewayEntry {
     /// `attachments[i]`).
     attachments: Vec<Attachment>,
     routes: Vec<Arc<ResolvedRoute>>,
-    /// Per entry of `resources.backends`, in order: the Service as found,
-    /// and how many of `slices` are its EndpointSlices.
+    /// Per Service port of `resources.backends`, in order: the Service as
+    /// found, and how many of `slices` are its EndpointSlices.
     services: Vec<(Option<Arc<Service>>, usize)>,
     slices: Vec<Arc<EndpointSlice>>,
     resources: Arc<GatewayResources>,
@@ -231,7 +247,7 @@ impl GatewayEntry {
     ) -> Self {
         let mut services = Vec::with_capacity(resources.backends.len());
         let mut slices = Vec::with_capacity(resources.backends.len());
-        for b in resources.backends.values() {
+        for b in resources.backends.values().flat_map(ClusterFeed::ports) {
             let (ns, name) = (&b.service.namespace, &b.service.name);
             let found = index.slices(ns, name);
             slices.extend(found.iter().map(|s| Arc::clone(s)));
@@ -281,6 +297,7 @@ impl GatewayEntry {
         self.resources
             .backends
             .values()
+            .flat_map(ClusterFeed::ports)
             .zip(&self.services)
             .all(|(b, (service, count))| {
                 let (ns, name) = (&b.service.namespace, &b.service.name);

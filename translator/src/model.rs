@@ -1,5 +1,5 @@
-//! The shared route model. HTTPRoute, GRPCRoute and TLSRoute are converted
-//! into it once, at the edge (see [`convert`]); everything after this point
+//! The shared route model. HTTPRoute, GRPCRoute, TLSRoute, TCPRoute and
+//! UDPRoute are converted into it once, at the edge (see [`convert`]); everything after this point
 //! is kind-agnostic.
 
 mod convert;
@@ -17,6 +17,8 @@ pub(crate) enum RouteKind {
     Http,
     Grpc,
     Tls,
+    Tcp,
+    Udp,
 }
 
 impl RouteKind {
@@ -25,6 +27,8 @@ impl RouteKind {
             Self::Http => "HTTPRoute",
             Self::Grpc => "GRPCRoute",
             Self::Tls => "TLSRoute",
+            Self::Tcp => "TCPRoute",
+            Self::Udp => "UDPRoute",
         }
     }
 }

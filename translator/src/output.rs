@@ -7,7 +7,9 @@ use crate::api::gateways::GatewayStatus;
 use crate::api::grpcroutes::GrpcRouteStatus;
 use crate::api::httproutes::HttpRouteStatus;
 use crate::api::listenersets::ListenerSetStatus;
+use crate::api::tcproutes::TcpRouteStatus;
 use crate::api::tlsroutes::TlsRouteStatus;
+use crate::api::udproutes::UdpRouteStatus;
 use crate::input::ObjectKey;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -31,11 +33,33 @@ pub struct GatewayResources {
     pub endpoints: Vec<ClusterLoadAssignment>,
     /// SDS resources.
     pub secrets: Vec<Secret>,
-    /// The Service port behind each cluster of `clusters`, by cluster name:
-    /// what [`crate::refresh_endpoints`] recomputes, without re-translating,
-    /// when that Service's EndpointSlices change. Every cluster is fed by a
-    /// Service, so the keys are exactly the names of `clusters`.
-    pub backends: BTreeMap<String, ServicePort>,
+    /// The Service ports behind each cluster of `clusters`, by cluster
+    /// name: what [`crate::refresh_endpoints`] recomputes, without
+    /// re-translating, when those Services' EndpointSlices change. Every
+    /// cluster is fed by Services, so the keys are exactly the names of
+    /// `clusters`.
+    pub backends: BTreeMap<String, ClusterFeed>,
+}
+
+/// The Service ports feeding one cluster's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterFeed {
+    /// One Service port: the cluster of a backendRef.
+    Port(ServicePort),
+    /// A UDPRoute rule's per-flow split: each Service port one locality of
+    /// the cluster, weighted by its backendRef's weight (non-zero).
+    Split(Vec<(ServicePort, u32)>),
+}
+
+impl ClusterFeed {
+    /// Every Service port the cluster's endpoints come from.
+    pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
+        let (one, split) = match self {
+            Self::Port(p) => (Some(p), &[][..]),
+            Self::Split(parts) => (None, parts.as_slice()),
+        };
+        one.into_iter().chain(split.iter().map(|(p, _)| p))
+    }
 }
 
 /// A port of a Kubernetes Service: the source of one cluster's endpoints.
@@ -67,6 +91,10 @@ pub struct Statuses {
     pub grpc_routes: BTreeMap<ObjectKey, GrpcRouteStatus>,
     /// TLSRoutes with at least one parentRef to our Gateways.
     pub tls_routes: BTreeMap<ObjectKey, TlsRouteStatus>,
+    /// TCPRoutes with at least one parentRef to our Gateways.
+    pub tcp_routes: BTreeMap<ObjectKey, TcpRouteStatus>,
+    /// UDPRoutes with at least one parentRef to our Gateways.
+    pub udp_routes: BTreeMap<ObjectKey, UdpRouteStatus>,
     /// BackendTLSPolicies that target a backend of our routes.
     pub backend_tls_policies: BTreeMap<ObjectKey, BackendTlsPolicyStatus>,
 }

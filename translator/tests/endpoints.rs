@@ -9,7 +9,7 @@
 mod shuffle;
 mod support;
 
-use gatewright_translator::{Input, ObjectKey, Output, refresh_endpoints, translate};
+use gatewright_translator::{ClusterFeed, Input, ObjectKey, Output, refresh_endpoints, translate};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -219,7 +219,11 @@ fn used_services(output: &Output) -> BTreeSet<ObjectKey> {
     output
         .gateways
         .values()
-        .flat_map(|g| g.backends.values().map(|b| b.service.clone()))
+        .flat_map(|g| {
+            g.backends
+                .values()
+                .flat_map(|b| b.ports().map(|p| p.service.clone()))
+        })
         .collect()
 }
 
@@ -380,7 +384,12 @@ fn a_shared_service_is_refreshed_in_every_gateway_that_uses_it() {
             let users = before
                 .gateways
                 .values()
-                .filter(|g| g.backends.values().any(|b| b.service == service))
+                .filter(|g| {
+                    g.backends
+                        .values()
+                        .flat_map(ClusterFeed::ports)
+                        .any(|p| p.service == service)
+                })
                 .count();
             if users < 2 {
                 continue;

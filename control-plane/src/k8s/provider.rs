@@ -23,7 +23,9 @@ use gatewright_translator::api::grpcroutes::GrpcRoute;
 use gatewright_translator::api::httproutes::HttpRoute;
 use gatewright_translator::api::listenersets::ListenerSet;
 use gatewright_translator::api::referencegrants::ReferenceGrant;
+use gatewright_translator::api::tcproutes::TcpRoute;
 use gatewright_translator::api::tlsroutes::TlsRoute;
+use gatewright_translator::api::udproutes::UdpRoute;
 use gatewright_translator::{Input, ObjectKey};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret, Service};
@@ -85,6 +87,11 @@ pub struct Kinds {
     pub grpc_routes: bool,
     /// TLSRoute (v1).
     pub tls_routes: bool,
+    /// TCPRoute (v1, from Gateway API v1.7.0's CRDs; v1.5.1's served only
+    /// v1alpha2, which is not watched).
+    pub tcp_routes: bool,
+    /// UDPRoute (v1, as TCPRoute).
+    pub udp_routes: bool,
     /// ReferenceGrant (v1).
     pub reference_grants: bool,
     /// BackendTLSPolicy (v1).
@@ -127,6 +134,8 @@ impl Kinds {
             listener_sets: served.contains("listenersets"),
             grpc_routes: served.contains("grpcroutes"),
             tls_routes: served.contains("tlsroutes"),
+            tcp_routes: served.contains("tcproutes"),
+            udp_routes: served.contains("udproutes"),
             reference_grants: served.contains("referencegrants"),
             backend_tls_policies: served.contains("backendtlspolicies"),
         })
@@ -434,6 +443,8 @@ pub struct Provider {
     http_routes: Reflected<HttpRoute>,
     grpc_routes: Option<Reflected<GrpcRoute>>,
     tls_routes: Option<Reflected<TlsRoute>>,
+    tcp_routes: Option<Reflected<TcpRoute>>,
+    udp_routes: Option<Reflected<UdpRoute>>,
     reference_grants: Option<Reflected<ReferenceGrant>>,
     backend_tls_policies: Option<Reflected<BackendTlsPolicy>>,
     proxy_parameters: Option<Reflected<ProxyParameters>>,
@@ -471,6 +482,8 @@ impl Provider {
             http_routes: cluster!("HTTPRoute"),
             grpc_routes: optional!(kinds.grpc_routes, "GRPCRoute"),
             tls_routes: optional!(kinds.tls_routes, "TLSRoute"),
+            tcp_routes: optional!(kinds.tcp_routes, "TCPRoute"),
+            udp_routes: optional!(kinds.udp_routes, "UDPRoute"),
             reference_grants: optional!(kinds.reference_grants, "ReferenceGrant"),
             backend_tls_policies: optional!(kinds.backend_tls_policies, "BackendTLSPolicy"),
             proxy_parameters: optional!(kinds.proxy_parameters, "ProxyParameters"),
@@ -528,6 +541,8 @@ impl Provider {
         wait!(self.http_routes);
         wait_optional!(self.grpc_routes);
         wait_optional!(self.tls_routes);
+        wait_optional!(self.tcp_routes);
+        wait_optional!(self.udp_routes);
         wait_optional!(self.reference_grants);
         wait_optional!(self.backend_tls_policies);
         wait_optional!(self.proxy_parameters);
@@ -555,6 +570,8 @@ impl Provider {
             http_routes: self.http_routes.objects(),
             grpc_routes: optional(&self.grpc_routes),
             tls_routes: optional(&self.tls_routes),
+            tcp_routes: optional(&self.tcp_routes),
+            udp_routes: optional(&self.udp_routes),
             reference_grants: optional(&self.reference_grants),
             backend_tls_policies: optional(&self.backend_tls_policies),
             services: self.services.objects(),
@@ -632,6 +649,8 @@ impl Provider {
         add(self.http_routes.undecodable());
         add(optional_undecodable(&self.grpc_routes));
         add(optional_undecodable(&self.tls_routes));
+        add(optional_undecodable(&self.tcp_routes));
+        add(optional_undecodable(&self.udp_routes));
         add(optional_undecodable(&self.reference_grants));
         add(optional_undecodable(&self.backend_tls_policies));
         add(optional_undecodable(&self.proxy_parameters));
@@ -675,10 +694,17 @@ impl Provider {
 
     /// Every live TLSRoute.
     pub fn tls_routes(&self) -> Vec<Arc<TlsRoute>> {
-        self.tls_routes
-            .as_ref()
-            .map(|r| r.store.state())
-            .unwrap_or_default()
+        optional(&self.tls_routes)
+    }
+
+    /// Every live TCPRoute.
+    pub fn tcp_routes(&self) -> Vec<Arc<TcpRoute>> {
+        optional(&self.tcp_routes)
+    }
+
+    /// Every live UDPRoute.
+    pub fn udp_routes(&self) -> Vec<Arc<UdpRoute>> {
+        optional(&self.udp_routes)
     }
 
     /// Every live BackendTLSPolicy.

@@ -114,6 +114,8 @@ impl StatusWriter {
         self.merged(&mut jobs, provider.http_routes(), &s.http_routes, "parents");
         self.merged(&mut jobs, provider.grpc_routes(), &s.grpc_routes, "parents");
         self.merged(&mut jobs, provider.tls_routes(), &s.tls_routes, "parents");
+        self.merged(&mut jobs, provider.tcp_routes(), &s.tcp_routes, "parents");
+        self.merged(&mut jobs, provider.udp_routes(), &s.udp_routes, "parents");
         self.merged(
             &mut jobs,
             provider.backend_tls_policies(),

@@ -264,10 +264,23 @@ pub async fn route_status(
     gw: &str,
     resolved: (&str, Option<&str>),
 ) -> Result<Value, String> {
-    let route = route_obj(kube, ns, name).await?;
+    kind_route_status(kube, "HTTPRoute", ns, name, controller, gw, resolved).await
+}
+
+/// [`route_status`] for a route of any `kind` (HTTPRoute, TCPRoute, ...).
+pub async fn kind_route_status(
+    kube: &Kube,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    controller: &str,
+    gw: &str,
+    resolved: (&str, Option<&str>),
+) -> Result<Value, String> {
+    let route = get(kube, "gateway.networking.k8s.io/v1", kind, Some(ns), name).await?;
     let parent = route_parent(&route, controller, gw).ok_or_else(|| {
         format!(
-            "HTTPRoute {ns}/{name} has no parents entry of {controller} for Gateway {gw}: {}",
+            "{kind} {ns}/{name} has no parents entry of {controller} for Gateway {gw}: {}",
             clip(&route["status"].to_string(), 800)
         )
     })?;

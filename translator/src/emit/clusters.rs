@@ -8,8 +8,9 @@ use crate::backend_tls::{San, TlsSettings, TrustedCa};
 use crate::gateway::Certificate;
 use crate::index::Index;
 use crate::input::ObjectKey;
-use crate::output::{GatewayResources, ServicePort};
+use crate::output::{ClusterFeed, GatewayResources, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, Http2ProtocolOptions, TransportSocket, data_source, transport_socket,
 };
@@ -24,8 +25,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::google::protobuf::Duration;
-use std::collections::BTreeSet;
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the cluster that does not exist: a weighted share pointing at it
 /// answers 500, as the spec asks for invalid backendRefs.
@@ -60,35 +61,126 @@ impl Emitter<'_, '_> {
                 out.secrets.push(secrets::tls_certificate(cert));
             }
             out.clusters.push(cluster(c, client));
-            out.endpoints.push(load_assignment(
-                self.index,
-                c.name(),
-                &c.namespace,
-                &c.service,
-                c.port,
-            ));
-            out.backends.insert(
-                c.name().to_owned(),
-                ServicePort {
-                    service: ObjectKey::new(c.namespace.as_str(), c.service.as_str()),
-                    port: c.port,
-                },
+            let feed = ClusterFeed::Port(service_port(c));
+            out.endpoints
+                .push(load_assignment(self.index, c.name(), &feed));
+            out.backends.insert(c.name().to_owned(), feed);
+        }
+    }
+
+    /// Adds to `out` the per-flow split clusters of UDPRoutes (`splits`,
+    /// by cluster name): one locality per backend, weighted.
+    pub(super) fn push_splits(&self, splits: &BTreeMap<String, Split>, out: &mut GatewayResources) {
+        for (name, split) in splits {
+            let mut c = cluster(&split.parts[0].0, None);
+            c.name = name.clone();
+            c.common_lb_config = Some(cluster::CommonLbConfig {
+                locality_config_specifier: Some(
+                    cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        cluster::common_lb_config::LocalityWeightedLbConfig {},
+                    ),
+                ),
+                ..Default::default()
+            });
+            out.clusters.push(c);
+            let feed = ClusterFeed::Split(
+                split
+                    .parts
+                    .iter()
+                    .map(|(c, weight)| (service_port(c), *weight))
+                    .collect(),
             );
+            out.endpoints.push(load_assignment(self.index, name, &feed));
+            out.backends.insert(name.clone(), feed);
         }
     }
 }
 
-/// The endpoints of cluster `cluster_name`, fed by port `service_port` of Service
-/// `namespace/service`: the ready addresses of the Service's EndpointSlices
-/// at the slice port named like the Service port. Used both by a full
+/// A UDPRoute rule's backends as one cluster: each valid backend (a plain
+/// Service port) with its non-zero weight, at least one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub(crate) parts: Vec<(ClusterRef, u32)>,
+}
+
+impl Split {
+    /// The split of `rule`'s backends, named `name`; None when no backend
+    /// with a share is valid (the route then sends to no cluster at all).
+    pub(crate) fn of(rule: &ResolvedRule) -> Option<Self> {
+        let mut parts: Vec<(ClusterRef, u32)> = Vec::new();
+        for (target, weight) in &rule.backends {
+            let Ok(c) = target else { continue };
+            if *weight == 0 || c.refused() {
+                continue;
+            }
+            match parts.iter_mut().find(|(p, _)| p == c) {
+                Some((_, w)) => *w = w.saturating_add(*weight),
+                None => parts.push((c.clone(), *weight)),
+            }
+        }
+        parts.sort();
+        (!parts.is_empty()).then_some(Self { parts })
+    }
+}
+
+/// The Service port behind cluster `c`.
+fn service_port(c: &ClusterRef) -> ServicePort {
+    ServicePort {
+        service: ObjectKey::new(c.namespace.as_str(), c.service.as_str()),
+        port: c.port,
+    }
+}
+
+/// The endpoints of cluster `cluster_name`, fed by `feed`: the ready
+/// addresses of each Service port's EndpointSlices (see [`ready_endpoints`]),
+/// one locality per Service port of a split, weighted. Used both by a full
 /// translation and by [`crate::refresh_endpoints`], so the two cannot drift.
 pub(crate) fn load_assignment(
     index: &Index<'_>,
     cluster_name: &str,
-    namespace: &str,
-    service: &str,
-    service_port: i32,
+    feed: &ClusterFeed,
 ) -> ClusterLoadAssignment {
+    let endpoints = match feed {
+        ClusterFeed::Port(p) => {
+            let lb_endpoints = ready_endpoints(index, p);
+            if lb_endpoints.is_empty() {
+                vec![]
+            } else {
+                vec![LocalityLbEndpoints {
+                    lb_endpoints,
+                    ..Default::default()
+                }]
+            }
+        }
+        // A locality without endpoints is left out: Envoy would give it no
+        // share anyway, and its weight must be positive.
+        ClusterFeed::Split(parts) => parts
+            .iter()
+            .filter_map(|(p, weight)| {
+                let lb_endpoints = ready_endpoints(index, p);
+                (!lb_endpoints.is_empty()).then(|| LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        sub_zone: format!("{}/{}:{}", p.service.namespace, p.service.name, p.port),
+                        ..Default::default()
+                    }),
+                    lb_endpoints,
+                    load_balancing_weight: Some(UInt32Value { value: *weight }),
+                    ..Default::default()
+                })
+            })
+            .collect(),
+    };
+    ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+/// The ready addresses of Service port `p`: those of the Service's
+/// EndpointSlices at the slice port named like the Service port.
+fn ready_endpoints(index: &Index<'_>, p: &ServicePort) -> Vec<LbEndpoint> {
+    let (namespace, service, service_port) = (&p.service.namespace, &p.service.name, p.port);
     let port_name = index
         .service(namespace, service)
         .and_then(|s| s.spec.as_ref())
@@ -123,7 +215,7 @@ pub(crate) fn load_assignment(
             }
         }
     }
-    let lb_endpoints: Vec<LbEndpoint> = addrs
+    addrs
         .into_iter()
         .map(|(a, p)| LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -132,19 +224,7 @@ pub(crate) fn load_assignment(
             })),
             ..Default::default()
         })
-        .collect();
-    ClusterLoadAssignment {
-        cluster_name: cluster_name.to_owned(),
-        endpoints: if lb_endpoints.is_empty() {
-            vec![]
-        } else {
-            vec![LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }]
-        },
-        ..Default::default()
-    }
+        .collect()
 }
 
 /// A rule's backends as (cluster name, weight), merged by name: weight-0

@@ -1,11 +1,13 @@
 //! Envoy listeners, one per port, and their filter chains: an HTTP
 //! connection manager for HTTP and HTTPS listeners, a TCP proxy per
-//! TLSRoute (TLS passed through, or terminated by Envoy).
+//! TLSRoute (TLS passed through, or terminated by Envoy) and for a TCP
+//! port's TCPRoute, and a UDP proxy (a listener filter) for a UDP port's
+//! UDPRoute.
 
-use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::clusters::{INVALID_BACKEND_CLUSTER, Split, backend_weights};
 use super::ext_authz::AuthFilters;
-use super::{Emitter, ads, any, secrets, socket};
-use crate::attach::ResolvedRule;
+use super::{Emitter, Used, ads, any, secrets, socket, udp_socket};
+use crate::attach::{ResolvedRoute, ResolvedRule};
 use crate::backend::ClusterRef;
 use crate::gateway::Protocol;
 use crate::output::GatewayResources;
@@ -14,8 +16,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     http_protocol_options, substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
-    listener_filter,
+    Filter as NetworkFilter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    UdpListenerConfig, filter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
     FilterStateValue, filter_state_value,
@@ -28,10 +30,15 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterState;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+    Route as UdpRoute, UdpProxyConfig, udp_proxy_config,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, common_tls_context,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, Duration};
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
+use envoy_types::pb::xds::r#type::matcher::v3::{Matcher, matcher::OnMatch, matcher::on_match};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `request_headers_timeout`: a client has this long from the first byte
@@ -65,11 +72,16 @@ impl Emitter<'_, '_> {
         port: i32,
         listeners: &[usize],
         out: &mut GatewayResources,
-        clusters: &mut BTreeSet<ClusterRef>,
+        used: Used<'_>,
     ) -> Option<Listener> {
         let port_u = u32::try_from(port).ok()?;
         let first = &self.gateway.listeners[listeners[0]];
-        if first.protocol == Some(Protocol::Http) {
+        let clusters = used.clusters;
+        if first.protocol == Some(Protocol::Tcp) {
+            self.tcp_listener(port_u, listeners, clusters)
+        } else if first.protocol == Some(Protocol::Udp) {
+            self.udp_listener(port_u, listeners, used.splits)
+        } else if first.protocol == Some(Protocol::Http) {
             let name = format!("http-{port}");
             let mut auth = AuthFilters::new();
             out.routes
@@ -210,15 +222,7 @@ impl Emitter<'_, '_> {
             } else {
                 format!("tls-{port}-{}-{}", key.namespace, key.name)
             };
-            let spec = match rr.rules.first() {
-                Some(rule) => tcp_target(rule, clusters),
-                None => tcp_proxy::ClusterSpecifier::Cluster(INVALID_BACKEND_CLUSTER.to_owned()),
-            };
-            let proxy = TcpProxy {
-                stat_prefix: stat.clone(),
-                cluster_specifier: Some(spec),
-                ..Default::default()
-            };
+            let proxy = tcp_proxy_filter(&stat, rr, clusters);
             // Terminated: Envoy holds the listener's certificate and the
             // backend gets the plain stream (no ALPN: it is not HTTP).
             let transport_socket =
@@ -229,15 +233,102 @@ impl Emitter<'_, '_> {
                     server_names: names,
                     ..Default::default()
                 }),
-                filters: vec![NetworkFilter {
-                    name: "envoy.filters.network.tcp_proxy".to_owned(),
-                    config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
-                }],
+                filters: vec![proxy],
                 transport_socket,
                 ..Default::default()
             });
         }
         chains
+    }
+
+    /// The oldest route attached to one of `listeners` (all of one port and
+    /// one protocol): the one a TCP or UDP port serves. Every route attached
+    /// there counts in attachedRoutes, but a port carries one stream of
+    /// bytes to one set of backends, so the oldest wins (the spec's rule
+    /// for conflicting routes).
+    fn oldest_attached(&self, listeners: &[usize]) -> Option<&ResolvedRoute> {
+        self.attachments
+            .iter()
+            .filter(|a| listeners.contains(&a.listener))
+            .map(|a| self.routes[a.route].as_ref())
+            .min_by(|a, b| a.route.age_key().cmp(&b.route.age_key()))
+    }
+
+    /// The listener of TCP port `port`: every connection proxied to the
+    /// backends of its oldest TCPRoute's rule (weighted per connection); no
+    /// listener when no route is attached.
+    fn tcp_listener(
+        &self,
+        port: u32,
+        listeners: &[usize],
+        clusters: &mut BTreeSet<ClusterRef>,
+    ) -> Option<Listener> {
+        let rr = self.oldest_attached(listeners)?;
+        let key = &rr.route.key;
+        let stat = format!("tcp-{port}-{}-{}", key.namespace, key.name);
+        let proxy = tcp_proxy_filter(&stat, rr, clusters);
+        Some(Listener {
+            name: format!("tcp-{port}"),
+            address: Some(socket(self.bind_address, port)),
+            filter_chains: vec![FilterChain {
+                name: stat,
+                filters: vec![proxy],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// The listener of UDP port `port`: a UDP proxy sending each flow (a
+    /// client address and port) to one backend of its oldest UDPRoute's
+    /// rule, chosen with the backends' weights (the rule's split cluster,
+    /// added to `splits`); no listener when no route is attached.
+    fn udp_listener(
+        &self,
+        port: u32,
+        listeners: &[usize],
+        splits: &mut BTreeMap<String, Split>,
+    ) -> Option<Listener> {
+        let rr = self.oldest_attached(listeners)?;
+        let key = &rr.route.key;
+        let stat = format!("udp-{port}-{}-{}", key.namespace, key.name);
+        // A route whose backends are all invalid names a cluster that does
+        // not exist: its datagrams are dropped.
+        let cluster = match rr.rules.first().and_then(Split::of) {
+            Some(split) => {
+                let name = format!("udproute/{}/{}", key.namespace, key.name);
+                splits.insert(name.clone(), split);
+                name
+            }
+            None => INVALID_BACKEND_CLUSTER.to_owned(),
+        };
+        // Every datagram matches: the match tree is only its no-match action.
+        let route = OnMatch {
+            on_match: Some(on_match::OnMatch::Action(TypedExtensionConfig {
+                name: "route".to_owned(),
+                typed_config: Some(any(&UdpRoute { cluster })),
+            })),
+            ..Default::default()
+        };
+        let proxy = UdpProxyConfig {
+            stat_prefix: stat,
+            route_specifier: Some(udp_proxy_config::RouteSpecifier::Matcher(Matcher {
+                on_no_match: Some(Box::new(route)),
+                matcher_type: None,
+            })),
+            ..Default::default()
+        };
+        Some(Listener {
+            name: format!("udp-{port}"),
+            address: Some(udp_socket(self.bind_address, port)),
+            udp_listener_config: Some(UdpListenerConfig::default()),
+            listener_filters: vec![ListenerFilter {
+                name: "envoy.filters.udp_listener.udp_proxy".to_owned(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(any(&proxy))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
     }
 
     /// The TLS context of a terminating listener `l`, serving its
@@ -386,6 +477,28 @@ fn hcm(
     NetworkFilter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
+    }
+}
+
+/// The TCP proxy of a stream route (TLSRoute, TCPRoute): its first rule's
+/// backends (the API allows one rule), or the invalid backend without one.
+fn tcp_proxy_filter(
+    stat: &str,
+    rr: &ResolvedRoute,
+    clusters: &mut BTreeSet<ClusterRef>,
+) -> NetworkFilter {
+    let spec = match rr.rules.first() {
+        Some(rule) => tcp_target(rule, clusters),
+        None => tcp_proxy::ClusterSpecifier::Cluster(INVALID_BACKEND_CLUSTER.to_owned()),
+    };
+    let proxy = TcpProxy {
+        stat_prefix: stat.to_owned(),
+        cluster_specifier: Some(spec),
+        ..Default::default()
+    };
+    NetworkFilter {
+        name: "envoy.filters.network.tcp_proxy".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
     }
 }
 

@@ -10,6 +10,7 @@ mod routes;
 mod secrets;
 
 pub use clusters::INVALID_BACKEND_CLUSTER;
+use clusters::Split;
 pub(crate) use clusters::load_assignment;
 pub(crate) use routes::EmittedRoutes;
 
@@ -56,6 +57,26 @@ fn socket(address: &str, port: u32) -> Address {
     }
 }
 
+/// A UDP socket address.
+fn udp_socket(address: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            protocol: socket_address::Protocol::Udp as i32,
+            address: address.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The clusters emission uses, gathered while listeners are emitted.
+pub(crate) struct Used<'u> {
+    /// Service-port clusters.
+    pub(crate) clusters: &'u mut BTreeSet<ClusterRef>,
+    /// UDPRoute split clusters, by name.
+    pub(crate) splits: &'u mut BTreeMap<String, Split>,
+}
+
 /// The per-Gateway context of emission.
 pub(crate) struct Emitter<'a, 'i> {
     /// Whether emitted routes are kept with their resolved route for the
@@ -75,19 +96,32 @@ impl Emitter<'_, '_> {
     pub(crate) fn emit(&self) -> GatewayResources {
         let mut out = GatewayResources::default();
         let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
-        // Programmable listeners by port, in spec order within a port.
-        let mut ports: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        let mut splits: BTreeMap<String, Split> = BTreeMap::new();
+        // Programmable listeners by port (UDP ports apart), in spec order
+        // within a port.
+        let mut ports: BTreeMap<(bool, i32), Vec<usize>> = BTreeMap::new();
         for (i, l) in self.gateway.listeners.iter().enumerate() {
             if l.programmable() {
-                ports.entry(l.port).or_default().push(i);
+                ports.entry((l.udp(), l.port)).or_default().push(i);
             }
         }
-        for (&port, listeners) in &ports {
-            if let Some(listener) = self.listener(port, listeners, &mut out, &mut clusters) {
+        for (&(_, port), listeners) in &ports {
+            let used = Used {
+                clusters: &mut clusters,
+                splits: &mut splits,
+            };
+            if let Some(listener) = self.listener(port, listeners, &mut out, used) {
                 out.listeners.push(listener);
             }
         }
         self.push_clusters(&clusters, &mut out);
+        if !splits.is_empty() {
+            // Service-port clusters come out sorted; splits join them.
+            self.push_splits(&splits, &mut out);
+            out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            out.endpoints
+                .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        }
         out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
         out.routes.sort_by(|a, b| a.name.cmp(&b.name));
         out.secrets.sort_by(|a, b| a.name.cmp(&b.name));

@@ -495,6 +495,8 @@ fn kind_slug(k: RouteKind) -> &'static str {
         RouteKind::Http => "httproute",
         RouteKind::Grpc => "grpcroute",
         RouteKind::Tls => "tlsroute",
+        RouteKind::Tcp => "tcproute",
+        RouteKind::Udp => "udproute",
     }
 }
 

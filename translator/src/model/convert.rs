@@ -33,9 +33,17 @@ use crate::api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
     HttpRouteStatusParents, HttpRouteStatusParentsParentRef, HttpRouteUseDefaultGateways,
 };
+use crate::api::tcproutes::{
+    TcpRoute, TcpRouteParentRefs, TcpRouteRulesBackendRefs, TcpRouteStatusParents,
+    TcpRouteStatusParentsParentRef, TcpRouteUseDefaultGateways,
+};
 use crate::api::tlsroutes::{
     TlsRoute, TlsRouteParentRefs, TlsRouteRulesBackendRefs, TlsRouteStatusParents,
     TlsRouteStatusParentsParentRef, TlsRouteUseDefaultGateways,
+};
+use crate::api::udproutes::{
+    UdpRoute, UdpRouteParentRefs, UdpRouteRulesBackendRefs, UdpRouteStatusParents,
+    UdpRouteStatusParentsParentRef, UdpRouteUseDefaultGateways,
 };
 use crate::index::GATEWAY_GROUP;
 use crate::input::ObjectKey;
@@ -60,44 +68,32 @@ trait ApiParentRef {
     fn fields(&self) -> ParentRefFields<'_>;
 }
 
-impl ApiParentRef for HttpRouteParentRefs {
-    fn fields(&self) -> ParentRefFields<'_> {
-        ParentRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            section_name: self.section_name.as_deref(),
-            port: self.port,
+/// `ApiParentRef` for route kinds' parentRef types: distinct generated
+/// types of one shape.
+macro_rules! api_parent_ref {
+    ($($t:ty),* $(,)?) => {$(
+        impl ApiParentRef for $t {
+            fn fields(&self) -> ParentRefFields<'_> {
+                ParentRefFields {
+                    group: self.group.as_deref(),
+                    kind: self.kind.as_deref(),
+                    namespace: self.namespace.as_deref(),
+                    name: &self.name,
+                    section_name: self.section_name.as_deref(),
+                    port: self.port,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl ApiParentRef for GrpcRouteParentRefs {
-    fn fields(&self) -> ParentRefFields<'_> {
-        ParentRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            section_name: self.section_name.as_deref(),
-            port: self.port,
-        }
-    }
-}
-
-impl ApiParentRef for TlsRouteParentRefs {
-    fn fields(&self) -> ParentRefFields<'_> {
-        ParentRefFields {
-            group: self.group.as_deref(),
-            kind: self.kind.as_deref(),
-            namespace: self.namespace.as_deref(),
-            name: &self.name,
-            section_name: self.section_name.as_deref(),
-            port: self.port,
-        }
-    }
-}
+api_parent_ref!(
+    HttpRouteParentRefs,
+    GrpcRouteParentRefs,
+    TlsRouteParentRefs,
+    TcpRouteParentRefs,
+    UdpRouteParentRefs,
+);
 
 impl ParentRef {
     /// `p`, written in a route in namespace `route_ns`, with the spec's
@@ -199,6 +195,14 @@ impl ApiBackendRef for GrpcRouteRulesBackendRefs {
 }
 
 impl ApiBackendRef for TlsRouteRulesBackendRefs {
+    backend_ref_fields!(self, self.weight);
+}
+
+impl ApiBackendRef for TcpRouteRulesBackendRefs {
+    backend_ref_fields!(self, self.weight);
+}
+
+impl ApiBackendRef for UdpRouteRulesBackendRefs {
     backend_ref_fields!(self, self.weight);
 }
 
@@ -906,37 +910,59 @@ impl From<&GrpcRouteRulesMatches> for Match {
     }
 }
 
-impl From<&TlsRoute> for Route {
-    fn from(r: &TlsRoute) -> Self {
-        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let rules = r
-            .spec
-            .rules
-            .iter()
-            .map(|rule| Rule {
-                matches: vec![],
-                filters: vec![],
-                // TLSRoute backendRefs have no filters.
-                backends: backends(&rule.backend_refs, ns, &mut Vec::new()),
-                timeouts: Timeouts::default(),
-                retry: None,
-                name: rule.name.clone().filter(|n| !n.is_empty()),
-            })
-            .collect();
-        Self::new(
-            RouteKind::Tls,
-            &r.metadata,
-            r.spec.hostnames.clone(),
-            r.spec.parent_refs.as_deref().unwrap_or_default(),
-            matches!(
-                r.spec.use_default_gateways,
-                Some(TlsRouteUseDefaultGateways::All)
-            ),
-            rules,
-            Vec::new(),
-        )
-    }
+/// `From<&TlsRoute>`, `From<&TcpRoute>` and `From<&UdpRoute>`: a rule is
+/// its backends (which have no filters), with no matches or filters; only
+/// TLSRoutes have hostnames (`$hostnames` reads them from route `$r`).
+macro_rules! stream_route_from {
+    ($route:ty, $kind:expr, $default:path, |$r:ident| $hostnames:expr) => {
+        impl From<&$route> for Route {
+            fn from($r: &$route) -> Self {
+                let ns = $r.metadata.namespace.as_deref().unwrap_or_default();
+                let rules = $r
+                    .spec
+                    .rules
+                    .iter()
+                    .map(|rule| Rule {
+                        matches: vec![],
+                        filters: vec![],
+                        backends: backends(&rule.backend_refs, ns, &mut Vec::new()),
+                        timeouts: Timeouts::default(),
+                        retry: None,
+                        name: rule.name.clone().filter(|n| !n.is_empty()),
+                    })
+                    .collect();
+                Self::new(
+                    $kind,
+                    &$r.metadata,
+                    $hostnames,
+                    $r.spec.parent_refs.as_deref().unwrap_or_default(),
+                    matches!($r.spec.use_default_gateways, Some($default)),
+                    rules,
+                    Vec::new(),
+                )
+            }
+        }
+    };
 }
+
+stream_route_from!(
+    TlsRoute,
+    RouteKind::Tls,
+    TlsRouteUseDefaultGateways::All,
+    |r| r.spec.hostnames.clone()
+);
+stream_route_from!(
+    TcpRoute,
+    RouteKind::Tcp,
+    TcpRouteUseDefaultGateways::All,
+    |r| Vec::new()
+);
+stream_route_from!(
+    UdpRoute,
+    RouteKind::Udp,
+    UdpRouteUseDefaultGateways::All,
+    |r| Vec::new()
+);
 
 /// A route kind's `status.parents` entry type.
 pub(crate) trait StatusParent {
@@ -944,53 +970,33 @@ pub(crate) trait StatusParent {
     fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self;
 }
 
-impl StatusParent for HttpRouteStatusParents {
-    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
-        Self {
-            conditions,
-            controller_name: controller.to_owned(),
-            parent_ref: HttpRouteStatusParentsParentRef {
-                group: Some(parent.group),
-                kind: Some(parent.kind),
-                name: parent.name,
-                namespace: Some(parent.namespace),
-                port: parent.port,
-                section_name: parent.section_name,
-            },
+/// `StatusParent` for route kinds' status entry types (each with its own
+/// parentRef type): distinct generated types of one shape.
+macro_rules! status_parent {
+    ($($entry:ty => $reference:ident),* $(,)?) => {$(
+        impl StatusParent for $entry {
+            fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
+                Self {
+                    conditions,
+                    controller_name: controller.to_owned(),
+                    parent_ref: $reference {
+                        group: Some(parent.group),
+                        kind: Some(parent.kind),
+                        name: parent.name,
+                        namespace: Some(parent.namespace),
+                        port: parent.port,
+                        section_name: parent.section_name,
+                    },
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl StatusParent for GrpcRouteStatusParents {
-    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
-        Self {
-            conditions,
-            controller_name: controller.to_owned(),
-            parent_ref: GrpcRouteStatusParentsParentRef {
-                group: Some(parent.group),
-                kind: Some(parent.kind),
-                name: parent.name,
-                namespace: Some(parent.namespace),
-                port: parent.port,
-                section_name: parent.section_name,
-            },
-        }
-    }
-}
-
-impl StatusParent for TlsRouteStatusParents {
-    fn new(parent: ParentRef, conditions: Vec<Condition>, controller: &str) -> Self {
-        Self {
-            conditions,
-            controller_name: controller.to_owned(),
-            parent_ref: TlsRouteStatusParentsParentRef {
-                group: Some(parent.group),
-                kind: Some(parent.kind),
-                name: parent.name,
-                namespace: Some(parent.namespace),
-                port: parent.port,
-                section_name: parent.section_name,
-            },
-        }
-    }
-}
+status_parent!(
+    HttpRouteStatusParents => HttpRouteStatusParentsParentRef,
+    GrpcRouteStatusParents => GrpcRouteStatusParentsParentRef,
+    TlsRouteStatusParents => TlsRouteStatusParentsParentRef,
+    TcpRouteStatusParents => TcpRouteStatusParentsParentRef,
+    UdpRouteStatusParents => UdpRouteStatusParentsParentRef,
+);

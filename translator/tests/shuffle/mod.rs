@@ -39,6 +39,8 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
         http_routes,
         grpc_routes,
         tls_routes,
+        tcp_routes,
+        udp_routes,
         reference_grants,
         backend_tls_policies,
         services,
@@ -53,6 +55,8 @@ pub fn shuffle_input<R: Rng + ?Sized>(input: &mut Input, rng: &mut R, inner: boo
     http_routes.shuffle(rng);
     grpc_routes.shuffle(rng);
     tls_routes.shuffle(rng);
+    tcp_routes.shuffle(rng);
+    udp_routes.shuffle(rng);
     reference_grants.shuffle(rng);
     backend_tls_policies.shuffle(rng);
     services.shuffle(rng);
@@ -145,7 +149,7 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
         for (cluster, backend) in backends {
             out.push((
                 format!("gateway {key} backend {cluster}"),
-                format!("{} {}", backend.service, backend.port).into_bytes(),
+                format!("{backend:?}").into_bytes(),
             ));
         }
     }
@@ -156,6 +160,8 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
         http_routes,
         grpc_routes,
         tls_routes,
+        tcp_routes,
+        udp_routes,
         backend_tls_policies,
     } = &output.statuses;
     fn push<K: std::fmt::Display, V: Serialize>(
@@ -174,6 +180,8 @@ pub fn encoded(output: &Output) -> Vec<(String, Vec<u8>)> {
     push(&mut out, "HTTPRoute", http_routes);
     push(&mut out, "GRPCRoute", grpc_routes);
     push(&mut out, "TLSRoute", tls_routes);
+    push(&mut out, "TCPRoute", tcp_routes);
+    push(&mut out, "UDPRoute", udp_routes);
     push(&mut out, "BackendTLSPolicy", backend_tls_policies);
     out
 }
