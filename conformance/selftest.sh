@@ -24,7 +24,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CLUSTER=conformance/cluster.sh
-GATEWAY_API_VERSION=v1.5.1
+GATEWAY_API_VERSION=v1.7.0
 WAIT=300s # per wait; the first start of ~30 pods on 2 cores is slow
 
 # shellcheck source=conformance/lib.sh

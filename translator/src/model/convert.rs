@@ -23,12 +23,12 @@ use crate::api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
     HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
     HttpRouteRulesBackendRefsFiltersResponseHeaderModifier, HttpRouteRulesBackendRefsFiltersType,
-    HttpRouteRulesFiltersExternalAuth, HttpRouteRulesFiltersExternalAuthBackendRef,
-    HttpRouteRulesFiltersExternalAuthProtocol, HttpRouteRulesFiltersRequestHeaderModifier,
-    HttpRouteRulesFiltersRequestMirror, HttpRouteRulesFiltersRequestMirrorBackendRef,
-    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
-    HttpRouteRulesFiltersResponseHeaderModifier, HttpRouteRulesFiltersType,
-    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesBackendRefsFiltersUrlRewritePathType, HttpRouteRulesFiltersExternalAuth,
+    HttpRouteRulesFiltersExternalAuthBackendRef, HttpRouteRulesFiltersExternalAuthProtocol,
+    HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesFiltersRequestMirror,
+    HttpRouteRulesFiltersRequestMirrorBackendRef, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersResponseHeaderModifier,
+    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
     HttpRouteStatusParents, HttpRouteStatusParentsParentRef, HttpRouteUseDefaultGateways,
@@ -152,12 +152,29 @@ macro_rules! backend_ref_fields {
     };
 }
 
+/// A URLRewrite filter as [`Filter::Rewrite`]: the rule's and a backendRef's
+/// filter types are distinct generated types of one shape, `$path_type`
+/// being the type's path-modifier enum.
+macro_rules! rewrite_filter {
+    ($rw:expr, $path_type:ident) => {
+        Filter::Rewrite {
+            hostname: $rw.hostname.clone(),
+            path: $rw.path.as_ref().and_then(|p| match p.r#type {
+                $path_type::ReplaceFullPath => p.replace_full_path.clone().map(PathModifier::Full),
+                $path_type::ReplacePrefixMatch => {
+                    p.replace_prefix_match.clone().map(PathModifier::Prefix)
+                }
+            }),
+        }
+    };
+}
+
 /// Per-backend filters of one kind's backendRef: header modifiers become
 /// filters, any other type is refused by name.
 macro_rules! backend_filters {
     ($filters:expr, $ty:ident) => {{
         let mut out = Vec::new();
-        for f in $filters.iter().flatten() {
+        for f in $filters {
             match (
                 &f.r#type,
                 &f.request_header_modifier,
@@ -182,7 +199,24 @@ impl ApiBackendRef for HttpRouteRulesBackendRefs {
     backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
-        backend_filters!(self.filters, HttpRouteRulesBackendRefsFiltersType)
+        // URLRewrite is HTTPRoute's alone (and http_rule makes it the
+        // rule's); the rest are handled as for every kind.
+        let (rewrites, others): (Vec<_>, Vec<_>) = self
+            .filters
+            .iter()
+            .flatten()
+            .partition(|f| f.r#type == HttpRouteRulesBackendRefsFiltersType::UrlRewrite);
+        let known: Result<Vec<Filter>, String> =
+            backend_filters!(others, HttpRouteRulesBackendRefsFiltersType);
+        let mut out = known?;
+        out.extend(rewrites.into_iter().filter_map(|f| {
+            let rw = f.url_rewrite.as_ref()?;
+            Some(rewrite_filter!(
+                rw,
+                HttpRouteRulesBackendRefsFiltersUrlRewritePathType
+            ))
+        }));
+        Ok(out)
     }
 }
 
@@ -190,7 +224,10 @@ impl ApiBackendRef for GrpcRouteRulesBackendRefs {
     backend_ref_fields!(self, self.weight);
 
     fn filters(&self) -> Result<Vec<Filter>, String> {
-        backend_filters!(self.filters, GrpcRouteRulesBackendRefsFiltersType)
+        backend_filters!(
+            self.filters.iter().flatten(),
+            GrpcRouteRulesBackendRefsFiltersType
+        )
     }
 }
 
@@ -439,6 +476,48 @@ impl From<&HttpRoute> for Route {
     }
 }
 
+/// Makes the backendRefs' URLRewrite filters the rule's. Envoy rewrites a
+/// request per route, not per weighted backend, so this is possible only
+/// when every backendRef asks for the same rewrite and the rule asks for
+/// none itself; otherwise the rule is refused rather than some requests
+/// going out unrewritten.
+fn hoist_backend_rewrite(
+    backends: &mut [BackendRef],
+    filters: &mut Vec<Filter>,
+) -> Result<(), String> {
+    let mut taken: Vec<Option<Filter>> = Vec::with_capacity(backends.len());
+    for b in backends.iter_mut() {
+        let at = b
+            .filters
+            .iter()
+            .position(|f| matches!(f, Filter::Rewrite { .. }));
+        taken.push(at.map(|i| b.filters.remove(i)));
+    }
+    let Some(Some(first)) = taken.first().cloned() else {
+        return if taken.iter().any(Option::is_some) {
+            Err(different_rewrites())
+        } else {
+            Ok(())
+        };
+    };
+    if taken.iter().any(|t| t.as_ref() != Some(&first)) {
+        return Err(different_rewrites());
+    }
+    if filters.iter().any(|f| matches!(f, Filter::Rewrite { .. })) {
+        return Err(
+            "a URLRewrite filter on both the rule and its backendRefs is not supported".to_owned(),
+        );
+    }
+    filters.push(first);
+    Ok(())
+}
+
+fn different_rewrites() -> String {
+    "backendRefs[].filters URLRewrite must be the same on every backendRef of the rule \
+     (Envoy rewrites per route, not per weighted backend)"
+        .to_owned()
+}
+
 /// Rule `ri` of an HTTPRoute in namespace `ns`; what it asks for that
 /// Gatewright does not implement is added to `unsupported`.
 fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<String>) -> Rule {
@@ -498,17 +577,7 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
             }
             HttpRouteRulesFiltersType::UrlRewrite => {
                 if let Some(rw) = &f.url_rewrite {
-                    filters.push(Filter::Rewrite {
-                        hostname: rw.hostname.clone(),
-                        path: rw.path.as_ref().and_then(|p| match p.r#type {
-                            HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
-                                p.replace_full_path.clone().map(PathModifier::Full)
-                            }
-                            HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
-                                p.replace_prefix_match.clone().map(PathModifier::Prefix)
-                            }
-                        }),
-                    });
+                    filters.push(rewrite_filter!(rw, HttpRouteRulesFiltersUrlRewritePathType));
                 }
             }
             HttpRouteRulesFiltersType::RequestMirror => {
@@ -554,8 +623,11 @@ fn http_rule(ri: usize, rule: &HttpRouteRules, ns: &str, unsupported: &mut Vec<S
             None
         }
     };
-    let backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
+    let mut backends = backends(rule.backend_refs.iter().flatten(), ns, &mut refused);
     unsupported.extend(refused.into_iter().map(|e| format!("rule {ri}: {e}")));
+    if let Err(e) = hoist_backend_rewrite(&mut backends, &mut filters) {
+        unsupported.push(format!("rule {ri}: {e}"));
+    }
     Rule {
         matches,
         filters,
