@@ -16,6 +16,17 @@ pub(crate) enum ConditionType {
 }
 
 impl ConditionType {
+    /// Every type, in declaration order.
+    pub(crate) const ALL: [Self; 7] = [
+        Self::Accepted,
+        Self::Programmed,
+        Self::ResolvedRefs,
+        Self::Conflicted,
+        Self::OverlappingTlsConfig,
+        Self::DefaultGateway,
+        Self::InsecureFrontendValidationMode,
+    ];
+
     /// The type as the spec spells it.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -103,12 +103,16 @@ impl StatusWriter {
         }
         for (key, status) in &s.gateways {
             if let Some(live) = provider.gateway(key) {
-                jobs.push(self.job(self.namespaced(key), live, to_json(status)));
+                let mut desired = to_json(status);
+                keep_foreign_conditions(&mut desired, &status_of(&*live));
+                jobs.push(self.job(self.namespaced(key), live, desired));
             }
         }
         for (key, status) in &s.listener_sets {
             if let Some(live) = provider.listener_set(key) {
-                jobs.push(self.job(self.namespaced(key), live, to_json(status)));
+                let mut desired = to_json(status);
+                keep_foreign_conditions(&mut desired, &status_of(&*live));
+                jobs.push(self.job(self.namespaced(key), live, desired));
             }
         }
         self.merged(&mut jobs, provider.http_routes(), &s.http_routes, "parents");
@@ -239,6 +243,49 @@ where
     }
 }
 
+/// Adds to `desired` (a Gateway's or ListenerSet's status) the conditions of
+/// `current` whose types Gatewright never writes, at the object and per
+/// listener (by name): other controllers own them, and they stay exactly
+/// as they are.
+fn keep_foreign_conditions(desired: &mut Value, current: &Value) {
+    fn foreign(conditions: &Value) -> impl Iterator<Item = &Value> {
+        conditions.as_array().into_iter().flatten().filter(|c| {
+            c.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !gatewright_translator::writes_condition_type(t))
+        })
+    }
+    fn append(into: &mut Value, kept: Vec<Value>) {
+        if kept.is_empty() {
+            return;
+        }
+        if !into["conditions"].is_array() {
+            into["conditions"] = Value::Array(Vec::new());
+        }
+        if let Some(list) = into["conditions"].as_array_mut() {
+            list.extend(kept);
+        }
+    }
+    if !desired.is_object() {
+        return;
+    }
+    append(desired, foreign(&current["conditions"]).cloned().collect());
+    let Some(listeners) = desired.get_mut("listeners").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for listener in listeners {
+        let name = listener.get("name").cloned();
+        let live = current["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l.get("name") == name.as_ref());
+        if let Some(live) = live {
+            append(listener, foreign(&live["conditions"]).cloned().collect());
+        }
+    }
+}
+
 fn to_json<S: Serialize>(status: &S) -> Value {
     serde_json::to_value(status).unwrap_or(Value::Null)
 }
@@ -262,4 +309,41 @@ fn entries(status: &Value, list: &str) -> Vec<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_foreign_conditions;
+    use serde_json::json;
+
+    fn condition(t: &str, status: &str) -> serde_json::Value {
+        json!({"type": t, "status": status, "reason": "R", "message": "",
+               "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1})
+    }
+
+    #[test]
+    fn conditions_of_types_gatewright_never_writes_are_kept_as_they_are() {
+        let current = json!({
+            "conditions": [condition("Accepted", "False"), condition("example.com/Seeded", "True")],
+            "listeners": [
+                {"name": "http", "conditions": [condition("Programmed", "False"),
+                                                 condition("example.com/Seeded", "True")]},
+                {"name": "gone", "conditions": [condition("example.com/Other", "True")]},
+            ],
+        });
+        let mut desired = json!({
+            "conditions": [condition("Accepted", "True")],
+            "listeners": [{"name": "http", "conditions": [condition("Programmed", "True")]}],
+        });
+        keep_foreign_conditions(&mut desired, &current);
+        assert_eq!(
+            desired,
+            json!({
+                "conditions": [condition("Accepted", "True"), condition("example.com/Seeded", "True")],
+                "listeners": [{"name": "http", "conditions": [
+                    condition("Programmed", "True"), condition("example.com/Seeded", "True")]}],
+            }),
+            "ours replace ours; a foreign one stays, on the object and on a listener that remains"
+        );
+    }
 }
