@@ -6,6 +6,7 @@
 
 use super::clusters::{INVALID_BACKEND_CLUSTER, Split, backend_weights};
 use super::ext_authz::AuthFilters;
+use super::routes::route_host_rank;
 use super::{Emitter, Used, ads, any, secrets, socket, udp_socket};
 use crate::attach::{ResolvedRoute, ResolvedRule};
 use crate::backend::ClusterRef;
@@ -199,8 +200,14 @@ impl Emitter<'_, '_> {
                 {
                     continue;
                 }
+                // The route written for the most specific hostname wins,
+                // then the oldest (see `routes::route_host_rank`).
                 let entry = sni.entry(h.clone()).or_insert((a.route, a.listener));
-                if self.routes[a.route].route.age_key() < self.routes[entry.0].route.age_key() {
+                let rank = |ri: usize| {
+                    let route = &self.routes[ri].route;
+                    (route_host_rank(route, h), route.age_key())
+                };
+                if rank(a.route) < rank(entry.0) {
                     *entry = (a.route, a.listener);
                 }
             }

@@ -160,7 +160,7 @@ impl Emitter<'_, '_> {
                     for (rule_i, rule) in route.rules.iter().enumerate() {
                         for (mi, m) in rule.matches.iter().enumerate() {
                             entries.push((
-                                (host_rank(h), &m.precedence, route.age_key()),
+                                (route_host_rank(route, h), &m.precedence, route.age_key()),
                                 ri,
                                 rule_i,
                                 mi,
@@ -429,9 +429,28 @@ fn value_matcher(m: &ValueMatch) -> StringMatcher {
     }
 }
 
-/// Precedence of the route hostname a request matched, smaller first:
-/// exact names, longest first; then wildcards, longest first; then routes
-/// without hostnames.
+/// Precedence of a route for the hostname `served` it serves (its
+/// hostname's intersection with the listener's), by the route's own
+/// hostname that gave it: a route written for `abc.example.com` comes
+/// before one written for `*.example.com`, even where the listener's
+/// hostname narrows both to `abc.example.com` (GEP-1713's "original
+/// hostname" precedence; conformance feature
+/// GatewayRouteHostnameIntersectionPrecedence).
+pub(super) fn route_host_rank(route: &crate::model::Route, served: &str) -> (u8, std::cmp::Reverse<usize>) {
+    if route.hostnames.is_empty() {
+        return host_rank("*");
+    }
+    route
+        .hostnames
+        .iter()
+        .filter(|h| hostname::intersect(h, served).is_some())
+        .map(|h| host_rank(h))
+        .min()
+        .unwrap_or_else(|| host_rank(served))
+}
+
+/// Precedence of a hostname, smaller first: exact names, longest first;
+/// then wildcards, longest first; then `*` (no hostname).
 fn host_rank(h: &str) -> (u8, std::cmp::Reverse<usize>) {
     match h {
         "*" => (2, std::cmp::Reverse(0)),
