@@ -10,10 +10,12 @@ use k8s_openapi::api::core::v1::Service;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2, in
-/// plaintext or over the TLS of a BackendTLSPolicy. TLS is part of the
-/// identity: one port used with and without a policy (a TLSRoute passes
-/// TLS through, an HTTPRoute originates it) is two clusters.
+/// One Envoy cluster: a Service port, spoken to in HTTP/1 or HTTP/2 (or
+/// as a plain byte stream), in plaintext or over the TLS of a
+/// BackendTLSPolicy. TLS is part of the identity: one port used with and
+/// without a policy (a TLSRoute passes TLS through, an HTTPRoute
+/// originates it) is two clusters, and so is TLS carrying HTTP (ALPN) and
+/// TLS carrying a stream (a terminated TLSRoute's, no ALPN).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ClusterRef {
     /// The Envoy name, first so that ordering mostly compares one string.
@@ -24,6 +26,9 @@ pub(crate) struct ClusterRef {
     pub(crate) http2: bool,
     /// The policy's TLS, when one covers the port.
     pub(crate) tls: Option<Arc<UpstreamTls>>,
+    /// TLS that carries a byte stream, not HTTP: no ALPN. Only ever set
+    /// with `tls`.
+    pub(crate) stream: bool,
 }
 
 impl ClusterRef {
@@ -34,12 +39,25 @@ impl ClusterRef {
         http2: bool,
         tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
+        Self::named(namespace, service, port, http2, tls, false)
+    }
+
+    fn named(
+        namespace: &str,
+        service: &str,
+        port: i32,
+        http2: bool,
+        tls: Option<Arc<UpstreamTls>>,
+        stream: bool,
+    ) -> Self {
         use std::fmt::Write as _;
-        let mut name = String::with_capacity(namespace.len() + service.len() + 24);
+        let stream = stream && tls.is_some();
+        let mut name = String::with_capacity(namespace.len() + service.len() + 32);
         let _ = write!(
             name,
-            "svc/{namespace}/{service}/{port}{}{}",
+            "svc/{namespace}/{service}/{port}{}{}{}",
             if tls.is_some() { "/tls" } else { "" },
+            if stream { "/stream" } else { "" },
             if http2 { "/h2" } else { "" }
         );
         Self {
@@ -49,7 +67,27 @@ impl ClusterRef {
             port,
             http2,
             tls,
+            stream,
         }
+    }
+
+    /// The same Service port carrying a byte stream (TCP proxy): no HTTP/2,
+    /// and TLS, when a policy covers the port, without ALPN.
+    pub(crate) fn as_stream(&self) -> Self {
+        Self::named(
+            &self.namespace,
+            &self.service,
+            self.port,
+            false,
+            self.tls.clone(),
+            true,
+        )
+    }
+
+    /// The same Service port with TLS passed through: plain, whatever
+    /// policy covers it (the client's TLS reaches the backend untouched).
+    pub(crate) fn as_passthrough(&self) -> Self {
+        Self::named(&self.namespace, &self.service, self.port, false, None, false)
     }
 
     /// Whether a policy covers the port but cannot be honoured: requests
@@ -69,21 +107,6 @@ impl ClusterRef {
             self
         } else {
             Self::new(&self.namespace, &self.service, self.port, true, self.tls)
-        }
-    }
-
-    /// The same Service port spoken to as plain TCP/HTTP1.
-    pub(crate) fn without_http2(&self) -> Self {
-        if self.http2 {
-            Self::new(
-                &self.namespace,
-                &self.service,
-                self.port,
-                false,
-                self.tls.clone(),
-            )
-        } else {
-            self.clone()
         }
     }
 }
@@ -183,11 +206,23 @@ pub(crate) fn resolve(
             format!("Service {}/{} has no port {port}", b.namespace, b.name),
         ));
     };
-    // TLS passthrough only forwards bytes: it ignores appProtocol and
-    // policies (the client's TLS is already end to end). So does UDP, which
-    // TLS cannot carry.
-    if matches!(kind, RouteKind::Tls | RouteKind::Udp) {
+    // UDP only forwards datagrams: it ignores appProtocol and policies (TLS
+    // cannot carry it).
+    if kind == RouteKind::Udp {
         return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
+    }
+    // A TLSRoute forwards bytes, whatever appProtocol says. Its policy is
+    // resolved here and used where its listener terminates TLS (the backend
+    // then gets TLS again, `ClusterRef::as_stream`); where TLS is passed
+    // through, the client's TLS is already end to end and the policy does
+    // not apply (`ClusterRef::as_passthrough`).
+    if kind == RouteKind::Tls {
+        let policies = index.backend_tls();
+        tls_policies.extend(policies.targeting(&b.namespace, &b.name, sp.name.as_deref()));
+        let tls = policies
+            .applying(&b.namespace, &b.name, sp.name.as_deref())
+            .cloned();
+        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, tls));
     }
     // A TCPRoute forwards bytes too, whatever appProtocol says. Gatewright
     // does not yet originate TLS for its backends (the spec leaves

@@ -227,20 +227,32 @@ fn ready_endpoints(index: &Index<'_>, p: &ServicePort) -> Vec<LbEndpoint> {
         .collect()
 }
 
+/// What a cluster carries to its backend, which decides its form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Carry {
+    /// HTTP requests: the cluster as resolved (HTTP/2 or not, TLS with ALPN).
+    Http,
+    /// A byte stream proxied by a TCP proxy: no HTTP/2, and the policy's TLS
+    /// (if any) without ALPN.
+    Stream,
+    /// A client's TLS passed through: plain, policies do not apply.
+    Passthrough,
+}
+
 /// A rule's backends as (cluster name, weight), merged by name: weight-0
 /// entries dropped, invalid ones pooled under [`INVALID_BACKEND_CLUSTER`].
-/// Registers every cluster used; `tcp` maps them to their plain-TCP form.
+/// Registers every cluster used, in the form `carry` asks for.
 pub(super) fn backend_weights(
     rule: &ResolvedRule,
     clusters: &mut BTreeSet<ClusterRef>,
-    tcp: bool,
+    carry: Carry,
 ) -> Vec<(String, u32)> {
     let mut weights: Vec<(String, u32)> = Vec::with_capacity(rule.backends.len());
     for (target, weight) in &rule.backends {
         if *weight == 0 {
             continue;
         }
-        weights.push((cluster_name(target, clusters, tcp), *weight));
+        weights.push((cluster_name(target, clusters, carry), *weight));
     }
     // Merge repeated clusters, in name order.
     weights.sort_unstable();
@@ -254,20 +266,26 @@ pub(super) fn backend_weights(
     weights
 }
 
-/// The Envoy cluster one resolved backend sends to, added to `clusters`
-/// (spoken to as plain TCP when `tcp`); the invalid-backend cluster when it
-/// did not resolve.
+/// The Envoy cluster one resolved backend sends to, in the form `carry`
+/// asks for, added to `clusters`; the invalid-backend cluster when it did
+/// not resolve.
 pub(super) fn cluster_name(
     target: &Result<ClusterRef, crate::backend::Unresolved>,
     clusters: &mut BTreeSet<ClusterRef>,
-    tcp: bool,
+    carry: Carry,
 ) -> String {
     match target {
+        Ok(c) if carry == Carry::Passthrough => {
+            let c = c.as_passthrough();
+            let name = c.name().to_owned();
+            clusters.insert(c);
+            name
+        }
         // A policy that cannot be honoured: fail, never plaintext.
         Ok(c) if c.refused() => INVALID_BACKEND_CLUSTER.to_owned(),
         Ok(c) => {
-            let c = if tcp && c.http2 {
-                std::borrow::Cow::Owned(c.without_http2())
+            let c = if carry == Carry::Stream && (c.http2 || (c.tls.is_some() && !c.stream)) {
+                std::borrow::Cow::Owned(c.as_stream())
             } else {
                 std::borrow::Cow::Borrowed(c)
             };
@@ -300,7 +318,14 @@ fn cluster(c: &ClusterRef, client: Option<&Certificate>) -> Cluster {
             .tls
             .as_ref()
             .and_then(|t| t.settings.as_ref())
-            .map(|t| upstream_tls(t, c.http2, client)),
+            .map(|t| {
+                let alpn = match (c.stream, c.http2) {
+                    (true, _) => None,
+                    (false, true) => Some("h2"),
+                    (false, false) => Some("http/1.1"),
+                };
+                upstream_tls(t, alpn, client)
+            }),
         ..Default::default()
     };
     if c.http2 {
@@ -323,9 +348,14 @@ fn cluster(c: &ClusterRef, client: Option<&Certificate>) -> Cluster {
 }
 
 /// The TLS transport socket of a cluster covered by a valid policy: SNI,
-/// the trusted CAs, the SANs the backend's certificate must have, ALPN for
-/// the cluster's protocol, and the Gateway's client certificate if any.
-fn upstream_tls(t: &TlsSettings, http2: bool, client: Option<&Certificate>) -> TransportSocket {
+/// the trusted CAs, the SANs the backend's certificate must have, `alpn`
+/// (the cluster's HTTP version; none for a byte stream), and the Gateway's
+/// client certificate if any.
+fn upstream_tls(
+    t: &TlsSettings,
+    alpn: Option<&str>,
+    client: Option<&Certificate>,
+) -> TransportSocket {
     let trusted_ca = match &t.ca {
         TrustedCa::Pem(pem) => data_source::Specifier::InlineBytes(pem.clone()),
         TrustedCa::File(path) => data_source::Specifier::Filename(path.clone()),
@@ -351,7 +381,7 @@ fn upstream_tls(t: &TlsSettings, http2: bool, client: Option<&Certificate>) -> T
     let context = UpstreamTlsContext {
         sni: t.sni.clone(),
         common_tls_context: Some(CommonTlsContext {
-            alpn_protocols: vec![if http2 { "h2" } else { "http/1.1" }.to_owned()],
+            alpn_protocols: alpn.map(str::to_owned).into_iter().collect(),
             tls_certificate_sds_secret_configs: client
                 .map(secrets::sds_config)
                 .into_iter()

@@ -4,7 +4,7 @@
 //! port's TCPRoute, and a UDP proxy (a listener filter) for a UDP port's
 //! UDPRoute.
 
-use super::clusters::{INVALID_BACKEND_CLUSTER, Split, backend_weights};
+use super::clusters::{Carry, INVALID_BACKEND_CLUSTER, Split, backend_weights};
 use super::ext_authz::AuthFilters;
 use super::routes::route_host_rank;
 use super::{Emitter, Used, ads, any, secrets, socket, udp_socket};
@@ -229,7 +229,14 @@ impl Emitter<'_, '_> {
             } else {
                 format!("tls-{port}-{}-{}", key.namespace, key.name)
             };
-            let proxy = tcp_proxy_filter(&stat, rr, clusters);
+            // Terminated, the backend gets TLS again when a policy says so;
+            // passed through, the client's TLS is already end to end.
+            let carry = if terminate {
+                Carry::Stream
+            } else {
+                Carry::Passthrough
+            };
+            let proxy = tcp_proxy_filter(&stat, rr, carry, clusters);
             // Terminated: Envoy holds the listener's certificate and the
             // backend gets the plain stream (no ALPN: it is not HTTP).
             let transport_socket =
@@ -273,7 +280,7 @@ impl Emitter<'_, '_> {
         let rr = self.oldest_attached(listeners)?;
         let key = &rr.route.key;
         let stat = format!("tcp-{port}-{}-{}", key.namespace, key.name);
-        let proxy = tcp_proxy_filter(&stat, rr, clusters);
+        let proxy = tcp_proxy_filter(&stat, rr, Carry::Stream, clusters);
         Some(Listener {
             name: format!("tcp-{port}"),
             address: Some(socket(self.bind_address, port)),
@@ -492,10 +499,11 @@ fn hcm(
 fn tcp_proxy_filter(
     stat: &str,
     rr: &ResolvedRoute,
+    carry: Carry,
     clusters: &mut BTreeSet<ClusterRef>,
 ) -> NetworkFilter {
     let spec = match rr.rules.first() {
-        Some(rule) => tcp_target(rule, clusters),
+        Some(rule) => tcp_target(rule, carry, clusters),
         None => tcp_proxy::ClusterSpecifier::Cluster(INVALID_BACKEND_CLUSTER.to_owned()),
     };
     let proxy = TcpProxy {
@@ -511,9 +519,10 @@ fn tcp_proxy_filter(
 
 fn tcp_target(
     rule: &ResolvedRule,
+    carry: Carry,
     clusters: &mut BTreeSet<ClusterRef>,
 ) -> tcp_proxy::ClusterSpecifier {
-    let weights = backend_weights(rule, clusters, true);
+    let weights = backend_weights(rule, clusters, carry);
     if weights.len() <= 1 {
         let name = weights
             .into_iter()

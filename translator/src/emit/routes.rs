@@ -2,7 +2,7 @@
 //! Envoy route per rule match, with the rule's filters as route actions.
 
 use super::Emitter;
-use super::clusters::{INVALID_BACKEND_CLUSTER, backend_weights};
+use super::clusters::{Carry, INVALID_BACKEND_CLUSTER, backend_weights};
 use super::ext_authz::{self, AuthFilters};
 use crate::attach::ResolvedRule;
 use crate::backend::ClusterRef;
@@ -662,7 +662,7 @@ fn filtered_route_action(
         if *weight == 0 {
             continue;
         }
-        let name = super::clusters::cluster_name(target, clusters, false);
+        let name = super::clusters::cluster_name(target, clusters, Carry::Http);
         match entries
             .iter_mut()
             .find(|(n, _, f)| *n == name && *f == backend.filters.as_slice())
@@ -836,7 +836,7 @@ fn route_action(
     if rule.backends.iter().any(|b| !b.filters.is_empty()) {
         return filtered_route_action(rule, resolved, clusters);
     }
-    let mut weights = backend_weights(resolved, clusters, false);
+    let mut weights = backend_weights(resolved, clusters, Carry::Http);
     if weights.iter().all(|(k, _)| k == INVALID_BACKEND_CLUSTER) {
         return None;
     }
