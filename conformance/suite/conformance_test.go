@@ -60,6 +60,10 @@ var suiteDefaults = map[string]string{
 	"url":          "https://gatewright.dev/",
 	"version":      "dev",
 	"contact":      "gatewright maintainers",
+	// A provisioned Envoy pod drains for 15 s (preStop) before it stops, so
+	// deleting the infrastructure namespace at the end of the run takes
+	// longer than the suite's default 30 s.
+	"timeout-config-overrides": "DeleteTimeout:120",
 }
 
 func TestMain(m *testing.M) {
