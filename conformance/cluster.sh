@@ -13,6 +13,8 @@
 #
 # Needs: Go 1.26+, iproute2, nftables (nft), openssl, curl, and root (network namespaces).
 set -euo pipefail
+# The suite and harness modules need Go 1.27 (see conformance/README.md).
+export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONF="$ROOT/conformance"

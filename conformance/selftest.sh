@@ -96,9 +96,20 @@ while read -r ns pod ip image env; do
   [[ $image == *echo-basic* ]] || continue
   [[ " $env " == *" GRPC_ECHO_SERVER "* || " $env " == *" TCP_ECHO_SERVER "* ]] && continue
   [[ $ip == 10.244.* ]] || fail "$ns/$pod has pod IP '$ip', not one from 10.244.0.0/16"
-  # echo-basic serves HTTP on 3000 and describes the request as JSON.
-  body=$("$CLUSTER" exec curl -s --max-time 5 "http://$ip:3000/selftest") ||
-    fail "$ns/$pod did not answer at http://$ip:3000"
+  if [[ " $env " == *" UDP_ECHO_SERVER "* ]]; then
+    # In UDP mode (v1.7.0's udp-echo) echo-basic answers a datagram on
+    # 8080 with the same JSON.
+    body=$("$CLUSTER" exec python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"selftest", (sys.argv[1], 8080))
+print(s.recv(65535).decode())' "$ip") || fail "$ns/$pod did not answer a datagram at $ip:8080"
+  else
+    # echo-basic serves HTTP on 3000 and describes the request as JSON.
+    body=$("$CLUSTER" exec curl -s --max-time 5 "http://$ip:3000/selftest") ||
+      fail "$ns/$pod did not answer at http://$ip:3000"
+  fi
   got=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("namespace",""), d.get("pod",""))' <<<"$body") ||
     fail "$ns/$pod answered something that is not echo JSON: $body"
   [[ $got == "$ns $pod" ]] || fail "$ip should be $ns/$pod, but says it is '$got'"
