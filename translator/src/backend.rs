@@ -87,7 +87,14 @@ impl ClusterRef {
     /// The same Service port with TLS passed through: plain, whatever
     /// policy covers it (the client's TLS reaches the backend untouched).
     pub(crate) fn as_passthrough(&self) -> Self {
-        Self::named(&self.namespace, &self.service, self.port, false, None, false)
+        Self::named(
+            &self.namespace,
+            &self.service,
+            self.port,
+            false,
+            None,
+            false,
+        )
     }
 
     /// Whether a policy covers the port but cannot be honoured: requests

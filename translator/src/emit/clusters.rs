@@ -314,18 +314,14 @@ fn cluster(c: &ClusterRef, client: Option<&Certificate>) -> Cluster {
             seconds: 10,
             nanos: 0,
         }),
-        transport_socket: c
-            .tls
-            .as_ref()
-            .and_then(|t| t.settings.as_ref())
-            .map(|t| {
-                let alpn = match (c.stream, c.http2) {
-                    (true, _) => None,
-                    (false, true) => Some("h2"),
-                    (false, false) => Some("http/1.1"),
-                };
-                upstream_tls(t, alpn, client)
-            }),
+        transport_socket: c.tls.as_ref().and_then(|t| t.settings.as_ref()).map(|t| {
+            let alpn = match (c.stream, c.http2) {
+                (true, _) => None,
+                (false, true) => Some("h2"),
+                (false, false) => Some("http/1.1"),
+            };
+            upstream_tls(t, alpn, client)
+        }),
         ..Default::default()
     };
     if c.http2 {

@@ -436,7 +436,10 @@ fn value_matcher(m: &ValueMatch) -> StringMatcher {
 /// hostname narrows both to `abc.example.com` (GEP-1713's "original
 /// hostname" precedence; conformance feature
 /// GatewayRouteHostnameIntersectionPrecedence).
-pub(super) fn route_host_rank(route: &crate::model::Route, served: &str) -> (u8, std::cmp::Reverse<usize>) {
+pub(super) fn route_host_rank(
+    route: &crate::model::Route,
+    served: &str,
+) -> (u8, std::cmp::Reverse<usize>) {
     if route.hostnames.is_empty() {
         return host_rank("*");
     }
