@@ -9,13 +9,14 @@
 #    installs the CRDs;
 # 2. applies the suite's base manifests (plus the TLS Secrets the suite
 #    would create) and waits for every pod to be Ready;
-# 3. asks every echo pod, at its pod IP, who it is: the answer must name
-#    that pod and its namespace;
+# 3. asks every echo pod, at its pod IP, who it is (over HTTP, or a UDP
+#    datagram for v1.7.0's udp-echo): the answer must name that pod and its
+#    namespace;
 # 4. reads a pod's log through the API server (pods/log -> the agent);
 # 5. Service networking from gwr-conf and from inside pods: ClusterIP
 #    (load balancing, hairpin), a Service without endpoints refusing,
 #    cluster DNS (full and short names, TCP, the kube-dns ClusterIP, fast
-#    negative answers), the coredns pod answering over UDP, LoadBalancer
+#    negative answers), LoadBalancer
 #    addresses (automatic, explicit usable, explicit unusable with its
 #    Event), rules gone with the Service;
 # 6. deletes a namespace and waits for it to finalise;
@@ -236,18 +237,6 @@ in_pod "$client_pid" "$work/resolv.conf" curl -s -o /dev/null --max-time 3 "http
 ((rc == 7)) || fail "$client_pod -> gwr-empty $empty_ip:80: curl exit $rc, expected 7 (refused)"
 log "  $client_pod -> gwr-empty $empty_ip:80: connection refused"
 k -n "$NET_NS" delete svc gwr-empty >/dev/null
-
-log "the coredns pod: the agent's DNS server answering whoami for foo.bar.com over UDP"
-dns_cip=$(k -n "$NET_NS" get svc coredns -o jsonpath='{.spec.clusterIP}')
-dns_pod_ip=$(k -n "$NET_NS" get pods -l app=udp -o jsonpath='{.items[0].status.podIP}')
-for server in "$dns_cip" "$dns_pod_ip"; do
-  printf 'nameserver %s\noptions timeout:2 attempts:1\n' "$server" >"$work/resolv-coredns.conf"
-  # From gwr-conf; the answer is the client address the server saw.
-  answer=$("$CLUSTER" exec unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec getent ahostsv4 foo.bar.com' \
-    "$work/resolv-coredns.conf" | awk 'NR == 1 {print $1}') || true
-  [[ $answer == 10.244.0.1 ]] || fail "foo.bar.com via $server answered '$answer', expected the client address 10.244.0.1"
-  log "  foo.bar.com via $server -> $answer"
-done
 
 log "LoadBalancer Services: pool address, explicit usable and unusable addresses"
 lb_svc() { # name [loadBalancerIP]
