@@ -16,6 +16,9 @@ GATEWAY_API_VERSION := v1.7.0
 # Gateway API v1.7.0's Go module needs Go 1.27; the go command fetches that
 # toolchain from the Go module proxy on first use.
 GO_TOOLCHAIN := go1.27.3
+# Every go command a target runs (the conformance suite and harness modules
+# name go 1.27) uses that toolchain.
+export GOTOOLCHAIN := $(GO_TOOLCHAIN)
 CRD_DIR := crds/gateway-api-$(GATEWAY_API_VERSION)
 
 .PHONY: envoy run test golden bench bench-peers crds api conformance conformance-host conformance-selftest helm-e2e chaos chaos-k8s conformance-kind chart fuzz bench-propagation

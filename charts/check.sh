@@ -187,7 +187,7 @@ def load(path):
 
 
 # --- what the CRDs must be: the sources in crds/ ---------------------------
-bundle = os.path.join(root, "crds", "gateway-api-v1.5.1")
+bundle = os.path.join(root, "crds", "gateway-api-v1.7.0")
 
 
 def source_objects(paths):
@@ -443,7 +443,7 @@ with open(os.path.join(work, "package.list")) as f:
     listed = f.read().split()
 for channel in ("standard", "experimental"):
     for path in glob.glob(os.path.join(bundle, channel, "*.yaml")):
-        inside = f"gatewright/charts/gatewright-crds/files/crds/gateway-api-v1.5.1/{channel}/{os.path.basename(path)}"
+        inside = f"gatewright/charts/gatewright-crds/files/crds/gateway-api-v1.7.0/{channel}/{os.path.basename(path)}"
         check((inside in listed) == (os.path.basename(path) != "kustomization.yaml"),
               f"package: {inside} is {'missing' if inside not in listed else 'included'}")
 for path in glob.glob(os.path.join(root, "crds", "gatewright", "*.yaml")):

@@ -7,12 +7,14 @@
 #   conformance/cluster.sh build     build missing binaries into .tools/k8s/bin
 #   conformance/cluster.sh up        start the cluster (idempotent)
 #   conformance/cluster.sh down      stop everything, delete namespaces and state
-#   conformance/cluster.sh crds      install the Gateway API v1.5.1 experimental CRDs
+#   conformance/cluster.sh crds      install the Gateway API v1.7.0 experimental CRDs
 #   conformance/cluster.sh exec CMD  run CMD inside gwr-conf with KUBECONFIG set
 #   conformance/cluster.sh status    what is running
 #
 # Needs: Go 1.26+, iproute2, nftables (nft), openssl, curl, and root (network namespaces).
 set -euo pipefail
+# The suite and harness modules need Go 1.27 (see conformance/README.md).
+export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONF="$ROOT/conformance"
@@ -86,31 +88,40 @@ build_etcd() {
   (cd "$CONF/cluster/etcd" && go build -trimpath -ldflags='-s -w' -o "$BIN/etcd" .)
 }
 
-# The conformance module's source folder, downloaded first: `go list -m`
-# alone leaves .Dir empty when the module cache does not have it yet (a
-# fresh machine).
-conformance_module_dir() {
+# The source folder of a module the suite's go.mod requires (its
+# replacement's, when replaced), downloaded first: `go list -m` alone leaves
+# .Dir empty when the module cache does not have it yet (a fresh machine).
+suite_module_dir() { # module-path
   local dir
-  (cd "$CONF/suite" && go mod download sigs.k8s.io/gateway-api/conformance) >&2 ||
-    die "cannot download the conformance module"
-  dir=$(cd "$CONF/suite" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)
-  [[ -n $dir && -d $dir ]] || die "the conformance module has no source folder after download"
+  (cd "$CONF/suite" && go mod download "$1") >&2 || die "cannot download $1"
+  dir=$(cd "$CONF/suite" && go list -m -f '{{.Dir}}' "$1")
+  [[ -n $dir && -d $dir ]] || die "$1 has no source folder after download"
   printf '%s\n' "$dir"
 }
 
+conformance_module_dir() {
+  suite_module_dir sigs.k8s.io/gateway-api/conformance
+}
+
+# The version of the conformance images module the suite builds with (its
+# replacement's version).
+images_version() {
+  (cd "$CONF/suite" && go list -m -f '{{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' "$IMAGES_MODULE")
+}
+
+IMAGES_MODULE=sigs.k8s.io/gateway-api-conformance-images
+
 build_echo_basic() {
-  # echo-basic lives in the conformance module's echo-basic/ folder, with its
-  # own go.mod stored as .go.mod (so that it stays part of the conformance
-  # module); build a copy with the module files restored.
+  # Since Gateway API v1.7.0, echo-basic lives in the conformance images
+  # module (the image the manifests run); build its echo-basic package from
+  # a writable copy of the module.
   local src tmp
-  src=$(conformance_module_dir)
+  src=$(suite_module_dir "$IMAGES_MODULE")
   [[ -d $src/echo-basic ]] || die "echo-basic not found in $src"
   tmp=$(mktemp -d)
-  cp -r "$src/echo-basic/." "$tmp/"
+  cp -r "$src/." "$tmp/"
   chmod -R u+w "$tmp"
-  mv -f "$tmp/.go.mod" "$tmp/go.mod"
-  mv -f "$tmp/.go.sum" "$tmp/go.sum"
-  (cd "$tmp" && go build -trimpath -ldflags='-s -w' -o "$BIN/echo-basic" .) || { rm -rf "$tmp"; return 1; }
+  (cd "$tmp" && go build -trimpath -ldflags='-s -w' -o "$BIN/echo-basic" ./echo-basic) || { rm -rf "$tmp"; return 1; }
   rm -rf "$tmp"
 }
 
@@ -124,7 +135,8 @@ write_versions() {
     echo "kube-apiserver k8s.io/kubernetes $k8s"
     echo "kube-controller-manager k8s.io/kubernetes $k8s"
     echo "kubectl k8s.io/kubernetes $k8s"
-    echo "echo-basic sigs.k8s.io/gateway-api/conformance $conf"
+    echo "echo-basic $IMAGES_MODULE $(images_version)"
+    echo "suite sigs.k8s.io/gateway-api/conformance $conf"
     echo "go $(go env GOVERSION)"
   } >"$BIN/VERSIONS"
 }
@@ -506,13 +518,13 @@ cmd_down() {
 
 cmd_crds() {
   need_root crds
-  local dir=$ROOT/crds/gateway-api-v1.5.1/experimental
+  local dir=$ROOT/crds/gateway-api-v1.7.0/experimental
   [[ -x $BIN/kubectl ]] || die "$BIN/kubectl is missing; run '$0 build' first"
   [[ -f $KUBECONFIG_FILE ]] || die "no kubeconfig; run '$0 up' first"
   ip netns exec "$NS" env KUBECONFIG="$KUBECONFIG_FILE" "$BIN/kubectl" apply --server-side -k "$dir" >&2
   ip netns exec "$NS" env KUBECONFIG="$KUBECONFIG_FILE" "$BIN/kubectl" wait --for condition=Established \
     --timeout 60s crd --all >&2
-  log "Gateway API v1.5.1 experimental CRDs installed"
+  log "Gateway API v1.7.0 experimental CRDs installed"
 }
 
 

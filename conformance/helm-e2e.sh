@@ -159,7 +159,17 @@ addr=$(k -n "$NS" get gateway gw -o jsonpath='{.status.addresses[0].value}')
 [[ $addr == 10.245.* ]] || fail "Gateway address '$addr' is not from the load-balancer pool 10.245.0.0/24"
 envoys=$(k -n "$NS" get pods -l gateway.networking.k8s.io/gateway-name=gw -o name)
 [[ -n $envoys ]] || fail "no Envoy pod labelled with the Gateway's name"
-body=$("$CLUSTER" exec curl -s --max-time 5 "http://$addr/hello") || fail "no answer at http://$addr/"
+# Programmed says the Envoy holds the configuration and its pod is ready;
+# the node's load-balancer rules follow the pod into the Service's
+# endpoints a moment later (with Kubernetes 1.37 often after the status), so
+# the first answer is waited for, briefly.
+body=""
+for _ in $(seq 1 15); do
+  body=$("$CLUSTER" exec curl -s --max-time 5 "http://$addr/hello") && break
+  body=""
+  sleep 1
+done
+[[ -n $body ]] || fail "no answer at http://$addr/ within 15 attempts"
 [[ $body == *'"namespace":"'$NS'"'* || $body == *'"namespace": "'$NS'"'* ]] ||
   fail "http://$addr/hello did not reach the echo pod: $body"
 log "Gateway $NS/gw Programmed at $addr, served by $(tr '\n' ' ' <<<"$envoys")"

@@ -53,9 +53,9 @@ started=$SECONDS
 log "creating kind cluster $CLUSTER_NAME"
 "$BIN/kind" create cluster --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_FILE" --wait 180s
 export KUBECONFIG=$KUBECONFIG_FILE
-"$BIN/kubectl" apply --server-side -k crds/gateway-api-v1.5.1/experimental >/dev/null
+"$BIN/kubectl" apply --server-side -k crds/gateway-api-v1.7.0/experimental >/dev/null
 "$BIN/kubectl" wait --for condition=Established --timeout 60s crd --all >/dev/null
-log "Gateway API v1.5.1 experimental CRDs installed"
+log "Gateway API v1.7.0 experimental CRDs installed"
 
 # Gatewright itself is installed in a cluster by its Helm chart, which does
 # not exist yet (issue 6): until then the suite stops at the GatewayClass wait.

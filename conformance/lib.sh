@@ -3,6 +3,9 @@
 # the local cluster down however the script ends, installing Gatewright
 # with Helm and a few operations on it.
 
+# The suite and harness modules need Go 1.27 (see conformance/README.md).
+export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
+
 log() { printf '==> %s\n' "$*"; }
 
 # Tears the cluster down when the script exits, keeping its exit status.

@@ -32,7 +32,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/gateway-api/conformance"
-	"sigs.k8s.io/gateway-api/conformance/utils/flags"
 	"sigs.k8s.io/gateway-api/conformance/utils/suite"
 )
 
@@ -53,12 +52,18 @@ var suiteDefaults = map[string]string{
 		string(suite.GatewayHTTPConformanceProfileName),
 		string(suite.GatewayTLSConformanceProfileName),
 		string(suite.GatewayGRPCConformanceProfileName),
+		string(suite.GatewayTCPConformanceProfileName),
+		string(suite.GatewayUDPConformanceProfileName),
 	}, ","),
 	"organization": "gatewright",
 	"project":      "gatewright",
 	"url":          "https://gatewright.dev/",
 	"version":      "dev",
 	"contact":      "gatewright maintainers",
+	// A provisioned Envoy pod drains for 15 s (preStop) before it stops, so
+	// deleting the infrastructure namespace at the end of the run takes
+	// longer than the suite's default 30 s.
+	"timeout-config-overrides": "DeleteTimeout:120",
 }
 
 func TestMain(m *testing.M) {
@@ -68,14 +73,16 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "the conformance suite has no -%s flag any more\n", name)
 			os.Exit(2)
 		}
-		if err := f.Value.Set(value); err != nil {
+		// flag.Set (not f.Value.Set) marks the flag as given: since v1.7.0 the
+		// suite applies only the flags that were set.
+		if err := flag.Set(name, value); err != nil {
 			fmt.Fprintf(os.Stderr, "setting -%s: %v\n", name, err)
 			os.Exit(2)
 		}
 		f.DefValue = value
 	}
 	flag.Parse()
-	if *flags.ReportOutput == "" {
+	if flag.Lookup("report-output").Value.String() == "" {
 		// go test runs in conformance/suite: reports go to conformance/reports.
 		dir, err := filepath.Abs(filepath.Join("..", "reports"))
 		if err == nil {
@@ -85,7 +92,12 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "reports folder: %v\n", err)
 			os.Exit(1)
 		}
-		*flags.ReportOutput = filepath.Join(dir, fmt.Sprintf("gatewright-%s-report.yaml", *flags.ImplementationVersion))
+		version := flag.Lookup("version").Value.String()
+		report := filepath.Join(dir, fmt.Sprintf("gatewright-%s-report.yaml", version))
+		if err := flag.Set("report-output", report); err != nil {
+			fmt.Fprintf(os.Stderr, "setting -report-output: %v\n", err)
+			os.Exit(2)
+		}
 	}
 	os.Exit(m.Run())
 }

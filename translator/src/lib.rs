@@ -49,6 +49,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
+    "GRPCRouteRequestHeaderModifier",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayBackendClientCertificate",
@@ -57,6 +58,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
+    "GatewayRouteHostnameIntersectionPrecedence",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -65,6 +67,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteBackendURLRewrite",
     "HTTPRouteCORS",
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
@@ -80,20 +83,32 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRequestPercentageMirror",
     "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetryCodes",
+    "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
     "ListenerSet",
     "ReferenceGrant",
+    "TCPRoute",
     "TLSRoute",
     "TLSRouteModeMixed",
     "TLSRouteModeTerminate",
+    "UDPRoute",
 ];
 
 /// Features only Kubernetes infrastructure provides, since they describe
 /// the objects it provisions per Gateway (and the load balancer's
 /// addresses); listed with [`SUPPORTED_FEATURES`] when
 /// [`Input::kubernetes_infrastructure`] is set. Sorted.
-pub const KUBERNETES_FEATURES: &[&str] =
-    &["GatewayInfrastructurePropagation", "GatewayStaticAddresses"];
+pub const KUBERNETES_FEATURES: &[&str] = &["GatewayInfrastructure", "GatewayStaticAddresses"];
+
+/// Whether Gatewright ever writes conditions of type `condition_type` (on
+/// any object). A condition of another type in a live status is another
+/// controller's, and status writers must leave it as it is.
+pub fn writes_condition_type(condition_type: &str) -> bool {
+    conditions::ConditionType::ALL
+        .iter()
+        .any(|t| t.as_str() == condition_type)
+}
 
 /// Whether Gatewright ever writes conditions of type `condition_type` (on
 /// any object). A condition of another type in a live status is another

@@ -66,6 +66,11 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
     ),
     ("GRPCRoute", "grpcroute-method-exact", "kind: GRPCRoute"),
     (
+        "GRPCRouteRequestHeaderModifier",
+        "grpcroute-request-header-modifier",
+        "type: RequestHeaderModifier",
+    ),
+    (
         "GRPCRouteNamedRouteRule",
         "grpcroute-named-rule",
         "- name: say-hello",
@@ -107,11 +112,16 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
         "protocol: HTTPS",
     ),
     (
-        "GatewayInfrastructurePropagation",
+        "GatewayInfrastructure",
         "gateway-infrastructure-parameters",
         "infrastructure:",
     ),
     ("GatewayPort8080", "attach-port", "port: 8080"),
+    (
+        "GatewayRouteHostnameIntersectionPrecedence",
+        "hostname-precedence-across-routes",
+        "- foo.example.com",
+    ),
     (
         "GatewayStaticAddresses",
         "gateway-address-unsupported-type",
@@ -142,6 +152,11 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
         "HTTPRouteBackendProtocolWebSocket",
         "httproute-backend-app-protocol",
         "appProtocol: kubernetes.io/ws",
+    ),
+    (
+        "HTTPRouteBackendURLRewrite",
+        "httproute-backend-url-rewrite",
+        "replaceFullPath: /rewritten-full",
     ),
     (
         "HTTPRouteBackendRequestHeaderModification",
@@ -235,6 +250,16 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
         "type: ResponseHeaderModifier",
     ),
     (
+        "HTTPRouteRetryCodes",
+        "httproute-retry-codes-attempts-backoff",
+        "codes:",
+    ),
+    (
+        "HTTPRouteRetryConnectionError",
+        "httproute-retry-codes-attempts-backoff",
+        "attempts: 3",
+    ),
+    (
         "HTTPRouteSchemeRedirect",
         "httproute-redirect-scheme-https",
         "scheme: https",
@@ -245,6 +270,7 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
         "kind: ListenerSet",
     ),
     ("ReferenceGrant", "refgrant-to-name", "kind: ReferenceGrant"),
+    ("TCPRoute", "tcproute-basic", "kind: TCPRoute"),
     (
         "TLSRoute",
         "tlsroute-passthrough-exact-sni",
@@ -260,6 +286,7 @@ const FEATURE_CASES: &[(&str, &str, &str)] = &[
         "tlsroute-terminate",
         "mode: Terminate",
     ),
+    ("UDPRoute", "udproute-weighted-split", "kind: UDPRoute"),
 ];
 
 /// A claimed feature needs a golden case that exercises it, and the table

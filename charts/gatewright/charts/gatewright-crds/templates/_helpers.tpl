@@ -4,7 +4,7 @@ crds/ (reached through files/crds) it renders. One Gateway API version per
 Gatewright version, so it is a constant, not a value.
 */}}
 {{- define "gatewright-crds.bundle" -}}
-files/crds/gateway-api-v1.5.1
+files/crds/gateway-api-v1.7.0
 {{- end }}
 
 {{/*
