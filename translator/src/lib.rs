@@ -110,15 +110,6 @@ pub fn writes_condition_type(condition_type: &str) -> bool {
         .any(|t| t.as_str() == condition_type)
 }
 
-/// Whether Gatewright ever writes conditions of type `condition_type` (on
-/// any object). A condition of another type in a live status is another
-/// controller's, and status writers must leave it as it is.
-pub fn writes_condition_type(condition_type: &str) -> bool {
-    conditions::ConditionType::ALL
-        .iter()
-        .any(|t| t.as_str() == condition_type)
-}
-
 /// The features a GatewayClass lists in `status.supportedFeatures`, sorted.
 pub fn supported_features(kubernetes_infrastructure: bool) -> Vec<&'static str> {
     let mut all: Vec<&'static str> = SUPPORTED_FEATURES.to_vec();
