@@ -218,30 +218,21 @@ pub(crate) fn resolve(
     if kind == RouteKind::Udp {
         return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
     }
-    // A TLSRoute forwards bytes, whatever appProtocol says. Its policy is
-    // resolved here and used where its listener terminates TLS (the backend
-    // then gets TLS again, `ClusterRef::as_stream`); where TLS is passed
-    // through, the client's TLS is already end to end and the policy does
-    // not apply (`ClusterRef::as_passthrough`).
-    if kind == RouteKind::Tls {
+    // TLSRoutes and TCPRoutes forward bytes, whatever appProtocol says. A
+    // TLSRoute's policy is used where its listener terminates TLS (the
+    // backend then gets TLS again, `ClusterRef::as_stream`); where TLS is
+    // passed through, the client's TLS is already end to end and the policy
+    // does not apply (`ClusterRef::as_passthrough`). Gatewright does not yet
+    // originate TLS for TCPRoute backends (the spec leaves BackendTLSPolicy
+    // on TCPRoute to implementations), so a port a policy covers gets
+    // nothing rather than plaintext.
+    if matches!(kind, RouteKind::Tls | RouteKind::Tcp) {
         let policies = index.backend_tls();
         tls_policies.extend(policies.targeting(&b.namespace, &b.name, sp.name.as_deref()));
         let tls = policies
             .applying(&b.namespace, &b.name, sp.name.as_deref())
             .cloned();
-        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, tls));
-    }
-    // A TCPRoute forwards bytes too, whatever appProtocol says. Gatewright
-    // does not yet originate TLS for its backends (the spec leaves
-    // BackendTLSPolicy on TCPRoute to implementations), so a port a policy
-    // covers gets nothing rather than plaintext.
-    if kind == RouteKind::Tcp {
-        let policies = index.backend_tls();
-        tls_policies.extend(policies.targeting(&b.namespace, &b.name, sp.name.as_deref()));
-        if policies
-            .applying(&b.namespace, &b.name, sp.name.as_deref())
-            .is_some()
-        {
+        if kind == RouteKind::Tcp && tls.is_some() {
             return Err((
                 Reason::UnsupportedProtocol,
                 format!(
@@ -251,7 +242,7 @@ pub(crate) fn resolve(
                 ),
             ));
         }
-        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, None));
+        return Ok(ClusterRef::new(&b.namespace, &b.name, port, false, tls));
     }
     // appProtocol says how to speak to the backend.
     let (h2_app, wants_tls) = match sp.app_protocol.as_deref() {
